@@ -1,0 +1,129 @@
+//! Records shared by the kernel programs and the user-space daemon.
+//!
+//! Every record in the ring buffer starts with a [`RecordHeader`]; its `kind` says what follows:
+//! captured bytes for [`kind::DATA`], a [`SocketAddress`] for [`kind::ACCEPT`] and
+//! [`kind::CONNECT`], nothing for the others. Layouts are fixed (`#[repr(C)]`, explicit padding,
+//! size asserted) because both sides read the same bytes.
+#![no_std]
+
+/// The largest head slice one data record can carry (`--capture-bytes` is capped here).
+pub const MAX_CAPTURE: usize = 4096;
+/// The default capture window: holds the request line and headers of ordinary requests.
+pub const DEFAULT_CAPTURE: u32 = 1024;
+
+/// What a record reports.
+pub mod kind {
+    /// Bytes moved on a followed socket (`result` bytes; the first `captured_len` follow).
+    pub const DATA: u32 = 1;
+    /// A socket accepted by a watched process: an inbound connection.
+    pub const ACCEPT: u32 = 2;
+    /// A watched process connected a socket: an outbound connection (`result` is connect's).
+    pub const CONNECT: u32 = 3;
+    /// A followed socket was closed.
+    pub const CLOSE: u32 = 4;
+    /// A watched process (a whole thread group) exited.
+    pub const EXIT: u32 = 5;
+    /// A watched process forked a child that is now watched too (`fd` holds the child pid).
+    pub const FORK: u32 = 6;
+}
+
+/// Which syscall produced a data record (kept for diagnostics and for counted-only calls).
+pub mod syscall {
+    pub const READ: u32 = 1;
+    pub const READV: u32 = 2;
+    pub const RECVFROM: u32 = 3;
+    pub const RECVMSG: u32 = 4;
+    pub const WRITE: u32 = 5;
+    pub const WRITEV: u32 = 6;
+    pub const SENDTO: u32 = 7;
+    pub const SENDMSG: u32 = 8;
+    pub const SENDFILE: u32 = 9;
+    pub const SPLICE_IN: u32 = 10;
+    pub const SPLICE_OUT: u32 = 11;
+
+    /// True for calls that move bytes from the socket to the process.
+    pub const fn is_ingress(syscall: u32) -> bool {
+        matches!(syscall, READ | READV | RECVFROM | RECVMSG | SPLICE_IN)
+    }
+}
+
+/// Role of a followed socket in the kernel's socket table.
+pub mod role {
+    /// Created by socket(AF_INET*, SOCK_STREAM) but not yet connected.
+    pub const CREATED: u32 = 1;
+    /// Accepted from a listening socket: a client talks to the gateway.
+    pub const INBOUND: u32 = 2;
+    /// Connected by the gateway: the gateway talks to a backend.
+    pub const OUTBOUND: u32 = 3;
+}
+
+/// Indexes of the per-CPU counters of things the kernel side could not do.
+pub mod counter {
+    /// A record did not fit in the ring buffer.
+    pub const RING_FULL: u32 = 0;
+    /// The socket table was full: a connection is not followed.
+    pub const SOCKET_TABLE_FULL: u32 = 1;
+    /// The in-flight call table was full: a call's bytes were not captured.
+    pub const CALL_TABLE_FULL: u32 = 2;
+    /// Reading the process's buffer failed.
+    pub const READ_FAILED: u32 = 3;
+    /// The watched-process table was full: a child is not watched.
+    pub const WATCH_TABLE_FULL: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// The first bytes of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+    pub timestamp_ns: u64,
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// One of [`syscall`] for data records, 0 otherwise.
+    pub syscall: u32,
+    /// Bytes of payload that follow this header in a data record.
+    pub captured_len: u32,
+    /// The syscall's return value: bytes moved, or a negative errno.
+    pub result: i64,
+}
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == 40);
+
+/// A socket address as the kernel gave it; `family` is AF_INET (2) or AF_INET6 (10), or 0 when
+/// unknown. `port` is in host byte order; IPv4 addresses use the first four bytes of `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketAddress {
+    pub family: u16,
+    pub port: u16,
+    pub addr: [u8; 16],
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SocketAddress>() == 24);
+
+/// The record for accept and connect: the header, then the remote address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub header: RecordHeader,
+    pub remote: SocketAddress,
+}
+const _: () = assert!(core::mem::size_of::<ConnectionRecord>() == 64);
+
+/// Key of the kernel's table of followed sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SocketKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+const _: () = assert!(core::mem::size_of::<SocketKey>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain old data: repr(C), every field an integer, no implicit padding.
+    unsafe impl aya::Pod for super::SocketKey {}
+    unsafe impl aya::Pod for super::RecordHeader {}
+}

@@ -1,0 +1,259 @@
+//! Socket lifecycle: socket() marks TCP sockets, accept() follows inbound connections, connect()
+//! follows outbound ones, close() stops following. Only these calls add or remove followed
+//! sockets; data calls look them up.
+use access_log_common::{
+    counter, kind, role, ConnectionRecord, SocketAddress, SocketKey,
+};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+
+use crate::maps::{
+    count, header, submit, submit_connection, watched_caller, Caller, PendingCall, CALLS, SOCKETS,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: u64 = 1;
+/// Marks a saved socket() call in [`PendingCall::syscall`].
+const CALL_SOCKET: u32 = 100;
+const CALL_ACCEPT: u32 = 101;
+const CALL_CONNECT: u32 = 102;
+
+/// Offset of the first syscall argument in a `sys_enter_*` record, and of `ret` in `sys_exit_*`.
+pub const ARG0: usize = 16;
+pub const RET: usize = 16;
+
+#[inline(always)]
+pub fn arg(ctx: &TracePointContext, index: usize) -> Result<u64, i64> {
+    // SAFETY: reads inside the tracepoint record; the helper fails cleanly.
+    unsafe { ctx.read_at::<u64>(ARG0 + 8 * index) }.map_err(|e| e as i64)
+}
+
+#[inline(always)]
+pub fn ret(ctx: &TracePointContext) -> Result<i64, i64> {
+    // SAFETY: as above.
+    unsafe { ctx.read_at::<i64>(RET) }.map_err(|e| e as i64)
+}
+
+fn save(caller: Caller, call: PendingCall) {
+    if CALLS.insert(&caller.pid_tgid, &call, 0).is_err() {
+        count(counter::CALL_TABLE_FULL);
+    }
+}
+
+/// Takes the saved arguments of this thread's call, if they are of `syscall`.
+#[inline(always)]
+pub fn take(caller: Caller, syscall: u32) -> Option<PendingCall> {
+    // SAFETY: the entry is copied out before it is removed.
+    let call = unsafe { CALLS.get(&caller.pid_tgid) }.copied()?;
+    let _ = CALLS.remove(&caller.pid_tgid);
+    (call.syscall == syscall).then_some(call)
+}
+
+#[inline(always)]
+pub fn role_of(caller: Caller, fd: i32) -> Option<u32> {
+    // SAFETY: the value is copied.
+    unsafe { SOCKETS.get(&SocketKey { tgid: caller.tgid, fd }) }.copied()
+}
+
+fn follow(caller: Caller, fd: i32, socket_role: u32) {
+    let key = SocketKey { tgid: caller.tgid, fd };
+    if SOCKETS.insert(&key, &socket_role, 0).is_err() {
+        count(counter::SOCKET_TABLE_FULL);
+    }
+}
+
+fn read_address(pointer: u64) -> SocketAddress {
+    let mut address = SocketAddress::default();
+    if pointer == 0 {
+        return address;
+    }
+    // sockaddr_in6 is 28 bytes: family, port, flowinfo, addr[16], scope.
+    // SAFETY: the helper fails cleanly on a bad pointer.
+    let Ok(raw) = (unsafe { bpf_probe_read_user(pointer as *const [u8; 28]) }) else {
+        return address;
+    };
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    address.port = u16::from_be_bytes([raw[2], raw[3]]);
+    match family {
+        AF_INET => {
+            address.family = family;
+            address.addr[..4].copy_from_slice(&raw[4..8]);
+        }
+        AF_INET6 => {
+            address.family = family;
+            address.addr.copy_from_slice(&raw[8..24]);
+        }
+        _ => address.port = 0,
+    }
+    address
+}
+
+#[tracepoint]
+pub fn socket_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_socket_enter(&ctx);
+    0
+}
+
+fn try_socket_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    let domain = arg(ctx, 0)? as u16;
+    let socket_type = arg(ctx, 1)?;
+    if (domain == AF_INET || domain == AF_INET6) && socket_type & 0xf == SOCK_STREAM {
+        save(
+            caller,
+            PendingCall {
+                pointer: 0,
+                length: 0,
+                fd: -1,
+                syscall: CALL_SOCKET,
+            },
+        );
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn socket_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_socket_exit(&ctx);
+    0
+}
+
+fn try_socket_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    if take(caller, CALL_SOCKET).is_none() {
+        return Ok(());
+    }
+    let fd = ret(ctx)?;
+    if fd >= 0 {
+        follow(caller, fd as i32, role::CREATED);
+    }
+    Ok(())
+}
+
+/// accept and accept4 share their first arguments: fd, sockaddr pointer.
+#[tracepoint]
+pub fn accept_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_accept_enter(&ctx);
+    0
+}
+
+fn try_accept_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    save(
+        caller,
+        PendingCall {
+            pointer: arg(ctx, 1)?,
+            length: 0,
+            fd: arg(ctx, 0)? as i32,
+            syscall: CALL_ACCEPT,
+        },
+    );
+    Ok(())
+}
+
+#[tracepoint]
+pub fn accept_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_accept_exit(&ctx);
+    0
+}
+
+fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    let Some(call) = take(caller, CALL_ACCEPT) else {
+        return Ok(());
+    };
+    let fd = ret(ctx)?;
+    if fd < 0 {
+        return Ok(());
+    }
+    let remote = read_address(call.pointer);
+    // A unix-socket accept (nginx's own channels) is not a client connection.
+    if remote.family == 0 && call.pointer != 0 {
+        return Ok(());
+    }
+    follow(caller, fd as i32, role::INBOUND);
+    submit_connection(ConnectionRecord {
+        header: header(caller, kind::ACCEPT, fd as i32),
+        remote,
+    });
+    Ok(())
+}
+
+#[tracepoint]
+pub fn connect_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_connect_enter(&ctx);
+    0
+}
+
+fn try_connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    let fd = arg(ctx, 0)? as i32;
+    match role_of(caller, fd) {
+        Some(role::CREATED) | Some(role::OUTBOUND) => save(
+            caller,
+            PendingCall {
+                pointer: arg(ctx, 1)?,
+                length: 0,
+                fd,
+                syscall: CALL_CONNECT,
+            },
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn connect_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_connect_exit(&ctx);
+    0
+}
+
+fn try_connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    let Some(call) = take(caller, CALL_CONNECT) else {
+        return Ok(());
+    };
+    let result = ret(ctx)?;
+    follow(caller, call.fd, role::OUTBOUND);
+    let mut head = header(caller, kind::CONNECT, call.fd);
+    head.result = result;
+    submit_connection(ConnectionRecord {
+        header: head,
+        remote: read_address(call.pointer),
+    });
+    Ok(())
+}
+
+#[tracepoint]
+pub fn close_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_close_enter(&ctx);
+    0
+}
+
+fn try_close_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    let fd = arg(ctx, 0)? as i32;
+    let Some(socket_role) = role_of(caller, fd) else {
+        return Ok(());
+    };
+    let _ = SOCKETS.remove(&SocketKey { tgid: caller.tgid, fd });
+    if socket_role != role::CREATED {
+        submit(header(caller, kind::CLOSE, fd));
+    }
+    Ok(())
+}

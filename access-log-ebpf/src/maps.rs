@@ -1,0 +1,135 @@
+//! Maps and load-time settings shared by every program, and the watched-process filter that each
+//! program runs first.
+use access_log_common::{counter, ConnectionRecord, RecordHeader, SocketKey, MAX_CAPTURE};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// Bytes of each data call to copy; set by user space at load time (`--capture-bytes`).
+#[unsafe(no_mangle)]
+static CAPTURE_BYTES: u32 = access_log_common::DEFAULT_CAPTURE;
+
+/// Offset of `child_pid` in the `sched_process_fork` record; read by user space from tracefs,
+/// since the layout changed across kernels.
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_OFFSET: u32 = 20;
+
+pub fn capture_bytes() -> u32 {
+    // SAFETY: a read of a load-time constant that the loader may have rewritten.
+    unsafe { core::ptr::read_volatile(&CAPTURE_BYTES) }
+}
+
+pub fn fork_child_pid_offset() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) }
+}
+
+/// Thread groups whose sockets are followed: the attached process and its descendants.
+#[map]
+pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Followed sockets of watched processes, with their [`access_log_common::role`].
+#[map]
+pub static SOCKETS: HashMap<SocketKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Arguments of a call between its enter and exit tracepoints, keyed by pid_tgid. LRU so that a
+/// thread that dies inside a call cannot leak an entry forever.
+#[map]
+pub static CALLS: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// Per-CPU scratch for building a data record too large for the 512-byte stack.
+#[map]
+pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counts of what the programs could not do (indexes in [`counter`]).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Every record for user space. User space sets the size at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// A syscall's arguments saved at enter for its exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingCall {
+    /// Buffer, iovec array, msghdr or sockaddr pointer, depending on the call.
+    pub pointer: u64,
+    /// Length or iovec count, depending on the call.
+    pub length: u64,
+    pub fd: i32,
+    pub syscall: u32,
+}
+
+/// Mask that bounds every copy offset and length for the verifier; the scratch buffer holds
+/// two masks' worth so `offset + length` always stays inside it.
+pub const COPY_MASK: u64 = (2 * MAX_CAPTURE - 1) as u64;
+
+#[repr(C)]
+pub struct DataRecord {
+    pub header: RecordHeader,
+    pub data: [u8; 4 * MAX_CAPTURE],
+}
+
+/// The calling thread, when its process is watched.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub pid_tgid: u64,
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+/// The watched-process filter: every program calls this first and returns for anyone else.
+#[inline(always)]
+pub fn watched_caller() -> Option<Caller> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: the value is only tested for presence.
+    unsafe { WATCHED.get(&tgid) }?;
+    Some(Caller {
+        pid_tgid,
+        tgid,
+        tid: pid_tgid as u32,
+    })
+}
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn header(caller: Caller, kind: u32, fd: i32) -> RecordHeader {
+    RecordHeader {
+        // SAFETY: no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        kind,
+        tgid: caller.tgid,
+        tid: caller.tid,
+        fd,
+        syscall: 0,
+        captured_len: 0,
+        result: 0,
+    }
+}
+
+/// Sends a fixed-size record, counting a full ring instead of losing it silently.
+#[inline(always)]
+pub fn submit<T: 'static>(record: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            entry.submit(0);
+        }
+        None => count(counter::RING_FULL),
+    }
+}
+
+pub fn submit_connection(record: ConnectionRecord) {
+    submit(record)
+}

@@ -1,0 +1,40 @@
+//! Process lifecycle: children of watched processes are watched from the fork on (nginx workers,
+//! new workers after a reload); exits are reported and their entries dropped.
+use access_log_common::{counter, kind};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+use crate::maps::{count, fork_child_pid_offset, header, submit, watched_caller, WATCHED};
+
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    let _ = try_process_fork(&ctx);
+    0
+}
+
+fn try_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
+    // The parent is the current task.
+    if watched_caller().is_none() {
+        return Ok(());
+    }
+    let offset = (fork_child_pid_offset() & 0xff) as usize;
+    // SAFETY: a read inside the tracepoint record; the helper fails cleanly.
+    let child: u32 = unsafe { ctx.read_at(offset) }.map_err(|e| e as i64)?;
+    // A new thread of a watched process is inserted too: harmless (its tgid is already
+    // watched) and removed again at its exit.
+    if WATCHED.insert(&child, &1, 0).is_err() {
+        count(counter::WATCH_TABLE_FULL);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn process_exit(_ctx: TracePointContext) -> u32 {
+    let Some(caller) = watched_caller() else {
+        return 0;
+    };
+    if caller.tid == caller.tgid {
+        submit(header(caller, kind::EXIT, -1));
+    }
+    let _ = WATCHED.remove(&caller.tid);
+    0
+}

@@ -1,0 +1,108 @@
+//! The failure taxonomy: from what the kernel showed (the gateway's status, whether and how
+//! backend calls were attempted, whether credentials were sent) to the seed's ErrorSource and
+//! the API Manager's ERROR_CODE / ERROR_MESSAGE. README.md documents the same table.
+
+/// How one backend attempt ended, as far as the kernel showed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// connect() issued; no request written yet.
+    Connecting,
+    /// Request written; no response yet.
+    Sent,
+    /// The backend answered with this status.
+    Answered(u16),
+    /// The connection failed before a request could be written (refused, unreachable).
+    ConnectFailed,
+    /// The backend closed or reset the connection before answering.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Classification {
+    pub source: &'static str,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+const fn class(source: &'static str, code: &'static str, message: &'static str) -> Classification {
+    Classification {
+        source,
+        code,
+        message,
+    }
+}
+
+pub const AUTH: &str = "_auth_failure_handler_";
+pub const MAIN: &str = "main";
+pub const FAULT: &str = "fault";
+pub const THROTTLE: &str = "_throttle_out_handler_";
+
+/// Classifies a gateway answer that no backend answer preceded. None when it is no error.
+pub fn classify(
+    status: u16,
+    attempts: &[AttemptOutcome],
+    has_credentials: bool,
+    api_known: bool,
+) -> Option<Classification> {
+    if status < 400 {
+        return None;
+    }
+    if let Some(last) = attempts.last() {
+        return Some(match (status, last) {
+            (504, _) => class(FAULT, "101504", "Connection timed out"),
+            (_, AttemptOutcome::ConnectFailed | AttemptOutcome::Connecting) => {
+                class(FAULT, "101503", "Error connecting to the back end")
+            }
+            (_, AttemptOutcome::Closed | AttemptOutcome::Sent) => {
+                class(FAULT, "101505", "Connection closed by the back end")
+            }
+            (_, AttemptOutcome::Answered(_)) => {
+                class(FAULT, "101500", "Error in the gateway after the back end answered")
+            }
+        });
+    }
+    Some(match status {
+        401 | 407 if has_credentials => class(AUTH, "900901", "Invalid Credentials"),
+        401 | 407 => class(AUTH, "900902", "Missing Credentials"),
+        403 if has_credentials => class(
+            AUTH,
+            "900910",
+            "The access token does not allow you to access the requested resource",
+        ),
+        403 => class(AUTH, "900902", "Missing Credentials"),
+        404 if api_known => class(
+            MAIN,
+            "900906",
+            "No matching resource found in the API for the given request",
+        ),
+        404 => class(MAIN, "404", "No API matches the request"),
+        429 => class(THROTTLE, "900800", "Message throttled out"),
+        502 | 503 => class(FAULT, "101503", "Error connecting to the back end"),
+        504 => class(FAULT, "101504", "Connection timed out"),
+        500..=599 => class(FAULT, "101500", "Gateway error without a back-end call"),
+        _ => class(MAIN, "400", "Request rejected by the gateway"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_table() {
+        let none: &[AttemptOutcome] = &[];
+        assert_eq!(classify(200, none, false, true), None);
+        assert_eq!(classify(401, none, false, true).unwrap().code, "900902");
+        assert_eq!(classify(401, none, true, true).unwrap().code, "900901");
+        assert_eq!(classify(403, none, true, true).unwrap().code, "900910");
+        let not_found = classify(404, none, false, false).unwrap();
+        assert_eq!((not_found.source, not_found.code), (MAIN, "404"));
+        assert_eq!(classify(404, none, false, true).unwrap().code, "900906");
+        let refused = classify(502, &[AttemptOutcome::ConnectFailed], false, true).unwrap();
+        assert_eq!((refused.source, refused.code), (FAULT, "101503"));
+        let closed = classify(502, &[AttemptOutcome::Closed], false, true).unwrap();
+        assert_eq!(closed.code, "101505");
+        let timeout = classify(504, &[AttemptOutcome::Sent], false, true).unwrap();
+        assert_eq!(timeout.code, "101504");
+    }
+}

@@ -1,0 +1,218 @@
+//! Output formats behind one seam, [`Sink`]: the seed's key="value" lines, JSON lines, and a
+//! readable view for a terminal. Every value is escaped so no URL or User-Agent can add a field
+//! or a line.
+use std::io::{self, Write};
+
+use chrono::{DateTime, Local};
+
+use crate::event::{Event, EventKind, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Readable by a person: one short line per event, colored on a terminal.
+    Pretty,
+    /// The seed's log line: a timestamp, then Key="value", ...
+    Kv,
+    /// One JSON object per line, with the same keys.
+    Json,
+}
+
+/// Where events go. Every output format is one implementation.
+pub trait Sink {
+    fn write_event(&mut self, event: &Event) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+pub struct WriterSink<W: Write> {
+    writer: W,
+    format: Format,
+    color: bool,
+    line: String,
+}
+
+impl<W: Write> WriterSink<W> {
+    pub fn new(writer: W, format: Format, color: bool) -> Self {
+        WriterSink {
+            writer,
+            format,
+            color,
+            line: String::with_capacity(1024),
+        }
+    }
+}
+
+impl<W: Write> Sink for WriterSink<W> {
+    fn write_event(&mut self, event: &Event) -> io::Result<()> {
+        self.line.clear();
+        match self.format {
+            Format::Kv => kv_line(event, &mut self.line),
+            Format::Json => json_line(event, &mut self.line),
+            Format::Pretty => pretty_line(event, self.color, &mut self.line),
+        }
+        self.line.push('\n');
+        self.writer.write_all(self.line.as_bytes())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// The seed's timestamp: local time with milliseconds and the UTC offset.
+pub fn timestamp(unix_nanos: i128) -> String {
+    let seconds = unix_nanos.div_euclid(1_000_000_000) as i64;
+    let nanos = unix_nanos.rem_euclid(1_000_000_000) as u32;
+    let time = DateTime::from_timestamp(seconds, nanos).unwrap_or_default();
+    time.with_timezone(&Local)
+        .format("%Y-%m-%dT%H:%M:%S%.3f%z")
+        .to_string()
+}
+
+/// Escapes a value for the inside of double quotes: quotes, backslashes and every control
+/// character, so a value can never end its field or its line.
+pub fn escape_quoted(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+}
+
+pub fn kv_line(event: &Event, out: &mut String) {
+    out.push_str(&timestamp(event.unix_nanos));
+    out.push(' ');
+    for (index, (key, value)) in event.fields.iter().enumerate() {
+        if index > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(key);
+        out.push_str("=\"");
+        escape_quoted(&value.to_string(), out);
+        out.push('"');
+    }
+}
+
+pub fn json_line(event: &Event, out: &mut String) {
+    let mut object = serde_json::Map::new();
+    object.insert(
+        "Timestamp".into(),
+        serde_json::Value::String(timestamp(event.unix_nanos)),
+    );
+    for (key, value) in &event.fields {
+        let value = match value {
+            Value::Text(text) => serde_json::Value::String(text.clone()),
+            Value::Integer(number) => serde_json::Value::from(*number),
+            Value::Millis(ms) => serde_json::Value::from((ms * 1000.0).round() / 1000.0),
+        };
+        object.insert((*key).into(), value);
+    }
+    out.push_str(&serde_json::Value::Object(object).to_string());
+}
+
+fn pretty_line(event: &Event, color: bool, out: &mut String) {
+    let paint = |code: &str, text: &str| {
+        if color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    };
+    let field = |key: &str| {
+        let mut escaped = String::new();
+        escape_quoted(
+            &event.get(key).map(|v| v.to_string()).unwrap_or_default(),
+            &mut escaped,
+        );
+        escaped
+    };
+    let time = timestamp(event.unix_nanos);
+    let clock = time.get(11..23).unwrap_or(&time);
+    out.push_str(&paint("2", clock));
+    out.push(' ');
+    match event.kind {
+        EventKind::IncomingRequest => {
+            out.push_str(&paint("36", "IN   "));
+            out.push_str(&format!(
+                " {} {}  api={} from={} ua={:?}",
+                field("RequestInMethod"),
+                field("RequestInURL"),
+                field("API"),
+                field("RemoteIP"),
+                field("UserAgent"),
+            ));
+        }
+        EventKind::RequestComplete => {
+            out.push_str(&paint("32", "DONE "));
+            out.push_str(&format!(
+                " {} {} -> {} {}  {} ms  api={}",
+                field("RequestInMethod"),
+                field("RequestInURL"),
+                field("StatusCode"),
+                field("RequestOutURL"),
+                field("ResponseTimeMs"),
+                field("API"),
+            ));
+        }
+        EventKind::Error => {
+            out.push_str(&paint("31", "ERROR"));
+            out.push_str(&format!(
+                " {} {} -> {} {} {} ({})  api={}",
+                field("RequestInMethod"),
+                field("RequestInURL"),
+                field("StatusCode"),
+                field("ERROR_CODE"),
+                field("ERROR_MESSAGE"),
+                field("ErrorSource"),
+                field("API"),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Fields;
+
+    fn event(user_agent: &str) -> Event {
+        Event {
+            unix_nanos: 1_700_000_000_123_000_000,
+            kind: EventKind::IncomingRequest,
+            fields: Fields::new()
+                .text("Event", "INCOMING_REQUEST")
+                .text("RequestInURL", "/a?b=\"c\"")
+                .text("UserAgent", user_agent)
+                .integer("StatusCode", 200)
+                .build(),
+        }
+    }
+
+    #[test]
+    fn kv_escapes_so_no_value_can_forge_a_field_or_line() {
+        let mut line = String::new();
+        kv_line(
+            &event("x\", Event=\"ERROR\nfake \\ line\u{1}"),
+            &mut line,
+        );
+        assert!(!line.contains('\n'));
+        assert!(line.contains(r#"UserAgent="x\", Event=\"ERROR\nfake \\ line\u{0001}""#));
+        assert!(line.contains(r#"RequestInURL="/a?b=\"c\"""#));
+        assert_eq!(line.matches("Event=\"").count(), 1);
+    }
+
+    #[test]
+    fn json_has_the_same_keys_and_parses_back() {
+        let mut line = String::new();
+        json_line(&event("ua\n\"x"), &mut line);
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["UserAgent"], "ua\n\"x");
+        assert_eq!(parsed["StatusCode"], 200);
+        assert!(parsed["Timestamp"].as_str().unwrap().contains('T'));
+    }
+}

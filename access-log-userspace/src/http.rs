@@ -1,0 +1,581 @@
+//! HTTP/1.x stream reassembly for one direction of one connection: finds message heads across
+//! reads, skips bodies by their framing, and survives bytes it never saw (beyond the capture
+//! window) by resynchronising at the start of the next read.
+use std::collections::VecDeque;
+
+/// A head larger than this is not HTTP we can follow; the stream goes opaque until resync.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 64;
+
+/// Header names whose presence (never value) marks a request as carrying credentials.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key", "api-key"];
+/// Query parameters that carry credentials.
+const CREDENTIAL_PARAMS: &[&str] = &["api_key", "apikey", "access_token"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// Path and query exactly as sent (lossy only for invalid UTF-8).
+    pub target: String,
+    pub user_agent: Option<String>,
+    pub has_credentials: bool,
+    /// The head went past the capture window: fields after the cut are unknown.
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Head {
+    Request(RequestHead),
+    Response(ResponseHead),
+}
+
+/// Which kind of heads a stream carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Requests,
+    Responses,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside chunk data: bytes left, then CRLF.
+    Data(u64),
+    /// Inside the trailer section, after the last chunk.
+    Trailers,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Head,
+    Body(u64),
+    Chunked(Chunked),
+    UntilClose,
+    /// Lost track of framing: waiting for a read that starts with a head.
+    Unsynced,
+    /// Not HTTP/1 any more (upgrade, HTTP/2 preface): left alone.
+    Opaque,
+}
+
+/// Reassembles one direction of a connection.
+#[derive(Debug)]
+pub struct Stream {
+    side: Side,
+    state: State,
+    pending: Vec<u8>,
+    /// For responses: whether each request still unanswered was a HEAD (no body in reply).
+    head_requests: VecDeque<bool>,
+    /// Bytes of partial lines in chunked framing.
+    line: Vec<u8>,
+}
+
+impl Stream {
+    pub fn new(side: Side) -> Self {
+        Stream {
+            side,
+            state: State::Head,
+            pending: Vec::new(),
+            head_requests: VecDeque::new(),
+            line: Vec::new(),
+        }
+    }
+
+    /// Tells a response stream that a request was sent, so it can frame the reply.
+    pub fn expect_response_to(&mut self, method: &str) {
+        self.head_requests.push_back(method.eq_ignore_ascii_case("HEAD"));
+    }
+
+    /// Joins a stream in the middle: wait for a read that starts a head.
+    pub fn resync(&mut self) {
+        self.pending.clear();
+        self.state = State::Unsynced;
+    }
+
+    pub fn is_opaque(&self) -> bool {
+        self.state == State::Opaque
+    }
+
+    /// Feeds one read or write: `captured` is the head of it, `missing` the bytes moved beyond
+    /// the capture window. Returns the heads completed.
+    pub fn feed(&mut self, captured: &[u8], missing: u64) -> Vec<Head> {
+        let mut heads = Vec::new();
+        if self.state == State::Unsynced {
+            if looks_like_head(captured, self.side) {
+                self.state = State::Head;
+                self.pending.clear();
+            } else {
+                return heads;
+            }
+        }
+        let mut input = captured;
+        let mut missing = missing;
+        loop {
+            match self.state {
+                State::Opaque | State::Unsynced | State::UntilClose => return heads,
+                State::Head => {
+                    if input.is_empty() {
+                        if missing > 0 && !self.pending.is_empty() {
+                            self.lose_sync(&mut heads);
+                        } else if missing > 0 {
+                            self.state = State::Unsynced;
+                        }
+                        return heads;
+                    }
+                    let before = self.pending.len();
+                    self.pending.extend_from_slice(input);
+                    match self.parse_head() {
+                        Parsed::Complete(head, length, next) => {
+                            let used = length - before;
+                            input = &input[used..];
+                            self.pending.clear();
+                            self.state = next;
+                            heads.push(head);
+                        }
+                        Parsed::Partial => {
+                            if missing > 0 {
+                                self.lose_sync(&mut heads);
+                            } else if self.pending.len() > MAX_HEAD {
+                                self.pending.clear();
+                                self.state = State::Unsynced;
+                            }
+                            return heads;
+                        }
+                        Parsed::Invalid => {
+                            let preface = is_http2_preface(&self.pending);
+                            self.pending.clear();
+                            self.state = if preface {
+                                State::Opaque
+                            } else {
+                                State::Unsynced
+                            };
+                            return heads;
+                        }
+                    }
+                }
+                State::Body(left) => {
+                    let available = input.len() as u64 + missing;
+                    if available == 0 {
+                        return heads;
+                    }
+                    let skip = left.min(available);
+                    let from_input = skip.min(input.len() as u64) as usize;
+                    input = &input[from_input..];
+                    missing -= skip - from_input as u64;
+                    self.state = if skip == left {
+                        State::Head
+                    } else {
+                        State::Body(left - skip)
+                    };
+                }
+                State::Chunked(chunked) => {
+                    if input.is_empty() && missing == 0 {
+                        return heads;
+                    }
+                    match self.step_chunked(chunked, &mut input, &mut missing) {
+                        Some(next) => self.state = next,
+                        None => {
+                            self.state = State::Unsynced;
+                            return heads;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The head was cut by the capture window: report what the first line says, flagged, and
+    /// wait for a read that starts a new head.
+    fn lose_sync(&mut self, heads: &mut Vec<Head>) {
+        if let Some(head) = first_line_head(&self.pending, self.side) {
+            if matches!(head, Head::Response(_)) {
+                self.head_requests.pop_front();
+            }
+            heads.push(head);
+        }
+        self.pending.clear();
+        self.state = State::Unsynced;
+    }
+
+    fn parse_head(&mut self) -> Parsed {
+        match self.side {
+            Side::Requests => parse_request(&self.pending),
+            Side::Responses => {
+                let parsed = parse_response(&self.pending, self.head_requests.front().copied());
+                if let Parsed::Complete(Head::Response(ref response), _, _) = parsed {
+                    if response.status >= 200 {
+                        self.head_requests.pop_front();
+                    }
+                }
+                parsed
+            }
+        }
+    }
+
+    /// One step of chunked framing; None when framing is lost (a size line beyond capture).
+    fn step_chunked(
+        &mut self,
+        chunked: Chunked,
+        input: &mut &[u8],
+        missing: &mut u64,
+    ) -> Option<State> {
+        match chunked {
+            Chunked::Data(left) => {
+                let available = input.len() as u64 + *missing;
+                let skip = left.min(available);
+                let from_input = skip.min(input.len() as u64) as usize;
+                *input = &input[from_input..];
+                *missing -= skip - from_input as u64;
+                Some(State::Chunked(if skip == left {
+                    Chunked::Size
+                } else {
+                    Chunked::Data(left - skip)
+                }))
+            }
+            Chunked::Size | Chunked::Trailers => {
+                if input.is_empty() {
+                    // The line we need is beyond the capture window.
+                    return None;
+                }
+                let end = input.iter().position(|&b| b == b'\n');
+                let take = end.map_or(input.len(), |i| i + 1);
+                self.line.extend_from_slice(&input[..take]);
+                *input = &input[take..];
+                if end.is_none() {
+                    return (self.line.len() < 4096).then_some(State::Chunked(chunked));
+                }
+                let line = std::mem::take(&mut self.line);
+                let text = trim_line(&line);
+                if chunked == Chunked::Trailers {
+                    return Some(if text.is_empty() {
+                        State::Head
+                    } else {
+                        State::Chunked(Chunked::Trailers)
+                    });
+                }
+                if text.is_empty() {
+                    // The CRLF that ends a chunk's data.
+                    return Some(State::Chunked(Chunked::Size));
+                }
+                let hex = text.split(|&b| b == b';').next().unwrap_or_default();
+                let size = u64::from_str_radix(std::str::from_utf8(hex).ok()?.trim(), 16).ok()?;
+                Some(State::Chunked(if size == 0 {
+                    Chunked::Trailers
+                } else {
+                    Chunked::Data(size)
+                }))
+            }
+        }
+    }
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let mut end = line.len();
+    while end > 0 && (line[end - 1] == b'\n' || line[end - 1] == b'\r') {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+enum Parsed {
+    Complete(Head, usize, State),
+    Partial,
+    Invalid,
+}
+
+fn header_value<'h>(headers: &'h [httparse::Header<'_>], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Body framing from Content-Length and Transfer-Encoding (chunked wins, as RFC 9112 says).
+fn body_framing(headers: &[httparse::Header<'_>]) -> Option<State> {
+    if let Some(te) = header_value(headers, "transfer-encoding") {
+        if te
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|last| text(last).trim().eq_ignore_ascii_case("chunked"))
+        {
+            return Some(State::Chunked(Chunked::Size));
+        }
+        return None;
+    }
+    let length = header_value(headers, "content-length")?;
+    let length: u64 = std::str::from_utf8(length).ok()?.trim().parse().ok()?;
+    Some(if length == 0 {
+        State::Head
+    } else {
+        State::Body(length)
+    })
+}
+
+fn query_has_credentials(target: &str) -> bool {
+    let Some((_, query)) = target.split_once('?') else {
+        return false;
+    };
+    query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        CREDENTIAL_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
+    })
+}
+
+fn parse_request(bytes: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => {
+            let method = request.method.unwrap_or_default().to_owned();
+            let target = request.path.unwrap_or_default().to_owned();
+            let headers = request.headers;
+            let upgrade = header_value(headers, "upgrade").is_some()
+                && method.eq_ignore_ascii_case("GET")
+                && header_value(headers, "connection")
+                    .is_some_and(|c| text(c).to_ascii_lowercase().contains("upgrade"));
+            let next = if upgrade {
+                State::Opaque
+            } else {
+                body_framing(headers).unwrap_or(State::Head)
+            };
+            let has_credentials = CREDENTIAL_HEADERS
+                .iter()
+                .any(|name| header_value(headers, name).is_some())
+                || query_has_credentials(&target);
+            let head = RequestHead {
+                method,
+                target,
+                user_agent: header_value(headers, "user-agent").map(text),
+                has_credentials,
+                truncated: false,
+            };
+            Parsed::Complete(Head::Request(head), length, next)
+        }
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => Parsed::Invalid,
+        Err(_) => Parsed::Invalid,
+    }
+}
+
+fn parse_response(bytes: &[u8], to_head_request: Option<bool>) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => {
+            let status = response.code.unwrap_or_default();
+            let next = if status == 101 {
+                State::Opaque
+            } else if status < 200
+                || status == 204
+                || status == 304
+                || to_head_request == Some(true)
+            {
+                State::Head
+            } else {
+                body_framing(response.headers).unwrap_or(State::UntilClose)
+            };
+            let head = ResponseHead {
+                status,
+                truncated: false,
+            };
+            Parsed::Complete(Head::Response(head), length, next)
+        }
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(_) => Parsed::Invalid,
+    }
+}
+
+fn is_http2_preface(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PRI * HTTP/2.0")
+}
+
+/// Whether a read starts like a head of this side: a status line or a request line.
+fn looks_like_head(bytes: &[u8], side: Side) -> bool {
+    match side {
+        Side::Responses => bytes.starts_with(b"HTTP/1."),
+        Side::Requests => {
+            let Some(space) = bytes.iter().take(16).position(|&b| b == b' ') else {
+                return false;
+            };
+            space > 0
+                && bytes[..space]
+                    .iter()
+                    .all(|b| b.is_ascii_uppercase() || *b == b'-')
+                && bytes
+                    .get(space + 1)
+                    .is_some_and(|b| *b == b'/' || *b == b'*' || b.is_ascii_alphabetic())
+        }
+    }
+}
+
+/// What the first line of a head cut by the capture window says.
+fn first_line_head(bytes: &[u8], side: Side) -> Option<Head> {
+    let line_end = bytes.iter().position(|&b| b == b'\n')?;
+    let line = trim_line(&bytes[..=line_end]);
+    let mut parts = line.split(|&b| b == b' ');
+    match side {
+        Side::Requests => {
+            let method = parts.next()?;
+            let target = parts.next()?;
+            let version = parts.next()?;
+            if !version.starts_with(b"HTTP/1.") {
+                return None;
+            }
+            let rest = &bytes[line_end + 1..];
+            let has_credentials = rest.split(|&b| b == b'\n').any(|line| {
+                let name = line.split(|&b| b == b':').next().unwrap_or_default();
+                CREDENTIAL_HEADERS
+                    .iter()
+                    .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+            });
+            let target = text(target);
+            Some(Head::Request(RequestHead {
+                method: text(method),
+                has_credentials: has_credentials || query_has_credentials(&target),
+                target,
+                user_agent: None,
+                truncated: true,
+            }))
+        }
+        Side::Responses => {
+            let version = parts.next()?;
+            if !version.starts_with(b"HTTP/1.") {
+                return None;
+            }
+            let status = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+            Some(Head::Response(ResponseHead {
+                status,
+                truncated: true,
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, target: &str) -> Head {
+        Head::Request(RequestHead {
+            method: method.into(),
+            target: target.into(),
+            user_agent: None,
+            has_credentials: false,
+            truncated: false,
+        })
+    }
+
+    fn response(status: u16) -> Head {
+        Head::Response(ResponseHead {
+            status,
+            truncated: false,
+        })
+    }
+
+    #[test]
+    fn a_head_split_down_to_one_byte_per_read() {
+        let raw = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: ua/1\r\n\r\n";
+        let mut stream = Stream::new(Side::Requests);
+        let mut heads = Vec::new();
+        for byte in raw.iter() {
+            heads.extend(stream.feed(std::slice::from_ref(byte), 0));
+        }
+        assert_eq!(heads.len(), 1);
+        let Head::Request(head) = &heads[0] else {
+            panic!()
+        };
+        assert_eq!(head.target, "/a?b=1");
+        assert_eq!(head.user_agent.as_deref(), Some("ua/1"));
+    }
+
+    #[test]
+    fn pipelined_requests_with_bodies() {
+        let raw = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /y HTTP/1.1\r\n\r\n";
+        let mut stream = Stream::new(Side::Requests);
+        assert_eq!(
+            stream.feed(raw, 0),
+            vec![request("POST", "/x"), request("GET", "/y")]
+        );
+    }
+
+    #[test]
+    fn body_beyond_the_capture_window_is_skipped() {
+        let mut stream = Stream::new(Side::Requests);
+        let head = b"POST /up HTTP/1.1\r\nContent-Length: 10000\r\n\r\n";
+        let mut first = head.to_vec();
+        first.extend_from_slice(&[b'x'; 100]);
+        // The read moved the head and 5000 body bytes; we saw the head and 100 of them.
+        assert_eq!(stream.feed(&first, 4900), vec![request("POST", "/up")]);
+        assert!(stream.feed(&[b'x'; 1024], 5000 - 1024).is_empty());
+        assert_eq!(
+            stream.feed(b"GET /next HTTP/1.1\r\n\r\n", 0),
+            vec![request("GET", "/next")]
+        );
+    }
+
+    #[test]
+    fn chunked_response_with_trailers_then_next_response() {
+        let mut stream = Stream::new(Side::Responses);
+        stream.expect_response_to("GET");
+        stream.expect_response_to("GET");
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(stream.feed(raw, 0), vec![response(200), response(404)]);
+    }
+
+    #[test]
+    fn continue_is_not_the_answer_and_head_has_no_body() {
+        let mut stream = Stream::new(Side::Responses);
+        stream.expect_response_to("HEAD");
+        stream.expect_response_to("GET");
+        let raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(
+            stream.feed(raw, 0),
+            vec![response(100), response(200), response(204)]
+        );
+    }
+
+    #[test]
+    fn head_cut_by_capture_window_is_flagged_then_resyncs() {
+        let mut stream = Stream::new(Side::Requests);
+        let heads = stream.feed(b"GET /long?q=1 HTTP/1.1\r\nCookie: aaaa", 5000);
+        let Head::Request(head) = &heads[0] else {
+            panic!()
+        };
+        assert!(head.truncated);
+        assert_eq!(head.target, "/long?q=1");
+        assert!(stream.feed(b"aaaaaaaaa\r\n\r\n", 0).is_empty());
+        assert_eq!(
+            stream.feed(b"GET /b HTTP/1.1\r\n\r\n", 0),
+            vec![request("GET", "/b")]
+        );
+    }
+
+    #[test]
+    fn credentials_are_noticed_never_kept() {
+        let mut stream = Stream::new(Side::Requests);
+        let heads = stream.feed(b"GET /a HTTP/1.1\r\napikey: secret\r\n\r\n", 0);
+        assert!(matches!(&heads[0], Head::Request(r) if r.has_credentials));
+        assert!(!format!("{heads:?}").contains("secret"));
+        let heads = stream.feed(b"GET /a?api_key=s3 HTTP/1.1\r\n\r\n", 0);
+        assert!(matches!(&heads[0], Head::Request(r) if r.has_credentials));
+    }
+
+    #[test]
+    fn non_http_and_http2_are_left_alone() {
+        let mut stream = Stream::new(Side::Requests);
+        assert!(stream.feed(b"\x16\x03\x01\x02\x00garbage", 0).is_empty());
+        let mut h2 = Stream::new(Side::Requests);
+        assert!(h2.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0).is_empty());
+        assert!(h2.is_opaque());
+    }
+}

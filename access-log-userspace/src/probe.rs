@@ -1,0 +1,195 @@
+//! The kernel seam: loads the eBPF object, attaches its tracepoints, fills the watched-process
+//! and socket tables, drains the ring buffer and reads the drop counters. Everything else in
+//! user space works on the values this hands out.
+use std::collections::HashSet;
+
+use access_log_common::{counter, role, SocketKey, MAX_CAPTURE};
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+
+use crate::{pipeline::Direction, procfs};
+
+/// (program, tracepoint category, tracepoint) for every attachment, in attach order: process
+/// tracking first so no child forked during attach is missed.
+const ATTACHMENTS: &[(&str, &str, &str)] = &[
+    ("process_fork", "sched", "sched_process_fork"),
+    ("process_exit", "sched", "sched_process_exit"),
+    ("socket_enter", "syscalls", "sys_enter_socket"),
+    ("socket_exit", "syscalls", "sys_exit_socket"),
+    ("accept_enter", "syscalls", "sys_enter_accept"),
+    ("accept_exit", "syscalls", "sys_exit_accept"),
+    ("accept_enter", "syscalls", "sys_enter_accept4"),
+    ("accept_exit", "syscalls", "sys_exit_accept4"),
+    ("connect_enter", "syscalls", "sys_enter_connect"),
+    ("connect_exit", "syscalls", "sys_exit_connect"),
+    ("close_enter", "syscalls", "sys_enter_close"),
+    ("read_enter", "syscalls", "sys_enter_read"),
+    ("read_exit", "syscalls", "sys_exit_read"),
+    ("readv_enter", "syscalls", "sys_enter_readv"),
+    ("readv_exit", "syscalls", "sys_exit_readv"),
+    ("recvfrom_enter", "syscalls", "sys_enter_recvfrom"),
+    ("recvfrom_exit", "syscalls", "sys_exit_recvfrom"),
+    ("recvmsg_enter", "syscalls", "sys_enter_recvmsg"),
+    ("recvmsg_exit", "syscalls", "sys_exit_recvmsg"),
+    ("write_enter", "syscalls", "sys_enter_write"),
+    ("write_exit", "syscalls", "sys_exit_write"),
+    ("writev_enter", "syscalls", "sys_enter_writev"),
+    ("writev_exit", "syscalls", "sys_exit_writev"),
+    ("sendto_enter", "syscalls", "sys_enter_sendto"),
+    ("sendto_exit", "syscalls", "sys_exit_sendto"),
+    ("sendmsg_enter", "syscalls", "sys_enter_sendmsg"),
+    ("sendmsg_exit", "syscalls", "sys_exit_sendmsg"),
+    ("sendfile_enter", "syscalls", "sys_enter_sendfile64"),
+    ("sendfile_exit", "syscalls", "sys_exit_sendfile64"),
+    ("splice_enter", "syscalls", "sys_enter_splice"),
+    ("splice_exit", "syscalls", "sys_exit_splice"),
+];
+
+pub struct ProbeConfig {
+    pub capture_bytes: u32,
+    pub ring_bytes: u32,
+}
+
+/// Kernel-side counts of what could not be done.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KernelDrops {
+    pub ring_full: u64,
+    pub socket_table_full: u64,
+    pub call_table_full: u64,
+    pub read_failed: u64,
+    pub watch_table_full: u64,
+}
+
+impl KernelDrops {
+    pub fn records_lost(&self) -> u64 {
+        self.ring_full + self.call_table_full + self.socket_table_full
+    }
+}
+
+pub struct Probes {
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    watched: HashMap<MapData, u32, u32>,
+    sockets: HashMap<MapData, SocketKey, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    pub attached: usize,
+}
+
+impl Probes {
+    /// Loads and attaches everything; nothing is watched until [`Probes::watch`].
+    pub fn load(config: &ProbeConfig) -> anyhow::Result<Probes> {
+        let fork_format = procfs::tracepoint_format("sched", "sched_process_fork")?;
+        let child_offset = procfs::field_offset(&fork_format, "child_pid")
+            .context("sched_process_fork has no child_pid field in this kernel")?;
+        for (_, category, name) in ATTACHMENTS {
+            procfs::tracepoint_format(category, name)?;
+        }
+        let capture = config.capture_bytes.min(MAX_CAPTURE as u32);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CAPTURE_BYTES", &capture, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &child_offset, true)
+            .map_max_entries("EVENTS", config.ring_bytes)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/access-log"
+            )))
+            .map_err(|e| explain_load_error(e.into()))?;
+        let mut loaded = HashSet::new();
+        let mut attached = 0;
+        for (program_name, category, name) in ATTACHMENTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(program_name)
+                .with_context(|| format!("the eBPF object has no program {program_name}"))?
+                .try_into()?;
+            if loaded.insert(*program_name) {
+                program
+                    .load()
+                    .map_err(|e| explain_load_error(e.into()))
+                    .with_context(|| format!("loading {program_name}"))?;
+            }
+            program
+                .attach(category, name)
+                .with_context(|| format!("attaching {program_name} to {category}/{name}"))?;
+            attached += 1;
+        }
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
+        let watched = HashMap::try_from(ebpf.take_map("WATCHED").context("no WATCHED map")?)?;
+        let sockets = HashMap::try_from(ebpf.take_map("SOCKETS").context("no SOCKETS map")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("no COUNTERS map")?)?;
+        Ok(Probes {
+            _ebpf: ebpf,
+            ring,
+            watched,
+            sockets,
+            counters,
+            attached,
+        })
+    }
+
+    pub fn watch(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.watched
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding PID {pid} to the watched set"))
+    }
+
+    pub fn follow_socket(&mut self, pid: u32, fd: i32, direction: Direction) -> anyhow::Result<()> {
+        let socket_role = match direction {
+            Direction::Inbound => role::INBOUND,
+            Direction::Outbound => role::OUTBOUND,
+        };
+        self.sockets
+            .insert(SocketKey { tgid: pid, fd }, socket_role, 0)
+            .with_context(|| format!("following socket {fd} of PID {pid}"))
+    }
+
+    /// Hands every record now in the ring buffer to `handle`.
+    pub fn drain(&mut self, mut handle: impl FnMut(&[u8])) -> usize {
+        let mut count = 0;
+        while let Some(item) = self.ring.next() {
+            handle(&item);
+            count += 1;
+        }
+        count
+    }
+
+    pub fn drops(&self) -> KernelDrops {
+        let sum = |index: u32| -> u64 {
+            self.counters
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelDrops {
+            ring_full: sum(counter::RING_FULL),
+            socket_table_full: sum(counter::SOCKET_TABLE_FULL),
+            call_table_full: sum(counter::CALL_TABLE_FULL),
+            read_failed: sum(counter::READ_FAILED),
+            watch_table_full: sum(counter::WATCH_TABLE_FULL),
+        }
+    }
+}
+
+fn explain_load_error(error: anyhow::Error) -> anyhow::Error {
+    let text = format!("{error:#}");
+    if text.contains("EPERM") || text.contains("Operation not permitted") {
+        return error.context(
+            "the kernel refused to load eBPF programs: run access-log as root (it needs \
+             CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)",
+        );
+    }
+    error.context("loading the eBPF programs failed")
+}
+
+/// Fails early, with what to do, when the process cannot load eBPF at all.
+pub fn check_privileges() -> anyhow::Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("access-log must run as root to load eBPF programs (try: sudo access-log ...)");
+    }
+    Ok(())
+}

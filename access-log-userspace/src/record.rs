@@ -1,0 +1,196 @@
+//! Decoding of the kernel's ring-buffer records into typed values.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use access_log_common::{kind, ConnectionRecord, RecordHeader, SocketAddress};
+use bytes::Bytes;
+
+/// One decoded kernel record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// Bytes moved on a followed socket: `captured` is the head of the `moved` bytes; a
+    /// non-positive `moved` is an end of stream (0) or an errno (negative).
+    Data {
+        header: RecordHeader,
+        moved: i64,
+        captured: Bytes,
+    },
+    Accept {
+        header: RecordHeader,
+        remote: Option<SocketAddr>,
+    },
+    Connect {
+        header: RecordHeader,
+        remote: Option<SocketAddr>,
+        result: i64,
+    },
+    Close {
+        header: RecordHeader,
+    },
+    Exit {
+        header: RecordHeader,
+    },
+}
+
+impl Record {
+    pub fn header(&self) -> &RecordHeader {
+        match self {
+            Record::Data { header, .. }
+            | Record::Accept { header, .. }
+            | Record::Connect { header, .. }
+            | Record::Close { header }
+            | Record::Exit { header } => header,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("record kind {0} is unknown (kernel and user-space programs from different builds?)")]
+    UnknownKind(u32),
+    #[error("data record claims {claimed} captured bytes but carries {carried}")]
+    Truncated { claimed: usize, carried: usize },
+}
+
+const HEADER: usize = size_of::<RecordHeader>();
+
+fn read_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
+    if bytes.len() < HEADER {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: RecordHeader is plain old data and the slice holds at least its size.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RecordHeader>()) })
+}
+
+/// Converts the kernel's address into a std address; None when the family is unknown.
+pub fn socket_address(address: &SocketAddress) -> Option<SocketAddr> {
+    let ip = match address.family {
+        2 => IpAddr::V4(Ipv4Addr::new(
+            address.addr[0],
+            address.addr[1],
+            address.addr[2],
+            address.addr[3],
+        )),
+        10 => {
+            let v6 = Ipv6Addr::from(address.addr);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, address.port))
+}
+
+/// Decodes one record as it came out of the ring buffer.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let header = read_header(bytes)?;
+    match header.kind {
+        kind::DATA => {
+            let claimed = header.captured_len as usize;
+            let carried = bytes.len() - HEADER;
+            if claimed > carried {
+                return Err(DecodeError::Truncated { claimed, carried });
+            }
+            Ok(Record::Data {
+                header,
+                moved: header.result,
+                captured: Bytes::copy_from_slice(&bytes[HEADER..HEADER + claimed]),
+            })
+        }
+        kind::ACCEPT | kind::CONNECT => {
+            if bytes.len() < size_of::<ConnectionRecord>() {
+                return Err(DecodeError::Short(bytes.len()));
+            }
+            // SAFETY: plain old data, length checked above.
+            let record: ConnectionRecord =
+                unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            let remote = socket_address(&record.remote);
+            Ok(if header.kind == kind::ACCEPT {
+                Record::Accept { header, remote }
+            } else {
+                Record::Connect {
+                    header,
+                    remote,
+                    result: header.result,
+                }
+            })
+        }
+        kind::CLOSE => Ok(Record::Close { header }),
+        kind::EXIT => Ok(Record::Exit { header }),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
+        // SAFETY: test-only view of plain old data.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_data_with_its_captured_head() {
+        let header = RecordHeader {
+            kind: kind::DATA,
+            tgid: 7,
+            fd: 3,
+            captured_len: 4,
+            result: 100,
+            ..Default::default()
+        };
+        let mut raw = bytes_of(&header);
+        raw.extend_from_slice(b"GET /");
+        let Record::Data {
+            moved, captured, ..
+        } = decode(&raw).unwrap()
+        else {
+            panic!("not data")
+        };
+        assert_eq!(moved, 100);
+        assert_eq!(&captured[..], b"GET ");
+    }
+
+    #[test]
+    fn decodes_connect_address() {
+        let mut record = ConnectionRecord::default();
+        record.header.kind = kind::CONNECT;
+        record.header.result = -115;
+        record.remote.family = 2;
+        record.remote.port = 8080;
+        record.remote.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let decoded = decode(&bytes_of(&record)).unwrap();
+        assert_eq!(
+            decoded,
+            Record::Connect {
+                header: record.header,
+                remote: Some("127.0.0.1:8080".parse().unwrap()),
+                result: -115
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(decode(&[0; 10]), Err(DecodeError::Short(10)));
+        let header = RecordHeader {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(decode(&bytes_of(&header)), Err(DecodeError::UnknownKind(99)));
+        let header = RecordHeader {
+            kind: kind::DATA,
+            captured_len: 50,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode(&bytes_of(&header)),
+            Err(DecodeError::Truncated { .. })
+        ));
+    }
+}
