@@ -1,9 +1,7 @@
 //! Socket lifecycle: socket() marks TCP sockets, accept() follows inbound connections, connect()
 //! follows outbound ones, close() stops following. Only these calls add or remove followed
 //! sockets; data calls look them up.
-use access_log_common::{
-    counter, kind, role, ConnectionRecord, SocketAddress, SocketKey,
-};
+use access_log_common::{counter, kind, role, ConnectionRecord, SocketAddress, SocketKey};
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 
 use crate::maps::{
@@ -35,7 +33,7 @@ pub fn ret(ctx: &TracePointContext) -> Result<i64, i64> {
 }
 
 fn save(caller: Caller, call: PendingCall) {
-    if CALLS.insert(&caller.pid_tgid, &call, 0).is_err() {
+    if CALLS.insert(caller.pid_tgid, call, 0).is_err() {
         count(counter::CALL_TABLE_FULL);
     }
 }
@@ -44,20 +42,29 @@ fn save(caller: Caller, call: PendingCall) {
 #[inline(always)]
 pub fn take(caller: Caller, syscall: u32) -> Option<PendingCall> {
     // SAFETY: the entry is copied out before it is removed.
-    let call = unsafe { CALLS.get(&caller.pid_tgid) }.copied()?;
-    let _ = CALLS.remove(&caller.pid_tgid);
+    let call = unsafe { CALLS.get(caller.pid_tgid) }.copied()?;
+    let _ = CALLS.remove(caller.pid_tgid);
     (call.syscall == syscall).then_some(call)
 }
 
 #[inline(always)]
 pub fn role_of(caller: Caller, fd: i32) -> Option<u32> {
     // SAFETY: the value is copied.
-    unsafe { SOCKETS.get(&SocketKey { tgid: caller.tgid, fd }) }.copied()
+    unsafe {
+        SOCKETS.get(SocketKey {
+            tgid: caller.tgid,
+            fd,
+        })
+    }
+    .copied()
 }
 
 fn follow(caller: Caller, fd: i32, socket_role: u32) {
-    let key = SocketKey { tgid: caller.tgid, fd };
-    if SOCKETS.insert(&key, &socket_role, 0).is_err() {
+    let key = SocketKey {
+        tgid: caller.tgid,
+        fd,
+    };
+    if SOCKETS.insert(key, socket_role, 0).is_err() {
         count(counter::SOCKET_TABLE_FULL);
     }
 }
@@ -251,7 +258,10 @@ fn try_close_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(socket_role) = role_of(caller, fd) else {
         return Ok(());
     };
-    let _ = SOCKETS.remove(&SocketKey { tgid: caller.tgid, fd });
+    let _ = SOCKETS.remove(SocketKey {
+        tgid: caller.tgid,
+        fd,
+    });
     if socket_role != role::CREATED {
         submit(header(caller, kind::CLOSE, fd));
     }

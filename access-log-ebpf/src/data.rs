@@ -29,7 +29,7 @@ fn enter(ctx: &TracePointContext, call_syscall: u32, fd_arg: usize) -> Result<()
         fd,
         syscall: call_syscall,
     };
-    if CALLS.insert(&caller.pid_tgid, &call, 0).is_err() {
+    if CALLS.insert(caller.pid_tgid, call, 0).is_err() {
         count(access_log_common::counter::CALL_TABLE_FULL);
     }
     Ok(())
@@ -126,7 +126,7 @@ fn try_splice_enter(ctx: &TracePointContext) -> Result<(), i64> {
         fd,
         syscall: call_syscall,
     };
-    if CALLS.insert(&caller.pid_tgid, &call, 0).is_err() {
+    if CALLS.insert(caller.pid_tgid, call, 0).is_err() {
         count(access_log_common::counter::CALL_TABLE_FULL);
     }
     Ok(())
@@ -138,7 +138,7 @@ pub fn splice_exit(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // SAFETY: copied out of the map before use.
-    let pending = unsafe { CALLS.get(&caller.pid_tgid) }.copied();
+    let pending = unsafe { CALLS.get(caller.pid_tgid) }.copied();
     if let Some(call) = pending {
         if call.syscall == syscall::SPLICE_IN || call.syscall == syscall::SPLICE_OUT {
             let _ = exit(&ctx, call.syscall);

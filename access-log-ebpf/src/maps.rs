@@ -87,7 +87,7 @@ pub fn watched_caller() -> Option<Caller> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: the value is only tested for presence.
-    unsafe { WATCHED.get(&tgid) }?;
+    unsafe { WATCHED.get(tgid) }?;
     Some(Caller {
         pid_tgid,
         tgid,

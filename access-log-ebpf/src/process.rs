@@ -21,7 +21,7 @@ fn try_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
     let child: u32 = unsafe { ctx.read_at(offset) }.map_err(|e| e as i64)?;
     // A new thread of a watched process is inserted too: harmless (its tgid is already
     // watched) and removed again at its exit.
-    if WATCHED.insert(&child, &1, 0).is_err() {
+    if WATCHED.insert(child, 1, 0).is_err() {
         count(counter::WATCH_TABLE_FULL);
     }
     Ok(())
@@ -35,6 +35,6 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
     if caller.tid == caller.tgid {
         submit(header(caller, kind::EXIT, -1));
     }
-    let _ = WATCHED.remove(&caller.tid);
+    let _ = WATCHED.remove(caller.tid);
     0
 }

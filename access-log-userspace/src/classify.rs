@@ -56,9 +56,11 @@ pub fn classify(
             (_, AttemptOutcome::Closed | AttemptOutcome::Sent) => {
                 class(FAULT, "101505", "Connection closed by the back end")
             }
-            (_, AttemptOutcome::Answered(_)) => {
-                class(FAULT, "101500", "Error in the gateway after the back end answered")
-            }
+            (_, AttemptOutcome::Answered(_)) => class(
+                FAULT,
+                "101500",
+                "Error in the gateway after the back end answered",
+            ),
         });
     }
     Some(match status {

@@ -10,12 +10,6 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 3] = [
-        EventKind::IncomingRequest,
-        EventKind::RequestComplete,
-        EventKind::Error,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::IncomingRequest => "INCOMING_REQUEST",

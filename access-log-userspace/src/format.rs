@@ -196,10 +196,7 @@ mod tests {
     #[test]
     fn kv_escapes_so_no_value_can_forge_a_field_or_line() {
         let mut line = String::new();
-        kv_line(
-            &event("x\", Event=\"ERROR\nfake \\ line\u{1}"),
-            &mut line,
-        );
+        kv_line(&event("x\", Event=\"ERROR\nfake \\ line\u{1}"), &mut line);
         assert!(!line.contains('\n'));
         assert!(line.contains(r#"UserAgent="x\", Event=\"ERROR\nfake \\ line\u{0001}""#));
         assert!(line.contains(r#"RequestInURL="/a?b=\"c\"""#));

@@ -89,7 +89,8 @@ impl Stream {
 
     /// Tells a response stream that a request was sent, so it can frame the reply.
     pub fn expect_response_to(&mut self, method: &str) {
-        self.head_requests.push_back(method.eq_ignore_ascii_case("HEAD"));
+        self.head_requests
+            .push_back(method.eq_ignore_ascii_case("HEAD"));
     }
 
     /// Joins a stream in the middle: wait for a read that starts a head.
@@ -327,7 +328,9 @@ fn query_has_credentials(target: &str) -> bool {
     };
     query.split('&').any(|pair| {
         let name = pair.split('=').next().unwrap_or_default();
-        CREDENTIAL_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
+        CREDENTIAL_PARAMS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
     })
 }
 

@@ -1,19 +1,9 @@
 //! `access-log`: a passive access log for API gateways. Attaches to a gateway by PID, follows
 //! its sockets with eBPF and prints INCOMING_REQUEST, REQUEST_COMPLETE and ERROR events.
-mod catalog;
-mod classify;
-mod event;
-mod format;
-mod http;
-mod pipeline;
-mod probe;
-mod procfs;
-mod record;
-
 use std::{
     collections::HashMap,
     fs::OpenOptions,
-    io::{self, BufWriter, IsTerminal as _, Write},
+    io::{self, BufWriter, IsTerminal as _},
     path::PathBuf,
     time::Duration,
 };
@@ -22,12 +12,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{
+use access_log::{
     catalog::Catalog,
-    event::EventKind,
     format::{Format, Sink, WriterSink},
     pipeline::{Clock, Pipeline},
-    probe::{ProbeConfig, Probes},
+    probe::{self, ProbeConfig, Probes},
+    procfs, record,
 };
 
 #[derive(Parser)]
@@ -134,11 +124,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<()> {
                 .format
                 .unwrap_or(if terminal { Format::Pretty } else { Format::Kv });
             let color = terminal && std::env::var_os("NO_COLOR").is_none();
-            Box::new(WriterSink::new(
-                BufWriter::new(io::stdout()),
-                format,
-                color,
-            ))
+            Box::new(WriterSink::new(BufWriter::new(io::stdout()), format, color))
         }
     };
 
@@ -187,7 +173,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<()> {
     let stats = pipeline.stats();
     let drops = probes.drops();
     eprintln!(
-        "summary: {} INCOMING_REQUEST, {} REQUEST_COMPLETE, {} ERROR; kernel drops: {} (ring full {}, socket table full {}, call table full {}, unreadable buffers {}); undecodable records {}; outbound requests not linked {}",
+        "summary: {} INCOMING_REQUEST, {} REQUEST_COMPLETE, {} ERROR; kernel drops: {} (ring full {}, socket table full {}, call table full {}, unreadable buffers {}, children not watched {}); undecodable records {}; outbound requests not linked {}",
         stats.incoming,
         stats.complete,
         stats.errors,
@@ -196,6 +182,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<()> {
         drops.socket_table_full,
         drops.call_table_full,
         drops.read_failed,
+        drops.watch_table_full,
         outcome.undecodable,
         stats.unlinked_outbound,
     );
@@ -248,7 +235,14 @@ async fn run(
             _ = &mut deadline => break,
         }
     }
-    drain(probes, pipeline, sink, root, &mut outcome, &mut decode_errors);
+    drain(
+        probes,
+        pipeline,
+        sink,
+        root,
+        &mut outcome,
+        &mut decode_errors,
+    );
     for (error, count) in decode_errors {
         eprintln!("access-log: {count} records undecodable: {error}");
     }
@@ -293,6 +287,5 @@ fn drain(
     if let Some(error) = failed {
         eprintln!("access-log: writing events failed: {error}");
     }
-    let _ = EventKind::ALL;
     root_exited
 }

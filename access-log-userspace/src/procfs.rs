@@ -17,7 +17,9 @@ pub enum ProcError {
     NoSuchProcess(u32),
     #[error("tracefs is not mounted at {TRACEFS} and mounting it failed: {0} (run as root)")]
     TracefsMount(std::io::Error),
-    #[error("this kernel has no tracepoint {0} (needs syscall tracepoints: CONFIG_FTRACE_SYSCALLS)")]
+    #[error(
+        "this kernel has no tracepoint {0} (needs syscall tracepoints: CONFIG_FTRACE_SYSCALLS)"
+    )]
     MissingTracepoint(String),
 }
 
@@ -76,7 +78,11 @@ pub fn process_tree(root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some(ppid) = parent_of(pid) {
@@ -213,7 +219,9 @@ fn parse_hex_address(text: &str) -> Option<SocketAddr> {
                 chunk.copy_from_slice(&word.to_ne_bytes());
             }
             let v6 = Ipv6Addr::from(bytes);
-            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6))
         }
         _ => return None,
     };

@@ -182,7 +182,10 @@ mod tests {
             kind: 99,
             ..Default::default()
         };
-        assert_eq!(decode(&bytes_of(&header)), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            decode(&bytes_of(&header)),
+            Err(DecodeError::UnknownKind(99))
+        );
         let header = RecordHeader {
             kind: kind::DATA,
             captured_len: 50,
