@@ -5,7 +5,7 @@
 use access_log_common::{counter, kind, RecordHeader, MAX_CAPTURE};
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_user};
 
-use crate::maps::{capture_bytes, count, header, Caller, COPY_MASK, EVENTS, SCRATCH};
+use crate::maps::{capture_bytes, count, header, Caller, COPY_MASK, EVENTS, NO_WAKEUP, SCRATCH};
 
 /// Most iovecs looked at in one readv/writev/sendmsg/recvmsg; heads sit in the first few.
 const MAX_IOVECS: usize = 8;
@@ -69,7 +69,7 @@ pub fn emit(caller: Caller, fd: i32, syscall: u32, moved: i64, source: Source) {
     // SAFETY: `size` is at most the header plus COPY_MASK bytes, inside the scratch record.
     let bytes =
         unsafe { core::slice::from_raw_parts(record as *const _ as *const u8, size as usize) };
-    if EVENTS.output::<[u8]>(bytes, 1).is_err() {
+    if EVENTS.output::<[u8]>(bytes, NO_WAKEUP).is_err() {
         count(counter::RING_FULL);
     }
 }

@@ -4,9 +4,7 @@
 use access_log_common::{counter, kind, role, ConnectionRecord, SocketAddress, SocketKey};
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 
-use crate::maps::{
-    count, header, submit, submit_connection, watched_caller, Caller, PendingCall, CALLS, SOCKETS,
-};
+use crate::maps::{count, header, submit, watched_caller, Caller, PendingCall, CALLS, SOCKETS};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -187,7 +185,7 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     follow(caller, fd as i32, role::INBOUND);
-    submit_connection(ConnectionRecord {
+    submit(ConnectionRecord {
         header: header(caller, kind::ACCEPT, fd as i32),
         remote,
     });
@@ -237,7 +235,7 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
     follow(caller, call.fd, role::OUTBOUND);
     let mut head = header(caller, kind::CONNECT, call.fd);
     head.result = result;
-    submit_connection(ConnectionRecord {
+    submit(ConnectionRecord {
         header: head,
         remote: read_address(call.pointer),
     });
