@@ -13,8 +13,12 @@ pub enum AttemptOutcome {
     Answered(u16),
     /// The connection failed before a request could be written (refused, unreachable).
     ConnectFailed,
-    /// The backend closed or reset the connection before answering.
+    /// The backend closed the connection before answering.
     Closed,
+    /// The backend reset the connection before answering.
+    Reset,
+    /// The gateway closed the connection while waiting for the answer: it gave up (timeout).
+    Abandoned,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +41,18 @@ pub const MAIN: &str = "main";
 pub const FAULT: &str = "fault";
 pub const THROTTLE: &str = "_throttle_out_handler_";
 
+/// The status nginx logs when the client closed the connection before the answer.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The classification of a request whose client left before any answer.
+pub fn client_gone() -> Classification {
+    class(
+        FAULT,
+        "499",
+        "Client closed the connection before the response",
+    )
+}
+
 /// Classifies a gateway answer that no backend answer preceded. None when it is no error.
 pub fn classify(
     status: u16,
@@ -49,12 +65,17 @@ pub fn classify(
     }
     if let Some(last) = attempts.last() {
         return Some(match (status, last) {
-            (504, _) => class(FAULT, "101504", "Connection timed out"),
+            (504, _) | (_, AttemptOutcome::Abandoned) => {
+                class(FAULT, "101504", "Connection timed out")
+            }
             (_, AttemptOutcome::ConnectFailed | AttemptOutcome::Connecting) => {
                 class(FAULT, "101503", "Error connecting to the back end")
             }
             (_, AttemptOutcome::Closed | AttemptOutcome::Sent) => {
                 class(FAULT, "101505", "Connection closed by the back end")
+            }
+            (_, AttemptOutcome::Reset) => {
+                class(FAULT, "101505", "Connection reset by the back end")
             }
             (_, AttemptOutcome::Answered(_)) => class(
                 FAULT,

@@ -1,7 +1,7 @@
 //! HTTP/1.x stream reassembly for one direction of one connection: finds message heads across
 //! reads, skips bodies by their framing, and survives bytes it never saw (beyond the capture
 //! window) by resynchronising at the start of the next read.
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 /// A head larger than this is not HTTP we can follow; the stream goes opaque until resync.
 const MAX_HEAD: usize = 64 * 1024;
@@ -19,6 +19,10 @@ pub struct RequestHead {
     pub target: String,
     pub user_agent: Option<String>,
     pub has_credentials: bool,
+    /// The value of the first configured id header present (`name:value`, lower-case name;
+    /// for traceparent only its trace id): the exact link between an inbound request and the
+    /// outbound one it causes.
+    pub correlation: Option<String>,
     /// The head went past the capture window: fields after the cut are unknown.
     pub truncated: bool,
 }
@@ -74,16 +78,23 @@ pub struct Stream {
     head_requests: VecDeque<bool>,
     /// Bytes of partial lines in chunked framing.
     line: Vec<u8>,
+    /// Lower-case names of the id headers that link requests exactly.
+    id_headers: Arc<[String]>,
 }
 
 impl Stream {
     pub fn new(side: Side) -> Self {
+        Self::with_id_headers(side, Arc::from(Vec::new()))
+    }
+
+    pub fn with_id_headers(side: Side, id_headers: Arc<[String]>) -> Self {
         Stream {
             side,
             state: State::Head,
             pending: Vec::new(),
             head_requests: VecDeque::new(),
             line: Vec::new(),
+            id_headers,
         }
     }
 
@@ -206,7 +217,7 @@ impl Stream {
 
     fn parse_head(&mut self) -> Parsed {
         match self.side {
-            Side::Requests => parse_request(&self.pending),
+            Side::Requests => parse_request(&self.pending, &self.id_headers),
             Side::Responses => {
                 let parsed = parse_response(&self.pending, self.head_requests.front().copied());
                 if let Parsed::Complete(Head::Response(ref response), _, _) = parsed {
@@ -334,7 +345,22 @@ fn query_has_credentials(target: &str) -> bool {
     })
 }
 
-fn parse_request(bytes: &[u8]) -> Parsed {
+/// The exact-link value of a request: the first configured id header present.
+fn correlation(headers: &[httparse::Header<'_>], id_headers: &[String]) -> Option<String> {
+    id_headers.iter().find_map(|name| {
+        let value = text(header_value(headers, name)?);
+        let value = value.trim();
+        // traceparent: version-traceid-parentid-flags; a proxy keeps the trace id only.
+        let value = if name == "traceparent" {
+            value.split('-').nth(1)?
+        } else {
+            value
+        };
+        (!value.is_empty()).then(|| format!("{name}:{value}"))
+    })
+}
+
+fn parse_request(bytes: &[u8], id_headers: &[String]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(bytes) {
@@ -360,6 +386,7 @@ fn parse_request(bytes: &[u8]) -> Parsed {
                 target,
                 user_agent: header_value(headers, "user-agent").map(text),
                 has_credentials,
+                correlation: correlation(headers, id_headers),
                 truncated: false,
             };
             Parsed::Complete(Head::Request(head), length, next)
@@ -447,6 +474,7 @@ fn first_line_head(bytes: &[u8], side: Side) -> Option<Head> {
                 has_credentials: has_credentials || query_has_credentials(&target),
                 target,
                 user_agent: None,
+                correlation: None,
                 truncated: true,
             }))
         }
@@ -474,6 +502,7 @@ mod tests {
             target: target.into(),
             user_agent: None,
             has_credentials: false,
+            correlation: None,
             truncated: false,
         })
     }
@@ -571,6 +600,22 @@ mod tests {
         assert!(!format!("{heads:?}").contains("secret"));
         let heads = stream.feed(b"GET /a?api_key=s3 HTTP/1.1\r\n\r\n", 0);
         assert!(matches!(&heads[0], Head::Request(r) if r.has_credentials));
+    }
+
+    #[test]
+    fn id_headers_give_the_exact_link() {
+        let names: Arc<[String]> =
+            Arc::from(vec!["x-request-id".to_owned(), "traceparent".to_owned()]);
+        let mut stream = Stream::with_id_headers(Side::Requests, names);
+        let heads = stream.feed(
+            b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+            0,
+        );
+        assert!(matches!(&heads[0], Head::Request(r)
+            if r.correlation.as_deref() == Some("traceparent:4bf92f3577b34da6a3ce929d0e0e4736")));
+        let heads = stream.feed(b"GET / HTTP/1.1\r\nX-Request-ID: abc\r\n\r\n", 0);
+        assert!(matches!(&heads[0], Head::Request(r)
+            if r.correlation.as_deref() == Some("x-request-id:abc")));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use access_log::{
     catalog::Catalog,
     format::{Format, Sink, WriterSink},
-    pipeline::{Clock, Pipeline},
+    pipeline::{Clock, Pipeline, PipelineConfig},
     probe::{self, ProbeConfig, Probes},
     procfs, record,
 };
@@ -56,6 +56,10 @@ struct AttachArgs {
     #[arg(long, default_value_t = access_log_common::DEFAULT_CAPTURE,
           value_parser = clap::value_parser!(u32).range(64..=access_log_common::MAX_CAPTURE as i64))]
     capture_bytes: u32,
+    /// A header whose value, seen on both the client's request and the backend request,
+    /// links them exactly (repeatable).
+    #[arg(long = "id-header", default_values_t = ["x-request-id".to_string(), "traceparent".to_string()])]
+    id_header: Vec<String>,
     /// Size of the kernel ring buffer in bytes (a power of two, at least a page).
     #[arg(long, default_value_t = 8 << 20)]
     ring_bytes: u32,
@@ -132,7 +136,11 @@ fn attach(args: AttachArgs) -> anyhow::Result<()> {
         capture_bytes: args.capture_bytes,
         ring_bytes: args.ring_bytes,
     })?;
-    let mut pipeline = Pipeline::new(catalog, clock());
+    let mut pipeline = Pipeline::new(PipelineConfig {
+        catalog,
+        clock: clock(),
+        id_headers: args.id_header.clone(),
+    });
     // Root first: from here on the kernel adds every child forked; then the children that
     // exist already, then the sockets they already hold.
     probes.watch(args.pid)?;
@@ -173,7 +181,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<()> {
     let stats = pipeline.stats();
     let drops = probes.drops();
     eprintln!(
-        "summary: {} INCOMING_REQUEST, {} REQUEST_COMPLETE, {} ERROR; kernel drops: {} (ring full {}, socket table full {}, call table full {}, unreadable buffers {}, children not watched {}); undecodable records {}; outbound requests not linked {}",
+        "summary: {} INCOMING_REQUEST, {} REQUEST_COMPLETE, {} ERROR; kernel drops: {} (ring full {}, socket table full {}, call table full {}, unreadable buffers {}, children not watched {}); undecodable records {}; outbound requests not linked {}; low-confidence pairings {}",
         stats.incoming,
         stats.complete,
         stats.errors,
@@ -185,6 +193,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<()> {
         drops.watch_table_full,
         outcome.undecodable,
         stats.unlinked_outbound,
+        stats.low_confidence,
     );
     if let Some(reason) = outcome.stopped_because {
         eprintln!("access-log: {reason}");

@@ -1,0 +1,550 @@
+//! The pipeline from decoded kernel records to events: follows each connection's two streams,
+//! links every inbound request with the backend calls the gateway makes for it (`link`), and
+//! reports INCOMING_REQUEST, REQUEST_COMPLETE and ERROR (`report`). Plain values in, events
+//! out: no I/O here.
+mod link;
+mod report;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use access_log_common::syscall;
+
+use crate::{
+    catalog::{ApiMatch, Catalog},
+    classify::AttemptOutcome,
+    event::Event,
+    http::{Head, RequestHead, ResponseHead, Side, Stream},
+    record::Record,
+};
+
+pub use link::Confidence;
+
+/// A followed socket: (process, fd). accept/connect on a reused fd replace the entry.
+pub type ConnectionKey = (u32, i32);
+/// A thread: (process, thread id).
+type ThreadKey = (u32, u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// A client connected to the gateway.
+    Inbound,
+    /// The gateway connected to a backend.
+    Outbound,
+}
+
+/// Converts the kernel's monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock nanoseconds minus monotonic nanoseconds.
+    pub offset_ns: i128,
+}
+
+impl Clock {
+    pub fn wall(&self, monotonic_ns: u64) -> i128 {
+        monotonic_ns as i128 + self.offset_ns
+    }
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PipelineStats {
+    pub incoming: u64,
+    pub complete: u64,
+    pub errors: u64,
+    /// Outbound requests that could not be linked to an inbound request.
+    pub unlinked_outbound: u64,
+    /// Events whose pairing rests on weak evidence (marked PairingConfidence="low").
+    pub low_confidence: u64,
+    /// Data on a socket the pipeline did not know (opened before a gap).
+    pub unknown_connection_records: u64,
+}
+
+struct Connection {
+    direction: Direction,
+    remote: Option<SocketAddr>,
+    requests: Stream,
+    responses: Stream,
+    /// Requests on this connection still waiting for their response, oldest first: inbound
+    /// request ids on an inbound connection; on an outbound one, the inbound request each
+    /// outbound request serves (None when it could not be linked).
+    awaiting: VecDeque<Option<u64>>,
+    /// Outbound: the inbound request this connection was opened for (connect-time binding).
+    bound: Option<(u64, Confidence)>,
+    /// Outbound: the backend ended the connection (EOF or error) before the gateway closed it.
+    hung_up: Option<AttemptOutcome>,
+}
+
+struct Attempt {
+    connection: ConnectionKey,
+    remote: Option<SocketAddr>,
+    method: Option<String>,
+    target: Option<String>,
+    outcome: AttemptOutcome,
+    confidence: Confidence,
+}
+
+impl Attempt {
+    fn in_progress(&self) -> bool {
+        matches!(
+            self.outcome,
+            AttemptOutcome::Connecting | AttemptOutcome::Sent
+        )
+    }
+}
+
+struct InboundRequest {
+    message_id: String,
+    connection: ConnectionKey,
+    head: RequestHead,
+    api: ApiMatch,
+    remote: Option<SocketAddr>,
+    received_ns: u64,
+    attempts: Vec<Attempt>,
+    backend_answered: bool,
+}
+
+impl InboundRequest {
+    /// Still needs a backend: nothing answered it and no attempt is under way.
+    fn awaiting_backend(&self) -> bool {
+        !self.backend_answered && !self.attempts.iter().any(Attempt::in_progress)
+    }
+}
+
+/// What the pipeline needs besides records.
+pub struct PipelineConfig {
+    pub catalog: Catalog,
+    pub clock: Clock,
+    /// Lower-case names of headers whose value links an inbound request to its outbound one.
+    pub id_headers: Vec<String>,
+}
+
+pub struct Pipeline {
+    catalog: Catalog,
+    clock: Clock,
+    id_headers: Arc<[String]>,
+    connections: HashMap<ConnectionKey, Connection>,
+    requests: HashMap<u64, InboundRequest>,
+    /// Inbound requests by their id-header value, for the exact link.
+    by_correlation: HashMap<String, u64>,
+    threads: HashMap<ThreadKey, link::Thread>,
+    next_request: u64,
+    stats: PipelineStats,
+}
+
+impl Pipeline {
+    pub fn new(config: PipelineConfig) -> Self {
+        Pipeline {
+            catalog: config.catalog,
+            clock: config.clock,
+            id_headers: config
+                .id_headers
+                .into_iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
+            connections: HashMap::new(),
+            requests: HashMap::new(),
+            by_correlation: HashMap::new(),
+            threads: HashMap::new(),
+            next_request: 1,
+            stats: PipelineStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &PipelineStats {
+        &self.stats
+    }
+
+    fn new_connection(&self, direction: Direction, remote: Option<SocketAddr>) -> Connection {
+        Connection {
+            direction,
+            remote,
+            requests: Stream::with_id_headers(Side::Requests, self.id_headers.clone()),
+            responses: Stream::with_id_headers(Side::Responses, self.id_headers.clone()),
+            awaiting: VecDeque::new(),
+            bound: None,
+            hung_up: None,
+        }
+    }
+
+    /// A connection that existed before attach (found in /proc).
+    pub fn add_existing(
+        &mut self,
+        key: ConnectionKey,
+        direction: Direction,
+        remote: Option<SocketAddr>,
+    ) {
+        let mut connection = self.new_connection(direction, remote);
+        // We join mid-stream: wait for a read that starts a head.
+        connection.requests.resync();
+        connection.responses.resync();
+        self.connections.insert(key, connection);
+    }
+
+    /// Processes one record; appends the events it completes to `out`.
+    pub fn process(&mut self, record: &Record, out: &mut Vec<Event>) {
+        let header = *record.header();
+        let key = (header.tgid, header.fd);
+        let thread = (header.tgid, header.tid);
+        match record {
+            Record::Accept { remote, .. } => {
+                self.close(key, thread, header.timestamp_ns, out);
+                let connection = self.new_connection(Direction::Inbound, *remote);
+                self.connections.insert(key, connection);
+            }
+            Record::Connect { remote, result, .. } => {
+                self.close(key, thread, header.timestamp_ns, out);
+                self.connect(key, thread, *remote, *result);
+            }
+            Record::Close { .. } => self.close(key, thread, header.timestamp_ns, out),
+            Record::Exit { .. } => {
+                let keys: Vec<_> = self
+                    .connections
+                    .keys()
+                    .filter(|(tgid, _)| *tgid == header.tgid)
+                    .copied()
+                    .collect();
+                for key in keys {
+                    self.close(key, thread, header.timestamp_ns, out);
+                }
+                self.threads.retain(|(tgid, _), _| *tgid != header.tgid);
+            }
+            Record::Data {
+                moved, captured, ..
+            } => self.data(key, thread, header, *moved, captured, out),
+        }
+    }
+
+    fn data(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        header: access_log_common::RecordHeader,
+        moved: i64,
+        captured: &[u8],
+        out: &mut Vec<Event>,
+    ) {
+        let Some(connection) = self.connections.get_mut(&key) else {
+            self.stats.unknown_connection_records += 1;
+            return;
+        };
+        let ingress = syscall::is_ingress(header.syscall);
+        let direction = connection.direction;
+        if moved <= 0 {
+            if direction == Direction::Outbound && ingress {
+                connection.hung_up = Some(link::hang_up_outcome(moved));
+                self.backend_hung_up(key);
+            }
+            return;
+        }
+        if direction == Direction::Inbound && ingress {
+            self.thread(thread).inbound_read(key);
+        }
+        let missing = (moved as u64).saturating_sub(captured.len() as u64);
+        let connection = self.connections.get_mut(&key).expect("looked up above");
+        let carries_requests = ingress == (direction == Direction::Inbound);
+        let stream = if carries_requests {
+            &mut connection.requests
+        } else {
+            &mut connection.responses
+        };
+        let at = header.timestamp_ns;
+        for head in stream.feed(captured, missing) {
+            match (direction, head) {
+                (Direction::Inbound, Head::Request(request)) => {
+                    self.inbound_request(key, thread, request, at, out)
+                }
+                (Direction::Inbound, Head::Response(response)) => {
+                    self.gateway_response(key, response, at, out)
+                }
+                (Direction::Outbound, Head::Request(request)) => {
+                    self.outbound_request(key, thread, request)
+                }
+                (Direction::Outbound, Head::Response(response)) => {
+                    self.backend_response(key, response, at, out)
+                }
+            }
+        }
+    }
+
+    fn thread(&mut self, thread: ThreadKey) -> &mut link::Thread {
+        self.threads.entry(thread).or_default()
+    }
+
+    fn connect(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        remote: Option<SocketAddr>,
+        result: i64,
+    ) {
+        const EINPROGRESS: i64 = -115;
+        let mut connection = self.new_connection(Direction::Outbound, remote);
+        let failed = result < 0 && result != EINPROGRESS;
+        if let Some((id, confidence)) = self.link_connect(thread) {
+            if let Some(request) = self.requests.get_mut(&id) {
+                request.attempts.push(Attempt {
+                    connection: key,
+                    remote,
+                    method: None,
+                    target: None,
+                    outcome: if failed {
+                        AttemptOutcome::ConnectFailed
+                    } else {
+                        AttemptOutcome::Connecting
+                    },
+                    confidence,
+                });
+                if failed {
+                    self.thread(thread).retry_for = Some(id);
+                } else {
+                    connection.bound = Some((id, confidence));
+                }
+            }
+        }
+        self.connections.insert(key, connection);
+    }
+
+    fn inbound_request(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        head: RequestHead,
+        at: u64,
+        out: &mut Vec<Event>,
+    ) {
+        let id = self.next_request;
+        self.next_request += 1;
+        let Some(connection) = self.connections.get_mut(&key) else {
+            return;
+        };
+        connection.responses.expect_response_to(&head.method);
+        connection.awaiting.push_back(Some(id));
+        if let Some(correlation) = &head.correlation {
+            self.by_correlation.insert(correlation.clone(), id);
+        }
+        let request = InboundRequest {
+            message_id: report::new_message_id(),
+            connection: key,
+            api: self.catalog.lookup(&head.target),
+            head,
+            remote: connection.remote,
+            received_ns: at,
+            attempts: Vec::new(),
+            backend_answered: false,
+        };
+        out.push(report::incoming(&request, self.clock.wall(at)));
+        self.stats.incoming += 1;
+        self.requests.insert(id, request);
+        self.thread(thread).last_request = Some(id);
+    }
+
+    fn outbound_request(&mut self, key: ConnectionKey, thread: ThreadKey, head: RequestHead) {
+        let Some(connection) = self.connections.get_mut(&key) else {
+            return;
+        };
+        connection.responses.expect_response_to(&head.method);
+        let remote = connection.remote;
+        let bound = connection.bound.take();
+        let link = self.link_request(key, thread, bound, &head);
+        let connection = self.connections.get_mut(&key).expect("looked up above");
+        connection.awaiting.push_back(link.map(|(id, _)| id));
+        let Some((id, confidence)) = link else {
+            self.stats.unlinked_outbound += 1;
+            return;
+        };
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
+        };
+        let connecting = request
+            .attempts
+            .iter_mut()
+            .find(|a| a.connection == key && a.outcome == AttemptOutcome::Connecting);
+        match connecting {
+            Some(attempt) => {
+                attempt.method = Some(head.method);
+                attempt.target = Some(head.target);
+                attempt.outcome = AttemptOutcome::Sent;
+                attempt.confidence = confidence;
+            }
+            None => request.attempts.push(Attempt {
+                connection: key,
+                remote,
+                method: Some(head.method),
+                target: Some(head.target),
+                outcome: AttemptOutcome::Sent,
+                confidence,
+            }),
+        }
+    }
+
+    fn backend_response(
+        &mut self,
+        key: ConnectionKey,
+        response: ResponseHead,
+        at: u64,
+        out: &mut Vec<Event>,
+    ) {
+        if response.status < 200 {
+            return;
+        }
+        let Some(connection) = self.connections.get_mut(&key) else {
+            return;
+        };
+        let Some(Some(id)) = connection.awaiting.pop_front() else {
+            return;
+        };
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
+        };
+        let Some(index) = request
+            .attempts
+            .iter()
+            .rposition(|a| a.connection == key && a.outcome == AttemptOutcome::Sent)
+        else {
+            return;
+        };
+        request.attempts[index].outcome = AttemptOutcome::Answered(response.status);
+        request.backend_answered = true;
+        let event = report::complete(request, index, response.status, at, self.clock.wall(at));
+        if request.attempts[index].confidence == Confidence::Low {
+            self.stats.low_confidence += 1;
+        }
+        out.push(event);
+        self.stats.complete += 1;
+    }
+
+    fn gateway_response(
+        &mut self,
+        key: ConnectionKey,
+        response: ResponseHead,
+        at: u64,
+        out: &mut Vec<Event>,
+    ) {
+        if response.status < 200 {
+            return;
+        }
+        let Some(connection) = self.connections.get_mut(&key) else {
+            return;
+        };
+        let Some(Some(id)) = connection.awaiting.pop_front() else {
+            return;
+        };
+        let Some(request) = self.forget(id) else {
+            return;
+        };
+        if request.backend_answered {
+            return;
+        }
+        if let Some(event) = report::error(&request, response.status, self.clock.wall(at)) {
+            self.count_error(&request);
+            out.push(event);
+        }
+    }
+
+    fn count_error(&mut self, request: &InboundRequest) {
+        self.stats.errors += 1;
+        if request
+            .attempts
+            .last()
+            .is_some_and(|a| a.confidence == Confidence::Low)
+        {
+            self.stats.low_confidence += 1;
+        }
+    }
+
+    fn forget(&mut self, id: u64) -> Option<InboundRequest> {
+        let request = self.requests.remove(&id)?;
+        if let Some(correlation) = &request.head.correlation {
+            if self.by_correlation.get(correlation) == Some(&id) {
+                self.by_correlation.remove(correlation);
+            }
+        }
+        Some(request)
+    }
+
+    /// The backend ended its side (EOF or error on a read): attempts under way on it failed.
+    fn backend_hung_up(&mut self, key: ConnectionKey) {
+        let Some(connection) = self.connections.get(&key) else {
+            return;
+        };
+        let outcome = connection.hung_up.unwrap_or(AttemptOutcome::Closed);
+        let ids: Vec<u64> = connection
+            .awaiting
+            .iter()
+            .flatten()
+            .copied()
+            .chain(connection.bound.map(|(id, _)| id))
+            .collect();
+        for id in ids {
+            if let Some(request) = self.requests.get_mut(&id) {
+                for attempt in request.attempts.iter_mut().filter(|a| a.connection == key) {
+                    attempt.outcome = match attempt.outcome {
+                        AttemptOutcome::Connecting => AttemptOutcome::ConnectFailed,
+                        AttemptOutcome::Sent => outcome,
+                        other => other,
+                    };
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, key: ConnectionKey, thread: ThreadKey, at: u64, out: &mut Vec<Event>) {
+        let Some(connection) = self.connections.remove(&key) else {
+            return;
+        };
+        match connection.direction {
+            Direction::Outbound => {
+                // Attempts still under way end here. Unless the backend hung up first, the
+                // gateway gave up on them (a timeout) or found the connect had failed.
+                let ids: Vec<u64> = connection
+                    .awaiting
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .chain(connection.bound.map(|(id, _)| id))
+                    .collect();
+                for id in ids {
+                    let Some(request) = self.requests.get_mut(&id) else {
+                        continue;
+                    };
+                    let mut ended = false;
+                    for attempt in request.attempts.iter_mut().filter(|a| a.connection == key) {
+                        let outcome = match (attempt.outcome, connection.hung_up) {
+                            (AttemptOutcome::Connecting, _) => AttemptOutcome::ConnectFailed,
+                            (AttemptOutcome::Sent, Some(hung_up)) => hung_up,
+                            (AttemptOutcome::Sent, None) => AttemptOutcome::Abandoned,
+                            (other, _) => other,
+                        };
+                        ended |= outcome != attempt.outcome;
+                        attempt.outcome = outcome;
+                    }
+                    if ended && !request.backend_answered {
+                        // A connect that follows on this thread is the retry of this request.
+                        self.threads.entry(thread).or_default().retry_for = Some(id);
+                    }
+                }
+            }
+            Direction::Inbound => {
+                // Requests the gateway never answered: the client left first (nginx's 499).
+                for id in connection.awaiting.into_iter().flatten() {
+                    let Some(request) = self.forget(id) else {
+                        continue;
+                    };
+                    if request.backend_answered {
+                        continue;
+                    }
+                    if let Some(event) = report::client_gone(&request, self.clock.wall(at)) {
+                        self.count_error(&request);
+                        out.push(event);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! Pairing and classification over scripted kernel records, as nginx produces them.
+use access_log_common::{kind, syscall, RecordHeader};
+use bytes::Bytes;
+
+use super::*;
+use crate::event::{EventKind, Value};
+
+const WORKER: u32 = 100;
+const CLIENT: &str = "10.0.0.7:50000";
+const BACKEND: &str = "127.0.0.1:8081";
+
+struct Script {
+    pipeline: Pipeline,
+    now: u64,
+    events: Vec<Event>,
+}
+
+impl Script {
+    fn new(catalog: &str) -> Self {
+        Script {
+            pipeline: Pipeline::new(PipelineConfig {
+                catalog: Catalog::parse(catalog).unwrap(),
+                clock: Clock { offset_ns: 0 },
+                id_headers: vec!["x-request-id".into()],
+            }),
+            now: 1_000_000,
+            events: Vec::new(),
+        }
+    }
+
+    fn header(&mut self, record_kind: u32, fd: i32, call: u32) -> RecordHeader {
+        self.now += 1_000_000;
+        RecordHeader {
+            timestamp_ns: self.now,
+            kind: record_kind,
+            tgid: WORKER,
+            tid: WORKER,
+            fd,
+            syscall: call,
+            captured_len: 0,
+            result: 0,
+        }
+    }
+
+    fn feed(&mut self, record: Record) {
+        self.pipeline.process(&record, &mut self.events);
+    }
+
+    fn accept(&mut self, fd: i32) {
+        let header = self.header(kind::ACCEPT, fd, 0);
+        self.feed(Record::Accept {
+            header,
+            remote: Some(CLIENT.parse().unwrap()),
+        });
+    }
+
+    fn connect(&mut self, fd: i32, result: i64) {
+        let header = self.header(kind::CONNECT, fd, 0);
+        self.feed(Record::Connect {
+            header,
+            remote: Some(BACKEND.parse().unwrap()),
+            result,
+        });
+    }
+
+    fn data(&mut self, fd: i32, call: u32, bytes: &[u8]) {
+        let header = self.header(kind::DATA, fd, call);
+        self.feed(Record::Data {
+            header,
+            moved: bytes.len() as i64,
+            captured: Bytes::copy_from_slice(bytes),
+        });
+    }
+
+    fn hang_up(&mut self, fd: i32, errno: i64) {
+        let header = self.header(kind::DATA, fd, syscall::RECVFROM);
+        self.feed(Record::Data {
+            header,
+            moved: errno,
+            captured: Bytes::new(),
+        });
+    }
+
+    fn close(&mut self, fd: i32) {
+        let header = self.header(kind::CLOSE, fd, 0);
+        self.feed(Record::Close { header });
+    }
+
+    fn of(&self, kind: EventKind) -> Vec<&Event> {
+        self.events.iter().filter(|e| e.kind == kind).collect()
+    }
+}
+
+const CATALOG: &str = "[[api]]\nname='Orders'\nversion='v1'\ncontext='/orders'\nprovider='demo'\n";
+
+#[test]
+fn proxied_request_is_paired_through_a_new_upstream_connection() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        syscall::RECVFROM,
+        b"GET /orders/7?x=1 HTTP/1.1\r\nUser-Agent: t/1\r\n\r\n",
+    );
+    s.connect(9, -115);
+    s.data(
+        9,
+        syscall::WRITEV,
+        b"GET /v1/orders/7?x=1 HTTP/1.0\r\nHost: b\r\n\r\n",
+    );
+    s.data(
+        9,
+        syscall::RECVFROM,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    s.close(9);
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    let incoming = s.of(EventKind::IncomingRequest);
+    let complete = s.of(EventKind::RequestComplete);
+    assert_eq!((incoming.len(), complete.len()), (1, 1));
+    assert!(s.of(EventKind::Error).is_empty());
+    let done = complete[0];
+    assert_eq!(done.text("ResponseTo"), incoming[0].text("MessageID"));
+    assert_eq!(
+        done.get("StatusCode"),
+        Some(&crate::event::Value::Integer(200))
+    );
+    assert_eq!(
+        done.text("RequestOutURL"),
+        Some("http://127.0.0.1:8081/v1/orders/7?x=1")
+    );
+    assert_eq!(done.text("API"), Some("demo--Orders:v1"));
+    assert_eq!(done.text("RemoteIP"), Some("10.0.0.7"));
+    assert_eq!(done.text("UserAgent"), Some("t/1"));
+}
+
+#[test]
+fn keep_alive_upstream_reuse_pairs_by_content() {
+    let mut s = Script::new(CATALOG);
+    s.pipeline.add_existing(
+        (WORKER, 9),
+        Direction::Outbound,
+        Some(BACKEND.parse().unwrap()),
+    );
+    s.accept(5);
+    s.accept(6);
+    s.data(5, syscall::RECVFROM, b"GET /orders/a HTTP/1.1\r\n\r\n");
+    s.data(6, syscall::RECVFROM, b"GET /orders/b HTTP/1.1\r\n\r\n");
+    // The worker sends b's request first on the pooled connection, then a's.
+    s.data(9, syscall::WRITEV, b"GET /v1/orders/b HTTP/1.1\r\n\r\n");
+    s.data(
+        9,
+        syscall::RECVFROM,
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+    );
+    s.data(9, syscall::WRITEV, b"GET /v1/orders/a HTTP/1.1\r\n\r\n");
+    s.data(
+        9,
+        syscall::RECVFROM,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    let incoming = s.of(EventKind::IncomingRequest);
+    let complete = s.of(EventKind::RequestComplete);
+    assert_eq!(complete.len(), 2);
+    for done in complete {
+        let request = incoming
+            .iter()
+            .find(|i| i.text("MessageID") == done.text("ResponseTo"))
+            .unwrap();
+        let tail = request
+            .text("RequestInURL")
+            .unwrap()
+            .trim_start_matches("/orders");
+        assert!(done.text("RequestOutURL").unwrap().ends_with(tail));
+    }
+}
+
+#[test]
+fn refused_backend_is_a_fault_with_the_connect_code() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.connect(9, -115);
+    s.close(9);
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+    );
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].text("ErrorSource"), Some("fault"));
+    assert_eq!(errors[0].text("ERROR_CODE"), Some("101503"));
+    assert_eq!(
+        errors[0].text("RequestOutURL"),
+        Some("http://127.0.0.1:8081")
+    );
+}
+
+#[test]
+fn backend_closing_after_the_request_is_a_closed_connection() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.connect(9, 0);
+    s.data(9, syscall::WRITEV, b"GET /v1/orders/x HTTP/1.1\r\n\r\n");
+    s.data(9, syscall::RECVFROM, b"");
+    s.close(9);
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(s.of(EventKind::Error)[0].text("ERROR_CODE"), Some("101505"));
+}
+
+#[test]
+fn gateway_answers_without_backend_call_are_errors_by_status() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /nothing HTTP/1.1\r\n\r\n");
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    );
+    s.data(
+        5,
+        syscall::RECVFROM,
+        b"GET /orders/1 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n",
+    );
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
+    );
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0].text("ErrorSource"), Some("main"));
+    assert_eq!(errors[0].text("API"), None, "no API matched");
+    assert_eq!(errors[1].text("ERROR_CODE"), Some("900901"));
+    assert_eq!(errors[1].text("API"), Some("demo--Orders:v1"));
+    assert!(!format!("{:?}", s.events).contains("Bearer"));
+}
+
+#[test]
+fn a_client_that_leaves_first_leaves_no_state() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.close(5);
+    assert!(s.pipeline.requests.is_empty());
+    assert!(s.pipeline.connections.is_empty());
+}
+
+fn linked_urls(s: &Script) -> Vec<(String, String)> {
+    let incoming = s.of(EventKind::IncomingRequest);
+    let mut pairs: Vec<(String, String)> = s
+        .of(EventKind::RequestComplete)
+        .iter()
+        .map(|done| {
+            let request = incoming
+                .iter()
+                .find(|i| i.text("MessageID") == done.text("ResponseTo"))
+                .unwrap();
+            (
+                request.text("RequestInURL").unwrap().to_owned(),
+                done.text("RequestOutURL").unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+#[test]
+fn interleaved_non_blocking_connects_pair_by_binding() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.accept(6);
+    s.data(5, syscall::RECVFROM, b"GET /orders/a?k=1 HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    s.data(6, syscall::RECVFROM, b"GET /orders/b?k=2 HTTP/1.1\r\n\r\n");
+    s.connect(21, -115);
+    // Connections complete in the other order; b's backend answers first.
+    s.data(
+        21,
+        syscall::WRITEV,
+        b"GET /v1/orders/b?k=2 HTTP/1.0\r\n\r\n",
+    );
+    s.data(
+        20,
+        syscall::WRITEV,
+        b"GET /v1/orders/a?k=1 HTTP/1.0\r\n\r\n",
+    );
+    s.data(
+        21,
+        syscall::RECVFROM,
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+    );
+    s.data(
+        20,
+        syscall::RECVFROM,
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(
+        linked_urls(&s),
+        vec![
+            (
+                "/orders/a?k=1".into(),
+                "http://127.0.0.1:8081/v1/orders/a?k=1".into()
+            ),
+            (
+                "/orders/b?k=2".into(),
+                "http://127.0.0.1:8081/v1/orders/b?k=2".into()
+            ),
+        ]
+    );
+    assert!(s
+        .events
+        .iter()
+        .all(|e| e.get("PairingConfidence").is_none()));
+}
+
+#[test]
+fn a_body_read_after_other_requests_binds_the_connect_to_its_own_request() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.accept(6);
+    s.data(
+        5,
+        syscall::RECVFROM,
+        b"POST /orders/p HTTP/1.1\r\nContent-Length: 4\r\n\r\n",
+    );
+    s.data(6, syscall::RECVFROM, b"GET /orders/g HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    // The POST's body arrives; only now does the gateway connect for it.
+    s.data(5, syscall::RECVFROM, b"body");
+    s.connect(21, -115);
+    s.data(
+        21,
+        syscall::WRITEV,
+        b"POST /v1/orders/p HTTP/1.0\r\nContent-Length: 4\r\n\r\nbody",
+    );
+    s.data(20, syscall::WRITEV, b"GET /v1/orders/g HTTP/1.0\r\n\r\n");
+    s.data(
+        20,
+        syscall::RECVFROM,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    s.data(
+        21,
+        syscall::RECVFROM,
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(
+        linked_urls(&s),
+        vec![
+            (
+                "/orders/g".into(),
+                "http://127.0.0.1:8081/v1/orders/g".into()
+            ),
+            (
+                "/orders/p".into(),
+                "http://127.0.0.1:8081/v1/orders/p".into()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_retry_after_a_refused_connect_is_the_same_request_and_counted() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /orders/r HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    s.close(20);
+    s.connect(21, -115);
+    s.data(21, syscall::WRITEV, b"GET /v1/orders/r HTTP/1.0\r\n\r\n");
+    s.data(
+        21,
+        syscall::RECVFROM,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].get("Attempts"), Some(&Value::Integer(2)));
+    assert_eq!(done[0].text("AttemptResults"), Some("connect-failed, 200"));
+    assert!(s.of(EventKind::Error).is_empty());
+}
+
+#[test]
+fn a_gateway_that_gives_up_waiting_is_a_timeout() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /orders/slow HTTP/1.1\r\n\r\n");
+    s.connect(20, 0);
+    s.data(20, syscall::WRITEV, b"GET /v1/orders/slow HTTP/1.0\r\n\r\n");
+    s.close(20);
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 504 Gateway Time-out\r\nContent-Length: 0\r\n\r\n",
+    );
+    let error = &s.of(EventKind::Error)[0];
+    assert_eq!(error.text("ERROR_CODE"), Some("101504"));
+}
+
+#[test]
+fn a_reset_backend_is_a_closed_connection_fault() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.connect(20, 0);
+    s.data(20, syscall::WRITEV, b"GET /v1/orders/x HTTP/1.0\r\n\r\n");
+    s.hang_up(20, -104);
+    s.close(20);
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+    );
+    let error = &s.of(EventKind::Error)[0];
+    assert_eq!(error.text("ERROR_CODE"), Some("101505"));
+    assert_eq!(
+        error.text("ERROR_MESSAGE"),
+        Some("Connection reset by the back end")
+    );
+}
+
+#[test]
+fn a_client_leaving_before_the_answer_is_reported_as_499() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.connect(20, 0);
+    s.data(20, syscall::WRITEV, b"GET /v1/orders/x HTTP/1.0\r\n\r\n");
+    s.hang_up(5, 0);
+    s.close(20);
+    s.close(5);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].get("StatusCode"), Some(&Value::Integer(499)));
+}
+
+#[test]
+fn an_id_header_links_exactly_whatever_the_thread_did() {
+    let mut s = Script::new(CATALOG);
+    s.pipeline.add_existing(
+        (WORKER, 9),
+        Direction::Outbound,
+        Some(BACKEND.parse().unwrap()),
+    );
+    s.accept(5);
+    s.accept(6);
+    s.data(
+        5,
+        syscall::RECVFROM,
+        b"GET /orders/a HTTP/1.1\r\nX-Request-ID: one\r\n\r\n",
+    );
+    s.data(
+        6,
+        syscall::RECVFROM,
+        b"GET /orders/b HTTP/1.1\r\nX-Request-ID: two\r\n\r\n",
+    );
+    // The last read was connection 6, but this request carries connection 5's id.
+    s.data(
+        9,
+        syscall::WRITEV,
+        b"GET /v1/x HTTP/1.1\r\nX-Request-ID: one\r\n\r\n",
+    );
+    s.data(
+        9,
+        syscall::RECVFROM,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(
+        linked_urls(&s),
+        vec![("/orders/a".into(), "http://127.0.0.1:8081/v1/x".into())]
+    );
+}
