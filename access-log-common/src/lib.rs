@@ -40,10 +40,22 @@ pub mod syscall {
     pub const SENDFILE: u32 = 9;
     pub const SPLICE_IN: u32 = 10;
     pub const SPLICE_OUT: u32 = 11;
+    /// Plaintext returned by SSL_read / SSL_read_ex (a uretprobe, not a syscall).
+    pub const SSL_READ: u32 = 12;
+    /// Plaintext passed to SSL_write / SSL_write_ex.
+    pub const SSL_WRITE: u32 = 13;
 
     /// True for calls that move bytes from the socket to the process.
     pub const fn is_ingress(syscall: u32) -> bool {
-        matches!(syscall, READ | READV | RECVFROM | RECVMSG | SPLICE_IN)
+        matches!(
+            syscall,
+            READ | READV | RECVFROM | RECVMSG | SPLICE_IN | SSL_READ
+        )
+    }
+
+    /// True for plaintext read through the process's TLS library.
+    pub const fn is_tls(syscall: u32) -> bool {
+        matches!(syscall, SSL_READ | SSL_WRITE)
     }
 }
 
@@ -55,6 +67,13 @@ pub mod role {
     pub const INBOUND: u32 = 2;
     /// Connected by the gateway: the gateway talks to a backend.
     pub const OUTBOUND: u32 = 3;
+    /// Flag: the socket carries TLS that the process's TLS library reads and writes; its
+    /// syscalls move ciphertext and are not captured (the plaintext comes from the uprobes).
+    pub const TLS: u32 = 0x100;
+    /// The role without flags.
+    pub const fn base(role: u32) -> u32 {
+        role & 0xff
+    }
 }
 
 /// Indexes of the per-CPU counters of things the kernel side could not do.
@@ -69,7 +88,9 @@ pub mod counter {
     pub const READ_FAILED: u32 = 3;
     /// The watched-process table was full: a child is not watched.
     pub const WATCH_TABLE_FULL: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A TLS call's socket could not be found: its plaintext was not captured.
+    pub const TLS_SOCKET_UNKNOWN: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// The first bytes of every ring-buffer record.

@@ -203,7 +203,7 @@ fn try_connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let fd = arg(ctx, 0)? as i32;
-    match role_of(caller, fd) {
+    match role_of(caller, fd).map(role::base) {
         Some(role::CREATED) | Some(role::OUTBOUND) => save(
             caller,
             PendingCall {
@@ -260,7 +260,7 @@ fn try_close_enter(ctx: &TracePointContext) -> Result<(), i64> {
         tgid: caller.tgid,
         fd,
     });
-    if socket_role != role::CREATED {
+    if role::base(socket_role) != role::CREATED {
         submit(header(caller, kind::CLOSE, fd));
     }
     Ok(())

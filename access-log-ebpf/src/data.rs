@@ -7,6 +7,7 @@ use crate::{
     capture::{emit, Source},
     connection::{arg, ret, role_of, take},
     maps::{count, watched_caller, PendingCall, CALLS},
+    ssl,
 };
 
 const EAGAIN: i64 = -11;
@@ -19,9 +20,15 @@ fn enter(ctx: &TracePointContext, call_syscall: u32, fd_arg: usize) -> Result<()
         return Ok(());
     };
     let fd = arg(ctx, fd_arg)? as i32;
-    match role_of(caller, fd) {
-        Some(role::INBOUND) | Some(role::OUTBOUND) => {}
-        _ => return Ok(()),
+    let Some(socket_role) = role_of(caller, fd) else {
+        return Ok(());
+    };
+    if !matches!(role::base(socket_role), role::INBOUND | role::OUTBOUND) {
+        return Ok(());
+    }
+    // Ciphertext: the plaintext of this call, if any, comes from the TLS library's probes.
+    if socket_role & role::TLS != 0 || ssl::inside_ssl_call(caller.pid_tgid, caller.tgid, fd) {
+        return Ok(());
     }
     let call = PendingCall {
         pointer: arg(ctx, 1)?,
@@ -113,12 +120,15 @@ fn try_splice_enter(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let fd_out = arg(ctx, 2)? as i32;
     let fd_in = arg(ctx, 0)? as i32;
-    let (fd, call_syscall) = match role_of(caller, fd_out) {
-        Some(role::INBOUND) | Some(role::OUTBOUND) => (fd_out, syscall::SPLICE_OUT),
-        _ => match role_of(caller, fd_in) {
-            Some(role::INBOUND) | Some(role::OUTBOUND) => (fd_in, syscall::SPLICE_IN),
-            _ => return Ok(()),
-        },
+    let followed = |fd| {
+        role_of(caller, fd).is_some_and(|r| matches!(role::base(r), role::INBOUND | role::OUTBOUND))
+    };
+    let (fd, call_syscall) = if followed(fd_out) {
+        (fd_out, syscall::SPLICE_OUT)
+    } else if followed(fd_in) {
+        (fd_in, syscall::SPLICE_IN)
+    } else {
+        return Ok(());
     };
     let call = PendingCall {
         pointer: 0,

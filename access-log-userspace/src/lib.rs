@@ -10,3 +10,4 @@ pub mod pipeline;
 pub mod probe;
 pub mod procfs;
 pub mod record;
+pub mod tls;

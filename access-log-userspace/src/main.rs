@@ -17,7 +17,7 @@ use access_log::{
     format::{Format, Sink, WriterSink},
     pipeline::{Clock, Pipeline, PipelineConfig},
     probe::{self, ProbeConfig, Probes},
-    procfs, record,
+    procfs, record, tls,
 };
 
 #[derive(Parser)]
@@ -148,6 +148,16 @@ fn attach(args: AttachArgs) -> anyhow::Result<()> {
     for pid in &tree {
         probes.watch(*pid)?;
     }
+    let tls_scan = tls::scan(&tree);
+    let mut tls_probes = 0;
+    for target in &tls_scan.targets {
+        tls_probes += probes.attach_tls(target)?;
+    }
+    for (pid, kind) in &tls_scan.unreadable {
+        eprintln!(
+            "access-log: PID {pid} is {kind}; its encrypted connections are counted, not read"
+        );
+    }
     let existing = procfs::existing_sockets(&tree);
     for socket in &existing {
         probes.follow_socket(socket.pid, socket.fd, socket.direction)?;
@@ -157,8 +167,14 @@ fn attach(args: AttachArgs) -> anyhow::Result<()> {
             Some(socket.remote),
         );
     }
+    let tls_read = if tls_scan.targets.is_empty() {
+        "no TLS library found".to_owned()
+    } else {
+        let names: Vec<&str> = tls_scan.targets.iter().map(|t| t.shown.as_str()).collect();
+        format!("TLS read in {} ({tls_probes} uprobes)", names.join(", "))
+    };
     eprintln!(
-        "attached: PID {} ({} processes, {} open connections), {} tracepoints, capturing {} bytes per call",
+        "attached: PID {} ({} processes, {} open connections), {} probes, {tls_read}, capturing {} bytes per call",
         args.pid,
         tree.len(),
         existing.len(),
@@ -181,7 +197,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<()> {
     let stats = pipeline.stats();
     let drops = probes.drops();
     eprintln!(
-        "summary: {} INCOMING_REQUEST, {} REQUEST_COMPLETE, {} ERROR; kernel drops: {} (ring full {}, socket table full {}, call table full {}, unreadable buffers {}, children not watched {}); undecodable records {}; outbound requests not linked {}; low-confidence pairings {}",
+        "summary: {} INCOMING_REQUEST, {} REQUEST_COMPLETE, {} ERROR; kernel drops: {} (ring full {}, socket table full {}, call table full {}, unreadable buffers {}, children not watched {}); undecodable records {}; outbound requests not linked {}; low-confidence pairings {}; encrypted connections not read {}; TLS calls without a socket {}",
         stats.incoming,
         stats.complete,
         stats.errors,
@@ -194,6 +210,8 @@ fn attach(args: AttachArgs) -> anyhow::Result<()> {
         outcome.undecodable,
         stats.unlinked_outbound,
         stats.low_confidence,
+        stats.tls_unreadable,
+        drops.tls_socket_unknown,
     );
     if let Some(reason) = outcome.stopped_because {
         eprintln!("access-log: {reason}");

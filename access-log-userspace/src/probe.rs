@@ -7,11 +7,26 @@ use access_log_common::{counter, role, SocketKey, MAX_CAPTURE};
 use anyhow::{bail, Context as _};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{uprobe::UProbeScope, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 
-use crate::{pipeline::Direction, procfs};
+use crate::{pipeline::Direction, procfs, tls::TlsTarget};
+
+/// (symbol, entry program, return program) of the TLS probes.
+const TLS_PROBES: &[(&str, &str, &str)] = &[
+    ("SSL_read", "ssl_read_enter", "ssl_read_exit"),
+    ("SSL_read_ex", "ssl_read_ex_enter", "ssl_read_ex_exit"),
+    ("SSL_write", "ssl_write_enter", "ssl_write_exit"),
+    ("SSL_write_ex", "ssl_write_ex_enter", "ssl_write_ex_exit"),
+    (
+        "SSL_do_handshake",
+        "ssl_handshake_enter",
+        "ssl_handshake_exit",
+    ),
+    ("SSL_accept", "ssl_handshake_enter", "ssl_handshake_exit"),
+    ("SSL_connect", "ssl_handshake_enter", "ssl_handshake_exit"),
+];
 
 /// (program, tracepoint category, tracepoint) for every attachment, in attach order: process
 /// tracking first so no child forked during attach is missed.
@@ -62,6 +77,7 @@ pub struct KernelDrops {
     pub call_table_full: u64,
     pub read_failed: u64,
     pub watch_table_full: u64,
+    pub tls_socket_unknown: u64,
 }
 
 impl KernelDrops {
@@ -71,7 +87,8 @@ impl KernelDrops {
 }
 
 pub struct Probes {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    loaded_uprobes: HashSet<&'static str>,
     ring: RingBuf<MapData>,
     watched: HashMap<MapData, u32, u32>,
     sockets: HashMap<MapData, SocketKey, u32>,
@@ -122,13 +139,45 @@ impl Probes {
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("no COUNTERS map")?)?;
         Ok(Probes {
-            _ebpf: ebpf,
+            ebpf,
+            loaded_uprobes: HashSet::new(),
             ring,
             watched,
             sockets,
             counters,
             attached,
         })
+    }
+
+    /// Attaches the TLS probes to a library or executable, for every process that maps it (a
+    /// PID filter would miss workers forked later); the programs filter by tgid themselves.
+    pub fn attach_tls(&mut self, target: &TlsTarget) -> anyhow::Result<usize> {
+        let mut attached = 0;
+        for (symbol, entry, exit) in TLS_PROBES {
+            if !target.symbols.contains(symbol) {
+                continue;
+            }
+            for program_name in [entry, exit] {
+                let program: &mut UProbe = self
+                    .ebpf
+                    .program_mut(program_name)
+                    .with_context(|| format!("the eBPF object has no program {program_name}"))?
+                    .try_into()?;
+                if self.loaded_uprobes.insert(program_name) {
+                    program
+                        .load()
+                        .with_context(|| format!("loading {program_name}"))?;
+                }
+                program
+                    .attach(*symbol, &target.path, UProbeScope::AllProcesses)
+                    .with_context(|| {
+                        format!("attaching {program_name} to {symbol} in {}", target.shown)
+                    })?;
+                attached += 1;
+            }
+        }
+        self.attached += attached;
+        Ok(attached)
     }
 
     pub fn watch(&mut self, pid: u32) -> anyhow::Result<()> {
@@ -170,6 +219,7 @@ impl Probes {
             call_table_full: sum(counter::CALL_TABLE_FULL),
             read_failed: sum(counter::READ_FAILED),
             watch_table_full: sum(counter::WATCH_TABLE_FULL),
+            tls_socket_unknown: sum(counter::TLS_SOCKET_UNKNOWN),
         }
     }
 }

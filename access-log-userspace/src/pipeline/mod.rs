@@ -63,6 +63,8 @@ pub struct PipelineStats {
     pub low_confidence: u64,
     /// Data on a socket the pipeline did not know (opened before a gap).
     pub unknown_connection_records: u64,
+    /// Connections that carried TLS no probe could read (a TLS stack we do not read).
+    pub tls_unreadable: u64,
 }
 
 struct Connection {
@@ -78,6 +80,10 @@ struct Connection {
     bound: Option<(u64, Confidence)>,
     /// Outbound: the backend ended the connection (EOF or error) before the gateway closed it.
     hung_up: Option<AttemptOutcome>,
+    /// Plaintext of this connection comes from the TLS library's probes.
+    tls: bool,
+    /// Ciphertext was seen on the syscall path and no TLS probe read it.
+    encrypted_unread: bool,
 }
 
 struct Attempt {
@@ -87,6 +93,7 @@ struct Attempt {
     target: Option<String>,
     outcome: AttemptOutcome,
     confidence: Confidence,
+    tls: bool,
 }
 
 impl Attempt {
@@ -107,6 +114,8 @@ struct InboundRequest {
     received_ns: u64,
     attempts: Vec<Attempt>,
     backend_answered: bool,
+    /// The client's connection was TLS.
+    tls: bool,
 }
 
 impl InboundRequest {
@@ -169,6 +178,8 @@ impl Pipeline {
             awaiting: VecDeque::new(),
             bound: None,
             hung_up: None,
+            tls: false,
+            encrypted_unread: false,
         }
     }
 
@@ -235,6 +246,13 @@ impl Pipeline {
         };
         let ingress = syscall::is_ingress(header.syscall);
         let direction = connection.direction;
+        if syscall::is_tls(header.syscall) {
+            connection.tls = true;
+        } else if moved > 0 && is_tls_record(captured) {
+            // Ciphertext no probe decrypted: counted at close, never parsed.
+            connection.encrypted_unread = true;
+            return;
+        }
         if moved <= 0 {
             if direction == Direction::Outbound && ingress {
                 connection.hung_up = Some(link::hang_up_outcome(moved));
@@ -299,6 +317,8 @@ impl Pipeline {
                         AttemptOutcome::Connecting
                     },
                     confidence,
+                    // Known once the request's plaintext passes the TLS probes.
+                    tls: false,
                 });
                 if failed {
                     self.thread(thread).retry_for = Some(id);
@@ -337,6 +357,7 @@ impl Pipeline {
             received_ns: at,
             attempts: Vec::new(),
             backend_answered: false,
+            tls: connection.tls,
         };
         out.push(report::incoming(&request, self.clock.wall(at)));
         self.stats.incoming += 1;
@@ -350,6 +371,7 @@ impl Pipeline {
         };
         connection.responses.expect_response_to(&head.method);
         let remote = connection.remote;
+        let tls = connection.tls;
         let bound = connection.bound.take();
         let link = self.link_request(key, thread, bound, &head);
         let connection = self.connections.get_mut(&key).expect("looked up above");
@@ -371,6 +393,7 @@ impl Pipeline {
                 attempt.target = Some(head.target);
                 attempt.outcome = AttemptOutcome::Sent;
                 attempt.confidence = confidence;
+                attempt.tls = tls;
             }
             None => request.attempts.push(Attempt {
                 connection: key,
@@ -379,6 +402,7 @@ impl Pipeline {
                 target: Some(head.target),
                 outcome: AttemptOutcome::Sent,
                 confidence,
+                tls,
             }),
         }
     }
@@ -498,6 +522,9 @@ impl Pipeline {
         let Some(connection) = self.connections.remove(&key) else {
             return;
         };
+        if connection.encrypted_unread && !connection.tls {
+            self.stats.tls_unreadable += 1;
+        }
         match connection.direction {
             Direction::Outbound => {
                 // Attempts still under way end here. Unless the backend hung up first, the
@@ -547,4 +574,9 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Whether bytes start a TLS record (handshake, alert or application data, TLS 1.0 to 1.3).
+fn is_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
 }

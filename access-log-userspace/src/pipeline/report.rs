@@ -16,7 +16,8 @@ fn incoming_fields(request: &InboundRequest, fields: Fields) -> Fields {
         .text("RequestInURL", request.head.target.clone())
         .text("RequestInMethod", request.head.method.clone())
         .optional_text("UserAgent", request.head.user_agent.clone())
-        .optional_text("RemoteIP", request.remote.map(|r| r.ip().to_string()));
+        .optional_text("RemoteIP", request.remote.map(|r| r.ip().to_string()))
+        .text("ClientTLS", if request.tls { "true" } else { "false" });
     if request.head.truncated {
         fields.text("RequestInURLTruncated", "true")
     } else {
@@ -26,8 +27,9 @@ fn incoming_fields(request: &InboundRequest, fields: Fields) -> Fields {
 
 fn url(attempt: &Attempt) -> Option<String> {
     let remote = attempt.remote?;
+    let scheme = if attempt.tls { "https" } else { "http" };
     Some(format!(
-        "http://{remote}{}",
+        "{scheme}://{remote}{}",
         attempt.target.as_deref().unwrap_or("")
     ))
 }

@@ -1,0 +1,219 @@
+//! Plaintext of TLS connections, read where the gateway's OpenSSL has it: uprobes at the entry
+//! of SSL_read/SSL_write (and their _ex forms) save the buffer, uretprobes copy what was moved.
+//! The socket is the one the syscall inside the call used (seen by the syscall tracepoints,
+//! which then skip the ciphertext), remembered per SSL object for calls OpenSSL serves from its
+//! own buffer. Attached for every process that maps the library; the tgid filter runs first.
+use access_log_common::{counter, role, syscall, SocketKey};
+use aya_ebpf::{
+    helpers::bpf_probe_read_user,
+    macros::{map, uprobe, uretprobe},
+    maps::LruHashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+
+use crate::{
+    capture::{emit, Source},
+    maps::{count, watched_caller, SOCKETS},
+};
+
+/// An SSL call under way on a thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslCall {
+    pub ssl: u64,
+    pub buffer: u64,
+    /// For the _ex forms: where OpenSSL writes the byte count.
+    pub length_out: u64,
+    /// The socket, once the call's syscall (or an earlier call on this SSL object) showed it.
+    pub fd: i32,
+    pub syscall: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// Marks a handshake call (SSL_do_handshake, SSL_accept, SSL_connect) in [`SslCall::syscall`].
+const HANDSHAKE: u32 = 0;
+
+#[map]
+pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static SSL_SOCKETS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Called by the syscall tracepoints: when this thread is inside an SSL call, the syscall's fd
+/// is that call's socket. Returns true when the syscall moves ciphertext (not to be captured).
+#[inline(always)]
+pub fn inside_ssl_call(pid_tgid: u64, tgid: u32, fd: i32) -> bool {
+    let Some(call) = SSL_CALLS.get_ptr_mut(pid_tgid) else {
+        return false;
+    };
+    // SAFETY: the entry belongs to this thread, which is running this program.
+    unsafe { (*call).fd = fd };
+    let key = SocketKey { tgid, fd };
+    // SAFETY: the value is copied.
+    if let Some(socket_role) = unsafe { SOCKETS.get(key) }.copied() {
+        if socket_role & role::TLS == 0 {
+            let _ = SOCKETS.insert(key, socket_role | role::TLS, 0);
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, call_syscall: u32, extended: bool) -> Result<(), i64> {
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    let ssl: u64 = ctx.arg(0).ok_or(1i64)?;
+    let buffer: u64 = ctx.arg(1).ok_or(1i64)?;
+    let length_out: u64 = if extended { ctx.arg(3).ok_or(1i64)? } else { 0 };
+    let key = SslKey {
+        ssl,
+        tgid: caller.tgid,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied.
+    let fd = unsafe { SSL_SOCKETS.get(key) }.copied().unwrap_or(-1);
+    let call = SslCall {
+        ssl,
+        buffer,
+        length_out,
+        fd,
+        syscall: call_syscall,
+    };
+    // A handshake run from inside SSL_read/SSL_write must not replace the outer call.
+    const NO_EXIST: u64 = 1;
+    let flags = if call_syscall == HANDSHAKE {
+        NO_EXIST
+    } else {
+        0
+    };
+    if SSL_CALLS.insert(caller.pid_tgid, call, flags).is_err() && flags == 0 {
+        count(counter::CALL_TABLE_FULL);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn exit(ctx: &RetProbeContext, call_syscall: u32, extended: bool) -> Result<(), i64> {
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    // SAFETY: the entry is copied out before it is removed.
+    let Some(call) = (unsafe { SSL_CALLS.get(caller.pid_tgid) }).copied() else {
+        return Ok(());
+    };
+    if call.syscall != call_syscall {
+        // The return of a nested call; the entry is the outer call's.
+        return Ok(());
+    }
+    let _ = SSL_CALLS.remove(caller.pid_tgid);
+    let key = SslKey {
+        ssl: call.ssl,
+        tgid: caller.tgid,
+        _pad: 0,
+    };
+    if call.syscall == HANDSHAKE {
+        // The handshake's syscalls named the socket: later reads served from OpenSSL's
+        // buffer (a request that arrived with the handshake's last flight) need it.
+        if call.fd >= 0 {
+            let _ = SSL_SOCKETS.insert(key, call.fd, 0);
+        }
+        return Ok(());
+    }
+    let result: i32 = ctx.ret();
+    let moved: i64 = if extended {
+        if result != 1 {
+            return Ok(());
+        }
+        // SAFETY: the helper fails cleanly on a bad pointer.
+        unsafe { bpf_probe_read_user(call.length_out as *const u64) }.map_err(|e| e as i64)? as i64
+    } else {
+        result as i64
+    };
+    if moved <= 0 {
+        return Ok(());
+    }
+    if call.fd < 0 {
+        count(counter::TLS_SOCKET_UNKNOWN);
+        return Ok(());
+    }
+    let _ = SSL_SOCKETS.insert(key, call.fd, 0);
+    emit(
+        caller,
+        call.fd,
+        call.syscall,
+        moved,
+        Source::Buffer {
+            pointer: call.buffer,
+        },
+    );
+    Ok(())
+}
+
+#[uprobe]
+pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, syscall::SSL_READ, false);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
+    let _ = exit(&ctx, syscall::SSL_READ, false);
+    0
+}
+
+#[uprobe]
+pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, syscall::SSL_READ, true);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_read_ex_exit(ctx: RetProbeContext) -> u32 {
+    let _ = exit(&ctx, syscall::SSL_READ, true);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, syscall::SSL_WRITE, false);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_write_exit(ctx: RetProbeContext) -> u32 {
+    let _ = exit(&ctx, syscall::SSL_WRITE, false);
+    0
+}
+
+#[uprobe]
+pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, syscall::SSL_WRITE, true);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_write_ex_exit(ctx: RetProbeContext) -> u32 {
+    let _ = exit(&ctx, syscall::SSL_WRITE, true);
+    0
+}
+
+/// SSL_do_handshake, SSL_accept and SSL_connect: only to learn the SSL object's socket.
+#[uprobe]
+pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, HANDSHAKE, false);
+    0
+}
+
+#[uretprobe]
+pub fn ssl_handshake_exit(ctx: RetProbeContext) -> u32 {
+    let _ = exit(&ctx, HANDSHAKE, false);
+    0
+}

@@ -1,0 +1,143 @@
+//! Finding the TLS library a gateway really uses: the libssl each watched process maps (read
+//! through /proc/PID/root, so a gateway in a container works too), or OpenSSL linked into the
+//! executable with its symbols exported (Node.js). Processes whose TLS cannot be read (Go's
+//! crypto/tls, stripped static BoringSSL, Java) are named, so the operator knows.
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use object::{Object as _, ObjectSymbol as _};
+
+/// The functions whose probes carry plaintext; a library must export the first to be read.
+pub const READ_SYMBOL: &str = "SSL_read";
+
+/// A file to attach the TLS probes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsTarget {
+    /// Path through /proc/PID/root.
+    pub path: PathBuf,
+    /// The path as the process sees it, for messages.
+    pub shown: String,
+    /// The exported functions among those we probe.
+    pub symbols: Vec<&'static str>,
+}
+
+#[derive(Debug, Default)]
+pub struct TlsScan {
+    pub targets: Vec<TlsTarget>,
+    /// (PID, what it is) for processes whose TLS, if any, cannot be read.
+    pub unreadable: Vec<(u32, String)>,
+}
+
+/// Every function the probes use; symbols a library lacks (the _ex forms before OpenSSL 1.1.1)
+/// are skipped.
+pub const PROBED_SYMBOLS: &[&str] = &[
+    "SSL_read",
+    "SSL_read_ex",
+    "SSL_write",
+    "SSL_write_ex",
+    "SSL_do_handshake",
+    "SSL_accept",
+    "SSL_connect",
+];
+
+fn exported(path: &Path) -> Option<Vec<&'static str>> {
+    let data = fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let names: HashSet<&[u8]> = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .filter(|s| s.is_definition())
+        .filter_map(|s| s.name_bytes().ok())
+        .collect();
+    let found: Vec<&'static str> = PROBED_SYMBOLS
+        .iter()
+        .copied()
+        .filter(|s| names.contains(s.as_bytes()))
+        .collect();
+    found.contains(&READ_SYMBOL).then_some(found)
+}
+
+/// Why an executable's TLS cannot be read, when we can tell.
+fn unreadable_kind(path: &Path) -> Option<String> {
+    let data = fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    if file.section_by_name(".go.buildinfo").is_some() {
+        return Some("a Go program: crypto/tls is not read".into());
+    }
+    let text = String::from_utf8_lossy(&data);
+    if text.contains("BoringSSL") {
+        return Some("BoringSSL linked without exported symbols: not read".into());
+    }
+    None
+}
+
+/// Scans the watched processes' mappings for TLS libraries.
+pub fn scan(pids: &[u32]) -> TlsScan {
+    let mut scan = TlsScan::default();
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    for &pid in pids {
+        let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let exe = fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        let mut mapped: Vec<String> = maps
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .filter(|path| path.starts_with('/'))
+            .map(str::to_owned)
+            .collect();
+        mapped.dedup();
+        let mut readable = false;
+        for shown in mapped {
+            let name = shown.rsplit('/').next().unwrap_or("");
+            let candidate = name.starts_with("libssl.so") || Some(&shown) == exe.as_ref();
+            if !candidate {
+                continue;
+            }
+            let path = root.join(shown.trim_start_matches('/'));
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            if !seen.insert((meta.dev(), meta.ino())) {
+                readable |= scan.targets.iter().any(|t| t.shown == shown);
+                continue;
+            }
+            if let Some(symbols) = exported(&path) {
+                readable = true;
+                scan.targets.push(TlsTarget {
+                    path,
+                    shown,
+                    symbols,
+                });
+            }
+        }
+        if !readable {
+            if let Some(kind) = exe
+                .as_ref()
+                .and_then(|e| unreadable_kind(&root.join(e.trim_start_matches('/'))))
+            {
+                scan.unreadable.push((pid, kind));
+            }
+        }
+    }
+    scan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_no_tls_library_in_a_process_without_one() {
+        // The test binary links no libssl.
+        let scan = scan(&[std::process::id()]);
+        assert!(scan.targets.iter().all(|t| !t.shown.contains("libssl")));
+    }
+}
