@@ -1,0 +1,156 @@
+//! A real HTTP/1.1 backend on loopback for the end-to-end tests and the accuracy run: a TCP
+//! server, one thread per connection, keep-alive as HTTP/1.1 says. Each request chooses its
+//! answer with headers the gateway forwards: `x-want-status` (default 200) and
+//! `x-want-delay-ms` (default 0), so a test can make backends slow, failing and out of order.
+use std::{
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    /// Starts a backend on a free loopback port.
+    pub fn start() -> io::Result<Backend> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    thread::spawn(move || {
+                        let _ = serve(stream);
+                    });
+                }
+            }
+        });
+        Ok(Backend { addr, stop })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+struct Head {
+    keep_alive: bool,
+    content_length: usize,
+    chunked: bool,
+    status: u16,
+    delay_ms: u64,
+    path: String,
+}
+
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
+    let mut raw = Vec::new();
+    loop {
+        let before = raw.len();
+        let read = reader.read_until(b'\n', &mut raw)?;
+        if read == 0 {
+            return Ok(None);
+        }
+        if raw[before..] == *b"\r\n" || raw[before..] == *b"\n" {
+            if before == 0 {
+                raw.clear();
+                continue;
+            }
+            break;
+        }
+        if raw.len() > 64 * 1024 {
+            return Err(io::Error::other("request head too large"));
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    request
+        .parse(&raw)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let value = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+    };
+    let http11 = request.version == Some(1);
+    let connection = value("connection").unwrap_or_default();
+    Ok(Some(Head {
+        keep_alive: if http11 {
+            connection != "close"
+        } else {
+            connection == "keep-alive"
+        },
+        content_length: value("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        chunked: value("transfer-encoding").is_some_and(|v| v.contains("chunked")),
+        status: value("x-want-status")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200),
+        delay_ms: value("x-want-delay-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        path: request.path.unwrap_or("/").to_owned(),
+    }))
+}
+
+
+fn serve(stream: TcpStream) -> io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    while let Some(head) = read_head(&mut reader)? {
+        if head.chunked {
+            crate::wire::skip_chunked(&mut reader)?;
+        } else {
+            io::copy(
+                &mut reader.by_ref().take(head.content_length as u64),
+                &mut io::sink(),
+            )?;
+        }
+        if head.delay_ms > 0 {
+            thread::sleep(Duration::from_millis(head.delay_ms));
+        }
+        let body = if head.status == 204 || head.status == 304 {
+            String::new()
+        } else {
+            format!("{{\"path\":{:?},\"status\":{}}}\n", head.path, head.status)
+        };
+        let response = format!(
+            "HTTP/1.1 {} Test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{}",
+            head.status,
+            body.len(),
+            if head.keep_alive {
+                ""
+            } else {
+                "Connection: close\r\n"
+            },
+            body
+        );
+        writer.write_all(response.as_bytes())?;
+        if !head.keep_alive {
+            break;
+        }
+    }
+    Ok(())
+}

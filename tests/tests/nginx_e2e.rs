@@ -1,0 +1,225 @@
+//! End to end on a real nginx: the observer attached by PID to the master, real requests from
+//! curl, and the exact events checked. Each test starts its own backends, gateway and observer.
+use std::{fs, time::Duration};
+
+use serde_json::Value;
+use tests::{
+    backend::Backend,
+    curl, demo, free_port,
+    gateway::Gateway,
+    observer::{ending, of, Observer},
+    require_root,
+};
+
+struct Setup {
+    // Field order is drop order: the observer stops before the gateway and backends.
+    observer: Observer,
+    gateway: Gateway,
+    backend: Backend,
+    _inventory: Backend,
+}
+
+impl Setup {
+    fn start(name: &str) -> Setup {
+        require_root();
+        let backend = Backend::start().expect("starting a backend");
+        let inventory = Backend::start().expect("starting a backend");
+        let port = free_port();
+        let dead = free_port();
+        let block = demo::nginx_http_block(port, backend.port(), inventory.port(), dead);
+        let gateway = Gateway::nginx(name, 2, &block, port).expect("starting nginx");
+        fs::write(gateway.path("apis.toml"), demo::CATALOG).expect("writing the catalog");
+        let catalog = gateway.path("apis.toml");
+        let observer = Observer::attach(
+            gateway.master_pid(),
+            &["--apis", catalog.to_str().expect("utf-8 path")],
+        )
+        .expect("attaching the observer");
+        Setup {
+            observer,
+            gateway,
+            backend,
+            _inventory: inventory,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.gateway.port)
+    }
+
+    /// Waits until every incoming request has its ending event, at least `count` of them.
+    fn wait_ended(&self, count: usize) -> Vec<Value> {
+        self.observer.wait_for(Duration::from_secs(10), |events| {
+            let incoming = of(events, "INCOMING_REQUEST");
+            incoming.len() >= count && incoming.iter().all(|i| ending(events, i).is_some())
+        })
+    }
+}
+
+fn all_text(events: &[Value]) -> String {
+    events.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn proxied_get_with_a_query_string() {
+    let setup = Setup::start("get");
+    let url = setup.url("/orders/items?color=red&size=2");
+    assert_eq!(curl(&["-A", "e2e-agent/1.0", &url]), vec![200]);
+    let events = setup.wait_ended(1);
+    let incoming = of(&events, "INCOMING_REQUEST");
+    let complete = of(&events, "REQUEST_COMPLETE");
+    assert_eq!((incoming.len(), complete.len()), (1, 1), "{events:#?}");
+    assert!(of(&events, "ERROR").is_empty());
+    let (request, done) = (incoming[0], complete[0]);
+    assert!(request["MessageID"].as_str().unwrap().starts_with("urn:uuid:"));
+    assert_eq!(request["RequestInURL"], "/orders/items?color=red&size=2");
+    assert_eq!(request["RequestInMethod"], "GET");
+    assert_eq!(request["UserAgent"], "e2e-agent/1.0");
+    assert_eq!(request["RemoteIP"], "127.0.0.1");
+    assert_eq!(request["API"], "demo--Orders:v1");
+    assert_eq!(done["ResponseTo"], request["MessageID"]);
+    assert_eq!(done["StatusCode"], 200);
+    assert_eq!(
+        done["RequestOutURL"],
+        format!(
+            "http://127.0.0.1:{}/v1/orders/items?color=red&size=2",
+            setup.backend.port()
+        )
+    );
+    assert_eq!(done["RequestOutMethod"], "GET");
+    assert_eq!(done["RequestInURL"], request["RequestInURL"]);
+    assert_eq!(done["API"], "demo--Orders:v1");
+    assert!(done["ResponseTimeMs"].as_f64().unwrap() >= 0.0);
+    assert!(done["Timestamp"].as_str().unwrap().contains('T'));
+}
+
+#[test]
+fn keep_alive_client_with_several_requests() {
+    let setup = Setup::start("keepalive");
+    let urls: Vec<String> = ["/orders/1?a=1", "/orders/2?a=2", "/orders/3?a=3"]
+        .iter()
+        .map(|p| setup.url(p))
+        .collect();
+    let args: Vec<&str> = urls.iter().map(String::as_str).collect();
+    assert_eq!(curl(&args), vec![200, 200, 200]);
+    let events = setup.wait_ended(3);
+    let incoming = of(&events, "INCOMING_REQUEST");
+    assert_eq!(incoming.len(), 3, "{events:#?}");
+    for request in incoming {
+        let done = ending(&events, request).expect("each request completes");
+        assert_eq!(done["Event"], "REQUEST_COMPLETE");
+        let path = request["RequestInURL"].as_str().unwrap();
+        let expected = format!(
+            "http://127.0.0.1:{}/v1{path}",
+            setup.backend.port()
+        );
+        assert_eq!(done["RequestOutURL"], expected);
+    }
+}
+
+#[test]
+fn post_with_a_body_logs_no_payload() {
+    let setup = Setup::start("post");
+    let body = format!("BODY-MARKER-{}", "x".repeat(2048));
+    let url = setup.url("/orders/new");
+    assert_eq!(curl(&["-d", &body, &url]), vec![200]);
+    let events = setup.wait_ended(1);
+    let done = of(&events, "REQUEST_COMPLETE");
+    assert_eq!(done.len(), 1, "{events:#?}");
+    assert_eq!(done[0]["RequestInMethod"], "POST");
+    assert_eq!(done[0]["RequestOutMethod"], "POST");
+    assert!(!all_text(&events).contains("BODY-MARKER"));
+}
+
+#[test]
+fn unknown_url_is_a_main_error() {
+    let setup = Setup::start("notfound");
+    assert_eq!(curl(&[&setup.url("/nope/x")]), vec![404]);
+    let events = setup.wait_ended(1);
+    assert!(of(&events, "REQUEST_COMPLETE").is_empty());
+    let errors = of(&events, "ERROR");
+    assert_eq!(errors.len(), 1, "{events:#?}");
+    assert_eq!(errors[0]["ErrorSource"], "main");
+    assert_eq!(errors[0]["StatusCode"], 404);
+    assert_eq!(errors[0]["ERROR_CODE"], "404");
+    assert_eq!(errors[0]["RequestInURL"], "/nope/x");
+    assert!(errors[0].get("API").is_none(), "no API matched");
+}
+
+#[test]
+fn missing_and_wrong_api_keys_are_auth_failures() {
+    let setup = Setup::start("auth");
+    let url = setup.url("/inventory/widgets");
+    assert_eq!(curl(&[&url]), vec![401]);
+    assert_eq!(curl(&["-H", "apikey: not-the-key-7f3a", &url]), vec![401]);
+    assert_eq!(curl(&["-H", &format!("apikey: {}", demo::API_KEY), &url]), vec![200]);
+    let events = setup.wait_ended(3);
+    let errors = of(&events, "ERROR");
+    assert_eq!(errors.len(), 2, "{events:#?}");
+    for error in &errors {
+        assert_eq!(error["ErrorSource"], "_auth_failure_handler_");
+        assert_eq!(error["StatusCode"], 401);
+        assert_eq!(error["API"], "demo--Inventory:v2");
+    }
+    assert_eq!(errors[0]["ERROR_CODE"], "900902");
+    assert_eq!(errors[0]["ERROR_MESSAGE"], "Missing Credentials");
+    assert_eq!(errors[1]["ERROR_CODE"], "900901");
+    assert_eq!(errors[1]["ERROR_MESSAGE"], "Invalid Credentials");
+    assert_eq!(of(&events, "REQUEST_COMPLETE").len(), 1);
+    let text = all_text(&events);
+    assert!(!text.contains("not-the-key-7f3a") && !text.contains(demo::API_KEY));
+}
+
+#[test]
+fn refused_backend_is_a_fault() {
+    let setup = Setup::start("refused");
+    assert_eq!(curl(&[&setup.url("/legacy/report")]), vec![502]);
+    let events = setup.wait_ended(1);
+    let errors = of(&events, "ERROR");
+    assert_eq!(errors.len(), 1, "{events:#?}");
+    assert_eq!(errors[0]["ErrorSource"], "fault");
+    assert_eq!(errors[0]["StatusCode"], 502);
+    assert_eq!(errors[0]["ERROR_CODE"], "101503");
+    assert_eq!(errors[0]["API"], "demo--Legacy:v0");
+    assert!(of(&events, "REQUEST_COMPLETE").is_empty());
+}
+
+#[test]
+fn workers_started_after_attach_are_followed() {
+    let setup = Setup::start("reload");
+    let before = setup.gateway.workers();
+    setup.gateway.reload().expect("reloading nginx");
+    // Wait until the old workers are gone and new ones serve.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = setup.gateway.workers();
+        if !now.is_empty() && now.iter().all(|w| !before.contains(w)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "nginx did not replace its workers");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(curl(&[&setup.url("/orders/after-reload")]), vec![200]);
+    let events = setup.wait_ended(1);
+    let done = of(&events, "REQUEST_COMPLETE");
+    assert_eq!(done.len(), 1, "{events:#?}");
+    assert_eq!(done[0]["RequestInURL"], "/orders/after-reload");
+}
+
+#[test]
+fn summary_counts_the_events() {
+    let setup = Setup::start("summary");
+    assert_eq!(curl(&[&setup.url("/orders/x"), &setup.url("/nope")]), vec![200, 404]);
+    setup.wait_ended(2);
+    let Setup { observer, .. } = setup;
+    let (_, stderr) = observer.stop();
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .expect("a summary line");
+    assert!(
+        summary.contains("2 INCOMING_REQUEST, 1 REQUEST_COMPLETE, 1 ERROR"),
+        "{summary}"
+    );
+    assert!(summary.contains("kernel drops: 0"), "{summary}");
+}
