@@ -76,10 +76,12 @@ fn confidence_field(confidence: Option<Confidence>, fields: Fields) -> Fields {
 }
 
 pub fn incoming(request: &InboundRequest, unix_nanos: i128) -> Event {
-    let fields = Fields::new()
+    let mut fields = Fields::new()
         .text("Event", EventKind::IncomingRequest.as_str())
-        .text("MessageID", request.message_id.clone())
-        .text("API", request.api.name());
+        .text("MessageID", request.message_id.clone());
+    if !matches!(request.api, ApiMatch::Unknown) {
+        fields = fields.text("API", request.api.name());
+    }
     Event {
         unix_nanos,
         kind: EventKind::IncomingRequest,

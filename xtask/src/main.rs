@@ -1,0 +1,77 @@
+//! `cargo xtask`: set-up, demo, tests and measurements of access-log, so a fresh machine needs
+//! only these commands.
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: nginx, curl, Apache httpd, rust-src for nightly, bpf-linker.
+    Setup,
+    /// Set up, then build the release binary target/release/access-log.
+    Build,
+    /// Set up, build, and run every test, the privileged end-to-end ones included.
+    Test {
+        /// Arguments for `cargo test` (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Start a demo gateway with backends and traffic, and show the live events.
+    Demo {
+        /// Stop by itself after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::ensure(),
+        Task::Build => {
+            setup::ensure()?;
+            build()
+        }
+        Task::Test { args } => {
+            setup::ensure()?;
+            build()?;
+            let mut test = vec!["test", "--release"];
+            test.extend(args.iter().map(String::as_str));
+            cargo(&test)
+        }
+        Task::Demo { duration } => {
+            setup::ensure()?;
+            build()?;
+            demo::run(duration)
+        }
+    }
+}
+
+/// One profile for everything (release): the tests and the demo share one build.
+fn build() -> anyhow::Result<()> {
+    cargo(&["build", "--release"])
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: running cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(tests::workspace_root())
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

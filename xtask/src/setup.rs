@@ -1,0 +1,95 @@
+//! Installs what a fresh Debian machine lacks for building and testing access-log, and nothing
+//! that is already there: Debian packages (gateways and clients the tests drive), the nightly
+//! toolchain's rust-src (the eBPF crate builds core), and bpf-linker.
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context as _};
+
+/// (command that proves the package is installed, Debian package).
+const PACKAGES: &[(&str, &str)] = &[
+    ("/usr/sbin/nginx", "nginx"),
+    ("/usr/bin/curl", "curl"),
+    ("/usr/sbin/apache2", "apache2"),
+    ("/usr/bin/openssl", "openssl"),
+];
+
+/// The bpf-linker release that loads the calling rustc's LLVM (the nightly's, LLVM 22).
+const BPF_LINKER: &str = "bpf-linker@0.10.3";
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask: {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub fn ensure() -> anyhow::Result<()> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask must run as root: it installs packages and loads eBPF programs");
+    }
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(binary, _)| !Path::new(binary).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        run("apt-get", &["update", "-q"])?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(&missing);
+        run("apt-get", &args)?;
+    }
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    );
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        if installed.is_empty() {
+            run(
+                "rustup",
+                &[
+                    "toolchain",
+                    "install",
+                    "nightly",
+                    "--profile",
+                    "minimal",
+                    "--component",
+                    "rust-src",
+                ],
+            )?;
+        } else {
+            run(
+                "rustup",
+                &["component", "add", "rust-src", "--toolchain", "nightly"],
+            )?;
+        }
+    }
+    if !on_path("bpf-linker") {
+        run("cargo", &["install", BPF_LINKER, "--locked"])?;
+    }
+    if !Path::new("/sys/kernel/tracing/events").is_dir() {
+        run("mount", &["-t", "tracefs", "nodev", "/sys/kernel/tracing"])?;
+    }
+    Ok(())
+}
