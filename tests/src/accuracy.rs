@@ -133,7 +133,8 @@ pub fn plan(count: usize, seed: u64, id_header: bool, routes: &[(Route, u32)]) -
         if id_header {
             headers.push(("X-Request-ID".into(), format!("accuracy-{seed}-{token}")));
         }
-        let body = (route == Route::PooledPost).then(|| vec![b'x'; 100 + random.below(3000) as usize]);
+        let body =
+            (route == Route::PooledPost).then(|| vec![b'x'; 100 + random.below(3000) as usize]);
         requests.push(Request {
             method: if body.is_some() { "POST" } else { "GET" },
             target: format!("{}?n={token}&s={}", route.path(), random.below(1000)),
@@ -198,7 +199,10 @@ pub fn parse_nginx_truth(log: &str) -> HashMap<u64, Truth> {
 /// Apache does not log it.
 pub const APACHE_TRUTH_FORMAT: &str = "%>s|%U%q";
 
-pub fn parse_apache_truth(log: &str, backend_of: impl Fn(&str) -> Option<String>) -> HashMap<u64, Truth> {
+pub fn parse_apache_truth(
+    log: &str,
+    backend_of: impl Fn(&str) -> Option<String>,
+) -> HashMap<u64, Truth> {
     log.lines()
         .filter_map(|line| {
             let (status, url) = line.split_once('|')?;
@@ -292,9 +296,10 @@ pub fn compare(
                     incoming.insert(token, event);
                 }
             }
-            "REQUEST_COMPLETE" | "ERROR" => {
-                endings.entry(text(event, "ResponseTo")).or_default().push(event)
-            }
+            "REQUEST_COMPLETE" | "ERROR" => endings
+                .entry(text(event, "ResponseTo"))
+                .or_default()
+                .push(event),
             _ => {}
         }
     }
@@ -351,7 +356,8 @@ pub fn compare(
         }
         let out_url = text(event, "RequestOutURL");
         let (address, _) = truth.upstream.last().expect("answered above");
-        let status_ok = event.get("StatusCode").and_then(Value::as_u64) == Some(backend_status.into());
+        let status_ok =
+            event.get("StatusCode").and_then(Value::as_u64) == Some(backend_status.into());
         let address_ok = out_url
             .strip_prefix("http://")
             .is_some_and(|rest| rest.starts_with(&format!("{address}/")) || rest == address);
@@ -387,7 +393,13 @@ mod tests {
                 ("127.0.0.1:2".to_owned(), "201".to_owned())
             ]
         );
-        assert_eq!(truth[&8], Truth { status: 404, upstream: vec![] });
+        assert_eq!(
+            truth[&8],
+            Truth {
+                status: 404,
+                upstream: vec![]
+            }
+        );
     }
 
     #[test]

@@ -30,7 +30,12 @@ pub const API_KEY: &str = "demo-key";
 /// nginx `http {}` contents: `/orders/` through a keep-alive pool with a path rewrite,
 /// `/inventory/` behind an `apikey` header, `/legacy/` to a port where nothing listens, 404
 /// for anything else.
-pub fn nginx_http_block(port: u16, orders_backend: u16, inventory_backend: u16, dead: u16) -> String {
+pub fn nginx_http_block(
+    port: u16,
+    orders_backend: u16,
+    inventory_backend: u16,
+    dead: u16,
+) -> String {
     let mut block = String::new();
     let _ = write!(
         block,

@@ -130,7 +130,11 @@ impl Gateway {
             {
                 return pid;
             }
-            assert!(Instant::now() < deadline, "no pid file in {}", self.dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "no pid file in {}",
+                self.dir.display()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }

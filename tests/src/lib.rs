@@ -42,7 +42,9 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> Result<(), String> {
         }
         thread::sleep(Duration::from_millis(20));
     }
-    Err(format!("nothing listens on 127.0.0.1:{port} after {timeout:?}"))
+    Err(format!(
+        "nothing listens on 127.0.0.1:{port} after {timeout:?}"
+    ))
 }
 
 /// The end-to-end tests load eBPF programs: without root they must fail, not skip.

@@ -123,7 +123,10 @@ fn read_response_head(
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed in head"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed in head",
+            ));
         }
         let trimmed = line.trim();
         if trimmed.is_empty() {
@@ -141,4 +144,3 @@ fn read_response_head(
     }
     Ok((status, length, chunked, close))
 }
-

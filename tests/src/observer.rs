@@ -52,8 +52,9 @@ impl Observer {
         let sink = events.clone();
         let out_reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("observer printed a line that is not JSON ({e}): {line}"));
+                let value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("observer printed a line that is not JSON ({e}): {line}")
+                });
                 sink.lock().expect("events lock").push(value);
             }
         });

@@ -57,7 +57,11 @@ impl Setup {
 }
 
 fn all_text(events: &[Value]) -> String {
-    events.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+    events
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -71,7 +75,10 @@ fn proxied_get_with_a_query_string() {
     assert_eq!((incoming.len(), complete.len()), (1, 1), "{events:#?}");
     assert!(of(&events, "ERROR").is_empty());
     let (request, done) = (incoming[0], complete[0]);
-    assert!(request["MessageID"].as_str().unwrap().starts_with("urn:uuid:"));
+    assert!(request["MessageID"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:uuid:"));
     assert_eq!(request["RequestInURL"], "/orders/items?color=red&size=2");
     assert_eq!(request["RequestInMethod"], "GET");
     assert_eq!(request["UserAgent"], "e2e-agent/1.0");
@@ -109,10 +116,7 @@ fn keep_alive_client_with_several_requests() {
         let done = ending(&events, request).expect("each request completes");
         assert_eq!(done["Event"], "REQUEST_COMPLETE");
         let path = request["RequestInURL"].as_str().unwrap();
-        let expected = format!(
-            "http://127.0.0.1:{}/v1{path}",
-            setup.backend.port()
-        );
+        let expected = format!("http://127.0.0.1:{}/v1{path}", setup.backend.port());
         assert_eq!(done["RequestOutURL"], expected);
     }
 }
@@ -152,7 +156,10 @@ fn missing_and_wrong_api_keys_are_auth_failures() {
     let url = setup.url("/inventory/widgets");
     assert_eq!(curl(&[&url]), vec![401]);
     assert_eq!(curl(&["-H", "apikey: not-the-key-7f3a", &url]), vec![401]);
-    assert_eq!(curl(&["-H", &format!("apikey: {}", demo::API_KEY), &url]), vec![200]);
+    assert_eq!(
+        curl(&["-H", &format!("apikey: {}", demo::API_KEY), &url]),
+        vec![200]
+    );
     let events = setup.wait_ended(3);
     let errors = of(&events, "ERROR");
     assert_eq!(errors.len(), 2, "{events:#?}");
@@ -196,7 +203,10 @@ fn workers_started_after_attach_are_followed() {
         if !now.is_empty() && now.iter().all(|w| !before.contains(w)) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "nginx did not replace its workers");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx did not replace its workers"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(curl(&[&setup.url("/orders/after-reload")]), vec![200]);
@@ -209,7 +219,10 @@ fn workers_started_after_attach_are_followed() {
 #[test]
 fn summary_counts_the_events() {
     let setup = Setup::start("summary");
-    assert_eq!(curl(&[&setup.url("/orders/x"), &setup.url("/nope")]), vec![200, 404]);
+    assert_eq!(
+        curl(&[&setup.url("/orders/x"), &setup.url("/nope")]),
+        vec![200, 404]
+    );
     setup.wait_ended(2);
     let Setup { observer, .. } = setup;
     let (_, stderr) = observer.stop();
