@@ -23,6 +23,9 @@ pub mod kind {
     pub const CLOSE: u32 = 4;
     /// A watched process (a whole thread group) exited.
     pub const EXIT: u32 = 5;
+    /// The process shut down the sending side of an inbound socket (`result` holds `how`):
+    /// whatever it reads afterwards is drained, not served (Apache's lingering close).
+    pub const SHUTDOWN: u32 = 7;
     /// A watched process forked a child that is now watched too (`fd` holds the child pid).
     pub const FORK: u32 = 6;
 }

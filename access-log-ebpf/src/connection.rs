@@ -265,3 +265,28 @@ fn try_close_enter(ctx: &TracePointContext) -> Result<(), i64> {
     }
     Ok(())
 }
+
+#[tracepoint]
+pub fn shutdown_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_shutdown_enter(&ctx);
+    0
+}
+
+fn try_shutdown_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    const SHUT_WR: u64 = 1;
+    const SHUT_RDWR: u64 = 2;
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    let fd = arg(ctx, 0)? as i32;
+    let how = arg(ctx, 1)?;
+    if how != SHUT_WR && how != SHUT_RDWR {
+        return Ok(());
+    }
+    if role_of(caller, fd).map(role::base) == Some(role::INBOUND) {
+        let mut head = header(caller, kind::SHUTDOWN, fd);
+        head.result = how as i64;
+        submit(head);
+    }
+    Ok(())
+}

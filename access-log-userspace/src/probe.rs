@@ -42,6 +42,7 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
     ("connect_enter", "syscalls", "sys_enter_connect"),
     ("connect_exit", "syscalls", "sys_exit_connect"),
     ("close_enter", "syscalls", "sys_enter_close"),
+    ("shutdown_enter", "syscalls", "sys_enter_shutdown"),
     ("read_enter", "syscalls", "sys_enter_read"),
     ("read_exit", "syscalls", "sys_exit_read"),
     ("readv_enter", "syscalls", "sys_enter_readv"),

@@ -26,6 +26,10 @@ pub enum Record {
     Close {
         header: RecordHeader,
     },
+    /// The gateway shut down its sending side of an inbound connection.
+    Shutdown {
+        header: RecordHeader,
+    },
     Exit {
         header: RecordHeader,
     },
@@ -38,6 +42,7 @@ impl Record {
             | Record::Accept { header, .. }
             | Record::Connect { header, .. }
             | Record::Close { header }
+            | Record::Shutdown { header }
             | Record::Exit { header } => header,
         }
     }
@@ -119,6 +124,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             })
         }
         kind::CLOSE => Ok(Record::Close { header }),
+        kind::SHUTDOWN => Ok(Record::Shutdown { header }),
         kind::EXIT => Ok(Record::Exit { header }),
         other => Err(DecodeError::UnknownKind(other)),
     }

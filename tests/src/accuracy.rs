@@ -1,11 +1,17 @@
 //! The accuracy measurement: a planned mix of requests (routes, keep-alive or not, GET and
 //! POST, random backend latencies and statuses, failing backends), the gateway's own log as
 //! ground truth, and the comparison of the observer's events against it.
-use std::collections::HashMap;
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use serde_json::Value;
 
-use crate::load::Request;
+use crate::{
+    backend::Backend,
+    free_port,
+    gateway::{Gateway, Kind},
+    load::Request,
+    observer::Observer,
+};
 
 /// What a planned request exercises. Every gateway config maps these paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -278,22 +284,32 @@ fn text<'v>(event: &'v Value, key: &str) -> &'v str {
 /// Compares the observer's events with the gateway's own log.
 pub fn compare(
     plan: &Plan,
-    answered: &[Option<u16>],
+    answered: &[Result<u16, String>],
     truth: &HashMap<u64, Truth>,
     events: &[Value],
 ) -> Report {
     let mut report = Report {
         requests_sent: plan.planned.len(),
-        answered_to_client: answered.iter().filter(|s| s.is_some()).count(),
+        answered_to_client: answered.iter().filter(|s| s.is_ok()).count(),
         ..Report::default()
     };
-    let mut incoming: HashMap<u64, &Value> = HashMap::new();
+    for (planned, outcome) in plan.planned.iter().zip(answered) {
+        if let Err(error) = outcome {
+            report.note(format!(
+                "n={} {:?}: client error {error}",
+                planned.token, planned.route
+            ));
+        }
+    }
+    // A client may send a request twice (a retry after a kept-alive connection closed): the
+    // token then has several INCOMING_REQUESTs; the one that completed counts.
+    let mut incoming: HashMap<u64, Vec<&Value>> = HashMap::new();
     let mut endings: HashMap<&str, Vec<&Value>> = HashMap::new();
     for event in events {
         match text(event, "Event") {
             "INCOMING_REQUEST" => {
                 if let Some(token) = token_of(text(event, "RequestInURL")) {
-                    incoming.insert(token, event);
+                    incoming.entry(token).or_default().push(event);
                 }
             }
             "REQUEST_COMPLETE" | "ERROR" => endings
@@ -308,13 +324,23 @@ pub fn compare(
             continue;
         };
         report.with_ground_truth += 1;
-        let seen = incoming.get(&planned.token);
-        if seen.is_some() {
+        let seen = incoming
+            .get(&planned.token)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if !seen.is_empty() {
             report.incoming_found += 1;
         }
-        let ending = seen
-            .and_then(|e| endings.get(text(e, "MessageID")))
-            .and_then(|v| v.last())
+        let all_endings: Vec<&Value> = seen
+            .iter()
+            .filter_map(|e| endings.get(text(e, "MessageID")))
+            .flatten()
+            .copied()
+            .collect();
+        let ending = all_endings
+            .iter()
+            .find(|e| text(e, "Event") == "REQUEST_COMPLETE")
+            .or(all_endings.last())
             .copied();
         let answered_upstream = truth
             .upstream
@@ -417,7 +443,154 @@ mod tests {
         .iter()
         .map(|s| serde_json::from_str(s).unwrap())
         .collect();
-        let report = compare(&plan, &[Some(200), Some(201)], &truth, &events);
+        let report = compare(&plan, &[Ok(200), Ok(201)], &truth, &events);
         assert_eq!((report.paired_correct, report.paired_wrong), (1, 1));
     }
+}
+
+/// Routes and weights (out of 1000) each gateway serves.
+pub fn routes(kind: Kind) -> Vec<(Route, u32)> {
+    let mut routes = vec![
+        (Route::Pooled, 430),
+        (Route::PooledPost, 120),
+        (Route::Fresh, 150),
+        (Route::Down, 30),
+        (Route::Slow, 4),
+        (Route::AuthMissing, 25),
+        (Route::AuthWrong, 25),
+        (Route::AuthRight, 40),
+        (Route::Unknown, 30),
+    ];
+    if kind == Kind::Nginx {
+        routes.push((Route::Rewritten, 100));
+        routes.push((Route::Retry, 50));
+    }
+    routes
+}
+
+fn nginx_block(dir: &std::path::Path, port: u16, one: u16, two: u16, dead: u16) -> String {
+    let key = RIGHT_KEY;
+    let pooled = "proxy_http_version 1.1; proxy_set_header Connection \"\";";
+    format!(
+        r#"
+  log_format truth '{NGINX_TRUTH_FORMAT}';
+  upstream pool {{ server 127.0.0.1:{one}; server 127.0.0.1:{two}; keepalive 32; }}
+  upstream retry {{ server 127.0.0.1:{dead} max_fails=0; server 127.0.0.1:{one} max_fails=0; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=1024;
+    access_log {dir}/truth.log truth;
+    keepalive_requests 100000;
+    location /pool/ {{ proxy_pass http://pool/v1/pool/; {pooled} }}
+    location /fresh/ {{ proxy_pass http://127.0.0.1:{two}/v2/fresh/; }}
+    location /rewrite/ {{ rewrite ^ /fixed? break; proxy_pass http://pool; {pooled} }}
+    location /retry/ {{ proxy_pass http://retry; proxy_next_upstream error; }}
+    location /down/ {{ proxy_pass http://127.0.0.1:{dead}; }}
+    location /slow/ {{ proxy_pass http://127.0.0.1:{one}; proxy_read_timeout 1s; }}
+    location /auth/ {{
+      if ($http_apikey = "") {{ return 401; }}
+      if ($http_apikey != "{key}") {{ return 401; }}
+      proxy_pass http://pool; {pooled}
+    }}
+    location / {{ return 404; }}
+  }}
+"#,
+        dir = dir.display()
+    )
+}
+
+fn apache_body(dir: &std::path::Path, one: u16, two: u16, dead: u16) -> String {
+    format!(
+        r#"
+LogFormat "{APACHE_TRUTH_FORMAT}" truth
+CustomLog {dir}/truth.log truth
+KeepAlive On
+MaxKeepAliveRequests 0
+RewriteEngine On
+RewriteCond %{{HTTP:apikey}} ^$
+RewriteRule ^/auth/ - [R=401,L]
+RewriteCond %{{HTTP:apikey}} !^{RIGHT_KEY}$
+RewriteRule ^/auth/ - [R=401,L]
+ProxyPass /pool/ http://127.0.0.1:{one}/v1/pool/
+ProxyPass /auth/ http://127.0.0.1:{one}/v1/auth/
+ProxyPass /fresh/ http://127.0.0.1:{two}/v2/fresh/ disablereuse=On
+ProxyPass /down/ http://127.0.0.1:{dead}/ retry=0
+ProxyPass /slow/ http://127.0.0.1:{one}/ timeout=1
+"#,
+        dir = dir.display()
+    )
+}
+
+/// One accuracy run's settings.
+pub struct RunConfig {
+    pub gateway: Kind,
+    pub requests: usize,
+    pub connections: usize,
+    pub id_header: bool,
+    pub seed: u64,
+}
+
+/// Starts backends, the gateway and the observer, drives the planned load, and compares.
+pub fn run(config: &RunConfig) -> Result<Report, String> {
+    let one = Backend::start().map_err(|e| format!("starting a backend: {e}"))?;
+    let two = Backend::start().map_err(|e| format!("starting a backend: {e}"))?;
+    let dead = free_port();
+    let port = free_port();
+    let gateway = match config.gateway {
+        // Relative log paths resolve in the gateway's own directory (nginx -p, ServerRoot).
+        Kind::Nginx => Gateway::nginx(
+            "accuracy",
+            2,
+            &nginx_block(
+                std::path::Path::new("logs"),
+                port,
+                one.port(),
+                two.port(),
+                dead,
+            ),
+            port,
+        )?,
+        Kind::Apache => Gateway::apache(
+            "accuracy",
+            &apache_body(std::path::Path::new("logs"), one.port(), two.port(), dead),
+            port,
+        )?,
+    };
+    let observer = Observer::attach(gateway.master_pid(), &[])?;
+    let plan = plan(
+        config.requests,
+        config.seed,
+        config.id_header,
+        &routes(config.gateway),
+    );
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let answered = crate::load::run(address, &plan.requests, config.connections, |worker| {
+        worker % 2 == 0
+    });
+    // Let the last records drain, then stop the observer and the gateway (which flushes its
+    // log).
+    let expected = answered.iter().filter(|s| s.is_ok()).count();
+    observer.wait_for(Duration::from_secs(10), |events| {
+        events
+            .iter()
+            .filter(|e| e["Event"] != "INCOMING_REQUEST")
+            .count()
+            >= expected
+    });
+    let (events, _) = observer.stop();
+    gateway.stop();
+    let log = gateway.read("logs/truth.log");
+    let truth = match config.gateway {
+        Kind::Nginx => parse_nginx_truth(&log),
+        Kind::Apache => parse_apache_truth(&log, |path| {
+            let backend = if path.starts_with("/fresh/") {
+                two.port()
+            } else if path.starts_with("/pool/") || path.starts_with("/auth/") {
+                one.port()
+            } else {
+                return None;
+            };
+            Some(format!("127.0.0.1:{backend}"))
+        }),
+    };
+    Ok(compare(&plan, &answered, &truth, &events))
 }

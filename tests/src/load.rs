@@ -45,15 +45,15 @@ impl Request {
     }
 }
 
-/// The status each request got, by index; None when it failed at the client.
+/// The status each request got, by index, or why the client got none.
 pub fn run(
     gateway: SocketAddr,
     requests: &[Request],
     connections: usize,
     keep_alive: impl Fn(usize) -> bool + Sync,
-) -> Vec<Option<u16>> {
+) -> Vec<Result<u16, String>> {
     let next = AtomicUsize::new(0);
-    let results = Arc::new(Mutex::new(vec![None; requests.len()]));
+    let results = Arc::new(Mutex::new(vec![Err("not sent".to_owned()); requests.len()]));
     thread::scope(|scope| {
         for worker in 0..connections {
             let next = &next;
@@ -66,11 +66,24 @@ pub fn run(
                     let Some(request) = requests.get(index) else {
                         break;
                     };
-                    let status = send(&mut connection, gateway, request, keep).ok();
-                    results.lock().expect("results lock")[index] = status;
-                    if status.is_none() || !keep {
+                    let reused = connection.is_some();
+                    let mut status = send(&mut connection, gateway, request, keep);
+                    // A server may close an idle kept-alive connection just as a request
+                    // goes out; like every HTTP client, retry once on a new connection when
+                    // nothing came back.
+                    if reused
+                        && status
+                            .as_ref()
+                            .is_err_and(|e| e.kind() == io::ErrorKind::UnexpectedEof)
+                    {
+                        connection = None;
+                        status = send(&mut connection, gateway, request, keep);
+                    }
+                    if status.is_err() || !keep {
                         connection = None;
                     }
+                    results.lock().expect("results lock")[index] =
+                        status.map_err(|e| e.to_string());
                 }
             });
         }
@@ -112,7 +125,10 @@ fn read_response_head(
 ) -> io::Result<(u16, Option<u64>, bool, bool)> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "closed before the status line",
+        ));
     }
     let status = line
         .split_whitespace()

@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, demo, tests and measurements of access-log, so a fresh machine needs
 //! only these commands.
+mod accuracy;
 mod demo;
 mod setup;
 
@@ -27,6 +28,18 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure pairing and error-classification accuracy on nginx and Apache under load.
+    Accuracy {
+        /// Requests per run (each gateway runs without and with an id header).
+        #[arg(long, default_value_t = 20000)]
+        requests: usize,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Only this gateway.
+        #[arg(long, value_parser = ["nginx", "apache"])]
+        gateway: Option<String>,
+    },
     /// Start a demo gateway with backends and traffic, and show the live events.
     Demo {
         /// Stop by itself after this many seconds (default: until Ctrl-C).
@@ -48,6 +61,20 @@ fn main() -> anyhow::Result<()> {
             let mut test = vec!["test", "--release"];
             test.extend(args.iter().map(String::as_str));
             cargo(&test)
+        }
+        Task::Accuracy {
+            requests,
+            connections,
+            gateway,
+        } => {
+            setup::ensure()?;
+            build()?;
+            let gateways = match gateway.as_deref() {
+                Some("nginx") => vec![tests::gateway::Kind::Nginx],
+                Some(_) => vec![tests::gateway::Kind::Apache],
+                None => vec![tests::gateway::Kind::Nginx, tests::gateway::Kind::Apache],
+            };
+            accuracy::run(requests, connections, &gateways)
         }
         Task::Demo { duration } => {
             setup::ensure()?;

@@ -65,6 +65,8 @@ pub struct PipelineStats {
     pub unknown_connection_records: u64,
     /// Connections that carried TLS no probe could read (a TLS stack we do not read).
     pub tls_unreadable: u64,
+    /// Reads a gateway made while closing a connection (lingering close): not requests.
+    pub drained_reads: u64,
 }
 
 struct Connection {
@@ -84,6 +86,8 @@ struct Connection {
     tls: bool,
     /// Ciphertext was seen on the syscall path and no TLS probe read it.
     encrypted_unread: bool,
+    /// Inbound: the gateway shut down its sending side; what it reads now is drained.
+    closing: bool,
 }
 
 struct Attempt {
@@ -180,6 +184,7 @@ impl Pipeline {
             hung_up: None,
             tls: false,
             encrypted_unread: false,
+            closing: false,
         }
     }
 
@@ -213,6 +218,11 @@ impl Pipeline {
                 self.connect(key, thread, *remote, *result);
             }
             Record::Close { .. } => self.close(key, thread, header.timestamp_ns, out),
+            Record::Shutdown { .. } => {
+                if let Some(connection) = self.connections.get_mut(&key) {
+                    connection.closing = true;
+                }
+            }
             Record::Exit { .. } => {
                 let keys: Vec<_> = self
                     .connections
@@ -261,6 +271,11 @@ impl Pipeline {
             return;
         }
         if direction == Direction::Inbound && ingress {
+            if connection.closing {
+                // Drained by a gateway closing the connection: never served, not a request.
+                self.stats.drained_reads += 1;
+                return;
+            }
             self.thread(thread).inbound_read(key);
         }
         let missing = (moved as u64).saturating_sub(captured.len() as u64);

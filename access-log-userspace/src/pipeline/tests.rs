@@ -488,3 +488,15 @@ fn an_id_header_links_exactly_whatever_the_thread_did() {
         vec![("/orders/a".into(), "http://127.0.0.1:8081/v1/x".into())]
     );
 }
+
+#[test]
+fn bytes_drained_by_a_closing_gateway_are_not_requests() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    let header = s.header(kind::SHUTDOWN, 5, 0);
+    s.feed(Record::Shutdown { header });
+    s.data(5, syscall::READ, b"GET /orders/late HTTP/1.1\r\n\r\n");
+    s.close(5);
+    assert!(s.events.is_empty(), "{:?}", s.events);
+    assert_eq!(s.pipeline.stats().drained_reads, 1);
+}
