@@ -26,6 +26,9 @@ fn enter(ctx: &TracePointContext, call_syscall: u32, fd_arg: usize) -> Result<()
     if !matches!(role::base(socket_role), role::INBOUND | role::OUTBOUND) {
         return Ok(());
     }
+    if syscall::is_ingress(call_syscall) {
+        ssl::note_socket_read(caller.pid_tgid, fd);
+    }
     // Ciphertext: the plaintext of this call, if any, comes from the TLS library's probes.
     if socket_role & role::TLS != 0 || ssl::inside_ssl_call(caller.pid_tgid, caller.tgid, fd) {
         return Ok(());

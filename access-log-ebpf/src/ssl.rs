@@ -46,6 +46,29 @@ pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16
 #[map]
 pub static SSL_SOCKETS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
 
+/// The socket each thread read last. A TLS library on memory BIOs (Node.js) makes no syscall
+/// inside SSL calls: it reads ciphertext first, then hands it to OpenSSL on the same thread.
+#[map]
+pub static LAST_SOCKET_READ: LruHashMap<u64, i32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Notes the socket a thread reads (called by the syscall tracepoints for followed sockets).
+#[inline(always)]
+pub fn note_socket_read(pid_tgid: u64, fd: i32) {
+    let _ = LAST_SOCKET_READ.insert(pid_tgid, fd, 0);
+}
+
+/// Marks a followed socket as TLS: its syscalls carry ciphertext from now on.
+#[inline(always)]
+fn mark_tls(tgid: u32, fd: i32) {
+    let key = SocketKey { tgid, fd };
+    // SAFETY: the value is copied.
+    if let Some(socket_role) = unsafe { SOCKETS.get(key) }.copied() {
+        if socket_role & role::TLS == 0 {
+            let _ = SOCKETS.insert(key, socket_role | role::TLS, 0);
+        }
+    }
+}
+
 /// Called by the syscall tracepoints: when this thread is inside an SSL call, the syscall's fd
 /// is that call's socket. Returns true when the syscall moves ciphertext (not to be captured).
 #[inline(always)]
@@ -55,13 +78,7 @@ pub fn inside_ssl_call(pid_tgid: u64, tgid: u32, fd: i32) -> bool {
     };
     // SAFETY: the entry belongs to this thread, which is running this program.
     unsafe { (*call).fd = fd };
-    let key = SocketKey { tgid, fd };
-    // SAFETY: the value is copied.
-    if let Some(socket_role) = unsafe { SOCKETS.get(key) }.copied() {
-        if socket_role & role::TLS == 0 {
-            let _ = SOCKETS.insert(key, socket_role | role::TLS, 0);
-        }
-    }
+    mark_tls(tgid, fd);
     true
 }
 
@@ -114,6 +131,16 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, extended: bool) -> Result<(), 
         return Ok(());
     }
     let _ = SSL_CALLS.remove(caller.pid_tgid);
+    let mut call = call;
+    if call.fd < 0 && call.syscall != syscall::SSL_WRITE {
+        // No syscall inside the call and none remembered: a memory-BIO library; the
+        // ciphertext it decrypts is what this thread read last.
+        // SAFETY: the value is copied.
+        if let Some(fd) = unsafe { LAST_SOCKET_READ.get(caller.pid_tgid) }.copied() {
+            call.fd = fd;
+            mark_tls(caller.tgid, fd);
+        }
+    }
     let key = SslKey {
         ssl: call.ssl,
         tgid: caller.tgid,

@@ -289,7 +289,14 @@ fn drain(
     let mut events = Vec::new();
     let mut root_exited = false;
     probes.drain(|bytes| match record::decode(bytes) {
-        Ok(record) => {
+        Ok(mut record) => {
+            if let record::Record::Accept {
+                header,
+                remote: remote @ None,
+            } = &mut record
+            {
+                *remote = procfs::socket_peer(header.tgid, header.fd);
+            }
             if matches!(record, record::Record::Exit { header } if header.tgid == root) {
                 root_exited = true;
             }

@@ -117,6 +117,27 @@ pub struct ExistingSocket {
     pub remote: SocketAddr,
 }
 
+/// The remote address of one socket of a process, from /proc (for an accept() that passed no
+/// address buffer, as libuv does).
+pub fn socket_peer(pid: u32, fd: i32) -> Option<SocketAddr> {
+    let inode = socket_inode(&fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?)?;
+    ["tcp", "tcp6"].iter().find_map(|file| {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{file}")).ok()?;
+        parse_tcp_table(&text)
+            .into_iter()
+            .find(|(entry_inode, _)| *entry_inode == inode)
+            .map(|(_, entry)| entry.remote)
+    })
+}
+
+fn socket_inode(link: &Path) -> Option<u64> {
+    link.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
 struct TcpEntry {
     local: SocketAddr,
     remote: SocketAddr,
@@ -147,14 +168,9 @@ pub fn existing_sockets(pids: &[u32]) -> Vec<ExistingSocket> {
             let Some(number) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
             };
-            let Ok(link) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let link = link.to_string_lossy();
-            if let Some(inode) = link
-                .strip_prefix("socket:[")
-                .and_then(|s| s.strip_suffix(']'))
-                .and_then(|s| s.parse::<u64>().ok())
+            if let Some(inode) = fs::read_link(fd.path())
+                .ok()
+                .and_then(|link| socket_inode(&link))
             {
                 sockets.push((pid, number, inode));
             }

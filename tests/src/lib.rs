@@ -3,6 +3,7 @@
 //! backends, real clients, and the real observer attached to the gateway by PID.
 pub mod accuracy;
 pub mod backend;
+pub mod certificate;
 pub mod demo;
 pub mod gateway;
 pub mod load;

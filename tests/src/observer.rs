@@ -106,6 +106,14 @@ impl Observer {
         }
     }
 
+    /// Waits until at least `count` requests came in and each has its ending event.
+    pub fn wait_ended(&self, count: usize) -> Vec<Value> {
+        self.wait_for(Duration::from_secs(10), |events| {
+            let incoming = of(events, "INCOMING_REQUEST");
+            incoming.len() >= count && incoming.iter().all(|i| ending(events, i).is_some())
+        })
+    }
+
     /// Stops the observer with SIGTERM; returns every event and its stderr (with the summary).
     pub fn stop(mut self) -> (Vec<Value>, String) {
         // SAFETY: signalling our own child.

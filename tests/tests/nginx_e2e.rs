@@ -47,12 +47,8 @@ impl Setup {
         format!("http://127.0.0.1:{}{path}", self.gateway.port)
     }
 
-    /// Waits until every incoming request has its ending event, at least `count` of them.
     fn wait_ended(&self, count: usize) -> Vec<Value> {
-        self.observer.wait_for(Duration::from_secs(10), |events| {
-            let incoming = of(events, "INCOMING_REQUEST");
-            incoming.len() >= count && incoming.iter().all(|i| ending(events, i).is_some())
-        })
+        self.observer.wait_ended(count)
     }
 }
 

@@ -11,6 +11,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/curl", "curl"),
     ("/usr/sbin/apache2", "apache2"),
     ("/usr/bin/openssl", "openssl"),
+    ("/usr/bin/node", "nodejs"),
+    ("/usr/bin/caddy", "caddy"),
 ];
 
 /// The bpf-linker release that loads the calling rustc's LLVM (the nightly's, LLVM 22).
