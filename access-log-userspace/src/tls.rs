@@ -118,6 +118,11 @@ pub fn scan(pids: &[u32]) -> TlsScan {
                 });
             }
         }
+        if !readable && maps.contains("/libjvm.so") {
+            scan.unreadable
+                .push((pid, "a Java program: JSSE is not read".into()));
+            continue;
+        }
         if !readable {
             if let Some(kind) = exe
                 .as_ref()
