@@ -1,7 +1,8 @@
 //! A real HTTP/1.1 backend on loopback for the end-to-end tests and the accuracy run: a TCP
 //! server, one thread per connection, keep-alive as HTTP/1.1 says. Each request chooses its
 //! answer with headers the gateway forwards: `x-want-status` (default 200) and
-//! `x-want-delay-ms` (default 0), so a test can make backends slow, failing and out of order.
+//! `x-want-delay-ms` (default 0), so a test can make backends slow, failing and out of order;
+//! `x-want-close` makes it close the connection instead of answering.
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -59,6 +60,7 @@ struct Head {
     chunked: bool,
     status: u16,
     delay_ms: u64,
+    close_instead: bool,
     path: String,
 }
 
@@ -111,6 +113,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
         delay_ms: value("x-want-delay-ms")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
+        close_instead: value("x-want-close").is_some(),
         path: request.path.unwrap_or("/").to_owned(),
     }))
 }
@@ -129,6 +132,9 @@ fn serve(stream: TcpStream) -> io::Result<()> {
         }
         if head.delay_ms > 0 {
             thread::sleep(Duration::from_millis(head.delay_ms));
+        }
+        if head.close_instead {
+            break;
         }
         let body = if head.status == 204 || head.status == 304 {
             String::new()

@@ -232,3 +232,39 @@ fn summary_counts_the_events() {
     );
     assert!(summary.contains("kernel drops: 0"), "{summary}");
 }
+
+#[test]
+fn backend_closing_before_answering_is_a_closed_connection_fault() {
+    let setup = Setup::start("closed");
+    let url = setup.url("/orders/hang-up");
+    assert_eq!(curl(&["-H", "x-want-close: 1", &url]), vec![502]);
+    let events = setup.wait_ended(1);
+    let errors = of(&events, "ERROR");
+    assert_eq!(errors.len(), 1, "{events:#?}");
+    assert_eq!(errors[0]["ErrorSource"], "fault");
+    assert_eq!(errors[0]["ERROR_CODE"], "101505");
+    assert_eq!(
+        errors[0]["ERROR_MESSAGE"],
+        "Connection closed by the back end"
+    );
+}
+
+#[test]
+fn a_client_that_gives_up_is_reported_as_499() {
+    let setup = Setup::start("gone");
+    let url = setup.url("/orders/slow");
+    // curl gives up after 0.5 s; the backend answers after 2 s.
+    let status = curl(&["--max-time", "0.5", "-H", "x-want-delay-ms: 2000", &url]);
+    assert_eq!(status, vec![0]);
+    let events = setup.observer.wait_for(Duration::from_secs(10), |events| {
+        !of(events, "ERROR").is_empty()
+    });
+    let errors = of(&events, "ERROR");
+    assert_eq!(errors.len(), 1, "{events:#?}");
+    assert_eq!(errors[0]["StatusCode"], 499);
+    assert_eq!(
+        errors[0]["ERROR_MESSAGE"],
+        "Client closed the connection before the response"
+    );
+    assert!(of(&events, "REQUEST_COMPLETE").is_empty());
+}
