@@ -110,6 +110,11 @@ impl Stream {
         self.state = State::Unsynced;
     }
 
+    /// Bytes held for a head or a chunk line not yet complete.
+    pub fn buffered(&self) -> usize {
+        self.pending.len() + self.line.len()
+    }
+
     pub fn is_opaque(&self) -> bool {
         self.state == State::Opaque
     }

@@ -7,6 +7,7 @@ pub mod event;
 pub mod format;
 pub mod http;
 pub mod pipeline;
+#[cfg(feature = "kernel")]
 pub mod probe;
 pub mod procfs;
 pub mod record;

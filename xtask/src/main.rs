@@ -28,6 +28,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fuzz the kernel-record decoder and the HTTP stream reassembler for a bounded time.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Measure pairing and error-classification accuracy on nginx and Apache under load.
     Accuracy {
         /// Requests per run (each gateway runs without and with an id header).
@@ -60,7 +66,13 @@ fn main() -> anyhow::Result<()> {
             build()?;
             let mut test = vec!["test", "--release"];
             test.extend(args.iter().map(String::as_str));
-            cargo(&test)
+            cargo(&test)?;
+            // A short, bounded fuzz run: no panic, memory bounded, on every commit.
+            fuzz(20)
+        }
+        Task::Fuzz { seconds } => {
+            setup::ensure()?;
+            fuzz(seconds)
         }
         Task::Accuracy {
             requests,
@@ -84,13 +96,38 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The fuzz targets (fuzz/fuzz_targets), each run for `seconds` with libFuzzer.
+const FUZZ_TARGETS: &[&str] = &["kernel_records", "http_stream"];
+
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let max_time = format!("-max_total_time={seconds}");
+    for target in FUZZ_TARGETS {
+        cargo(&[
+            "+nightly",
+            "fuzz",
+            "run",
+            "-O",
+            target,
+            "--",
+            &max_time,
+            "-rss_limit_mb=1024",
+        ])?;
+    }
+    Ok(())
+}
+
 /// One profile for everything (release): the tests and the demo share one build.
 fn build() -> anyhow::Result<()> {
     cargo(&["build", "--release"])
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // A toolchain override (+nightly) needs the rustup proxy, not the cargo running xtask.
+    let cargo = if args.first().is_some_and(|a| a.starts_with('+')) {
+        "cargo".to_owned()
+    } else {
+        std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+    };
     eprintln!("xtask: running cargo {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)

@@ -1,6 +1,6 @@
 //! Installs what a fresh Debian machine lacks for building and testing access-log, and nothing
 //! that is already there: Debian packages (gateways and clients the tests drive), the nightly
-//! toolchain's rust-src (the eBPF crate builds core), and bpf-linker.
+//! toolchain's rust-src (the eBPF crate builds core), bpf-linker, and cargo-fuzz.
 use std::{path::Path, process::Command};
 
 use anyhow::{bail, Context as _};
@@ -89,6 +89,9 @@ pub fn ensure() -> anyhow::Result<()> {
     }
     if !on_path("bpf-linker") {
         run("cargo", &["install", BPF_LINKER, "--locked"])?;
+    }
+    if !on_path("cargo-fuzz") {
+        run("cargo", &["install", "cargo-fuzz@0.13.2", "--locked"])?;
     }
     if !Path::new("/sys/kernel/tracing/events").is_dir() {
         run("mount", &["-t", "tracefs", "nodev", "/sys/kernel/tracing"])?;

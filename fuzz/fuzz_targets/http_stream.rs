@@ -1,0 +1,33 @@
+//! The HTTP/1 stream reassembler on arbitrary bytes, cut into arbitrary reads with arbitrary
+//! bytes missing beyond the capture window: no panic, and the bytes it holds stay bounded.
+#![no_main]
+
+use access_log::http::{Side, Stream};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&control, rest)) = data.split_first() else {
+        return;
+    };
+    let side = if control & 1 == 0 {
+        Side::Requests
+    } else {
+        Side::Responses
+    };
+    let mut stream = Stream::new(side);
+    for _ in 0..(control >> 1) {
+        stream.expect_response_to(if control & 2 == 0 { "GET" } else { "HEAD" });
+    }
+    // Each read: one byte of length (1..=64), then that many bytes; every 7th read is missing
+    // bytes beyond the capture window.
+    let mut rest = rest;
+    let mut index = 0u64;
+    while let Some((&length, body)) = rest.split_first() {
+        let take = (length as usize % 64 + 1).min(body.len());
+        let missing = if index % 7 == 6 { length as u64 * 3 } else { 0 };
+        let _ = stream.feed(&body[..take], missing);
+        assert!(stream.buffered() <= 64 * 1024 + 64, "{}", stream.buffered());
+        rest = &body[take..];
+        index += 1;
+    }
+});
