@@ -11,4 +11,5 @@ pub mod pipeline;
 pub mod probe;
 pub mod procfs;
 pub mod record;
+pub mod recording;
 pub mod tls;

@@ -60,7 +60,8 @@ pub enum DecodeError {
 
 const HEADER: usize = size_of::<RecordHeader>();
 
-fn read_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
+/// The header of a raw record.
+pub fn read_header(bytes: &[u8]) -> Result<RecordHeader, DecodeError> {
     if bytes.len() < HEADER {
         return Err(DecodeError::Short(bytes.len()));
     }
@@ -87,6 +88,25 @@ pub fn socket_address(address: &SocketAddress) -> Option<SocketAddr> {
         _ => return None,
     };
     Some(SocketAddr::new(ip, address.port))
+}
+
+/// The kernel's address layout for a std address (the inverse of [`socket_address`]).
+pub fn to_socket_address(address: SocketAddr) -> SocketAddress {
+    let mut out = SocketAddress {
+        port: address.port(),
+        ..Default::default()
+    };
+    match address.ip() {
+        IpAddr::V4(v4) => {
+            out.family = 2;
+            out.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            out.family = 10;
+            out.addr = v6.octets();
+        }
+    }
+    out
 }
 
 /// Decodes one record as it came out of the ring buffer.

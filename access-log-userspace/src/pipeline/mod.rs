@@ -39,7 +39,7 @@ pub enum Direction {
 }
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Clock {
     /// Wall-clock nanoseconds minus monotonic nanoseconds.
     pub offset_ns: i128,
