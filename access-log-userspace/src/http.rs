@@ -23,6 +23,8 @@ pub struct RequestHead {
     /// for traceparent only its trace id): the exact link between an inbound request and the
     /// outbound one it causes.
     pub correlation: Option<String>,
+    /// Both Content-Length and Transfer-Encoding: a request-smuggling signal (chunked wins).
+    pub conflicting_framing: bool,
     /// The head went past the capture window: fields after the cut are unknown.
     pub truncated: bool,
 }
@@ -226,7 +228,7 @@ impl Stream {
             Side::Responses => {
                 let parsed = parse_response(&self.pending, self.head_requests.front().copied());
                 if let Parsed::Complete(Head::Response(ref response), _, _) = parsed {
-                    if response.status >= 200 {
+                    if is_final(response.status) {
                         self.head_requests.pop_front();
                     }
                 }
@@ -290,6 +292,12 @@ impl Stream {
             }
         }
     }
+}
+
+/// Whether a status ends its request's exchange: every status but the interim 1xx; 101
+/// Switching Protocols is final (what follows is not HTTP).
+pub fn is_final(status: u16) -> bool {
+    status >= 200 || status == 101
 }
 
 fn trim_line(line: &[u8]) -> &[u8] {
@@ -392,6 +400,8 @@ fn parse_request(bytes: &[u8], id_headers: &[String]) -> Parsed {
                 user_agent: header_value(headers, "user-agent").map(text),
                 has_credentials,
                 correlation: correlation(headers, id_headers),
+                conflicting_framing: header_value(headers, "content-length").is_some()
+                    && header_value(headers, "transfer-encoding").is_some(),
                 truncated: false,
             };
             Parsed::Complete(Head::Request(head), length, next)
@@ -480,6 +490,7 @@ fn first_line_head(bytes: &[u8], side: Side) -> Option<Head> {
                 target,
                 user_agent: None,
                 correlation: None,
+                conflicting_framing: false,
                 truncated: true,
             }))
         }
@@ -508,6 +519,7 @@ mod tests {
             user_agent: None,
             has_credentials: false,
             correlation: None,
+            conflicting_framing: false,
             truncated: false,
         })
     }
@@ -621,6 +633,38 @@ mod tests {
         let heads = stream.feed(b"GET / HTTP/1.1\r\nX-Request-ID: abc\r\n\r\n", 0);
         assert!(matches!(&heads[0], Head::Request(r)
             if r.correlation.as_deref() == Some("x-request-id:abc")));
+    }
+
+    #[test]
+    fn both_lengths_are_flagged_and_chunked_wins() {
+        let mut stream = Stream::new(Side::Requests);
+        let heads = stream.feed(
+            b"POST /s HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /next HTTP/1.1\r\n\r\n",
+            0,
+        );
+        assert_eq!(heads.len(), 2);
+        assert!(matches!(&heads[0], Head::Request(r) if r.conflicting_framing));
+        assert!(matches!(&heads[1], Head::Request(r) if r.target == "/next"));
+    }
+
+    #[test]
+    fn a_websocket_upgrade_is_answered_then_left_alone() {
+        let mut requests = Stream::new(Side::Requests);
+        let mut responses = Stream::new(Side::Responses);
+        let heads = requests.feed(
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello",
+            0,
+        );
+        assert_eq!(heads.len(), 1);
+        assert!(requests.is_opaque());
+        responses.expect_response_to("GET");
+        let heads = responses.feed(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x82\x01x",
+            0,
+        );
+        assert_eq!(heads, vec![response(101)]);
+        assert!(responses.is_opaque());
+        assert!(responses.feed(b"HTTP/1.1 200 OK\r\n\r\n", 0).is_empty());
     }
 
     #[test]

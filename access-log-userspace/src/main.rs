@@ -151,8 +151,13 @@ fn events_summary(stats: &PipelineStats) -> String {
 fn pipeline_summary(stats: &PipelineStats, undecodable: u64) -> String {
     format!(
         "undecodable records {undecodable}; outbound requests not linked {}; low-confidence \
-         pairings {}; encrypted connections not read {}; reads drained by a closing gateway {}",
-        stats.unlinked_outbound, stats.low_confidence, stats.tls_unreadable, stats.drained_reads
+         pairings {}; encrypted connections not read {}; reads drained by a closing gateway {}; \
+         connections left alone (not HTTP/1) {}",
+        stats.unlinked_outbound,
+        stats.low_confidence,
+        stats.tls_unreadable,
+        stats.drained_reads,
+        stats.opaque_connections
     )
 }
 

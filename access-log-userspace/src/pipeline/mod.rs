@@ -19,7 +19,7 @@ use crate::{
     catalog::{ApiMatch, Catalog},
     classify::AttemptOutcome,
     event::Event,
-    http::{Head, RequestHead, ResponseHead, Side, Stream},
+    http::{is_final, Head, RequestHead, ResponseHead, Side, Stream},
     record::Record,
 };
 
@@ -67,6 +67,9 @@ pub struct PipelineStats {
     pub tls_unreadable: u64,
     /// Reads a gateway made while closing a connection (lingering close): not requests.
     pub drained_reads: u64,
+    /// Connections left alone after they stopped being HTTP/1 (HTTP/2, upgrades, other
+    /// protocols).
+    pub opaque_connections: u64,
 }
 
 struct Connection {
@@ -429,7 +432,7 @@ impl Pipeline {
         at: u64,
         out: &mut Vec<Event>,
     ) {
-        if response.status < 200 {
+        if !is_final(response.status) {
             return;
         }
         let Some(connection) = self.connections.get_mut(&key) else {
@@ -465,7 +468,7 @@ impl Pipeline {
         at: u64,
         out: &mut Vec<Event>,
     ) {
-        if response.status < 200 {
+        if !is_final(response.status) {
             return;
         }
         let Some(connection) = self.connections.get_mut(&key) else {
@@ -539,6 +542,9 @@ impl Pipeline {
         };
         if connection.encrypted_unread && !connection.tls {
             self.stats.tls_unreadable += 1;
+        }
+        if connection.requests.is_opaque() || connection.responses.is_opaque() {
+            self.stats.opaque_connections += 1;
         }
         match connection.direction {
             Direction::Outbound => {

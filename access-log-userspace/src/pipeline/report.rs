@@ -18,8 +18,13 @@ fn incoming_fields(request: &InboundRequest, fields: Fields) -> Fields {
         .optional_text("UserAgent", request.head.user_agent.clone())
         .optional_text("RemoteIP", request.remote.map(|r| r.ip().to_string()))
         .text("ClientTLS", if request.tls { "true" } else { "false" });
-    if request.head.truncated {
+    let fields = if request.head.truncated {
         fields.text("RequestInURLTruncated", "true")
+    } else {
+        fields
+    };
+    if request.head.conflicting_framing {
+        fields.text("ConflictingLength", "true")
     } else {
         fields
     }

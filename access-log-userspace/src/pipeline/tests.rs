@@ -500,3 +500,70 @@ fn bytes_drained_by_a_closing_gateway_are_not_requests() {
     assert!(s.events.is_empty(), "{:?}", s.events);
     assert_eq!(s.pipeline.stats().drained_reads, 1);
 }
+
+#[test]
+fn a_hundred_pipelined_requests_in_one_read_are_answered_in_order() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    let mut requests = Vec::new();
+    let mut answers = Vec::new();
+    for index in 0..100 {
+        requests
+            .extend_from_slice(format!("GET /nope/{index} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        let status = if index % 2 == 0 { 404 } else { 401 };
+        answers.extend_from_slice(
+            format!("HTTP/1.1 {status} X\r\nContent-Length: 3\r\n\r\nabc").as_bytes(),
+        );
+    }
+    s.data(5, syscall::RECVFROM, &requests);
+    s.data(5, syscall::WRITEV, &answers);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 100);
+    for (index, error) in errors.iter().enumerate() {
+        assert_eq!(
+            error.text("RequestInURL"),
+            Some(format!("/nope/{index}").as_str())
+        );
+        let status = if index % 2 == 0 { 404 } else { 401 };
+        assert_eq!(error.get("StatusCode"), Some(&Value::Integer(status)));
+    }
+}
+
+#[test]
+fn a_websocket_upgrade_completes_with_101_and_is_left_alone() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        syscall::RECVFROM,
+        b"GET /orders/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    );
+    s.connect(20, -115);
+    s.data(
+        20,
+        syscall::WRITEV,
+        b"GET /v1/orders/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    );
+    s.data(
+        20,
+        syscall::RECVFROM,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi",
+    );
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    );
+    s.data(
+        5,
+        syscall::RECVFROM,
+        b"\x81\x85garbage frames GET /x HTTP/1.1\r\n\r\n",
+    );
+    s.close(5);
+    s.close(20);
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].get("StatusCode"), Some(&Value::Integer(101)));
+    assert_eq!(s.of(EventKind::IncomingRequest).len(), 1);
+    assert_eq!(s.pipeline.stats().opaque_connections, 2);
+}
