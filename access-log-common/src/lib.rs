@@ -8,8 +8,11 @@
 
 /// The largest head slice one data record can carry (`--capture-bytes` is capped here).
 pub const MAX_CAPTURE: usize = 4096;
-/// The default capture window: holds the request line and headers of ordinary requests.
+/// The default capture window for requests: holds the request line and headers of ordinary
+/// requests.
 pub const DEFAULT_CAPTURE: u32 = 1024;
+/// The default capture window for responses: a status line and the framing headers.
+pub const DEFAULT_RESPONSE_CAPTURE: u32 = 512;
 
 /// What a record reports.
 pub mod kind {

@@ -5,7 +5,7 @@
 use access_log_common::{counter, kind, RecordHeader, MAX_CAPTURE};
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_user};
 
-use crate::maps::{capture_bytes, count, header, Caller, COPY_MASK, EVENTS, NO_WAKEUP, SCRATCH};
+use crate::maps::{count, header, Caller, COPY_MASK, EVENTS, NO_WAKEUP, SCRATCH};
 
 /// Most iovecs looked at in one readv/writev/sendmsg/recvmsg; heads sit in the first few.
 const MAX_IOVECS: usize = 8;
@@ -38,7 +38,7 @@ struct IoVec {
 
 /// Emits one data record for a call on `fd` that moved `moved` bytes (or failed with it).
 #[inline(always)]
-pub fn emit(caller: Caller, fd: i32, syscall: u32, moved: i64, source: Source) {
+pub fn emit(caller: Caller, fd: i32, syscall: u32, moved: i64, window: u32, source: Source) {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -47,9 +47,8 @@ pub fn emit(caller: Caller, fd: i32, syscall: u32, moved: i64, source: Source) {
     let mut wanted = 0u64;
     if moved > 0 {
         wanted = moved as u64;
-        let window = capture_bytes() as u64;
-        if wanted > window {
-            wanted = window;
+        if wanted > window as u64 {
+            wanted = window as u64;
         }
         if wanted > MAX_CAPTURE as u64 {
             wanted = MAX_CAPTURE as u64;

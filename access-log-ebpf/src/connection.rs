@@ -113,6 +113,8 @@ fn try_socket_enter(ctx: &TracePointContext) -> Result<(), i64> {
                 length: 0,
                 fd: -1,
                 syscall: CALL_SOCKET,
+                window: 0,
+                _pad: 0,
             },
         );
     }
@@ -157,6 +159,8 @@ fn try_accept_enter(ctx: &TracePointContext) -> Result<(), i64> {
             length: 0,
             fd: arg(ctx, 0)? as i32,
             syscall: CALL_ACCEPT,
+            window: 0,
+            _pad: 0,
         },
     );
     Ok(())
@@ -211,6 +215,8 @@ fn try_connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
                 length: 0,
                 fd,
                 syscall: CALL_CONNECT,
+                window: 0,
+                _pad: 0,
             },
         ),
         _ => {}

@@ -6,7 +6,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 use crate::{
     capture::{emit, Source},
     connection::{arg, ret, role_of, take},
-    maps::{count, watched_caller, PendingCall, CALLS},
+    maps::{capture_bytes, count, tls_probes, watched_caller, PendingCall, CALLS},
     ssl,
 };
 
@@ -26,18 +26,23 @@ fn enter(ctx: &TracePointContext, call_syscall: u32, fd_arg: usize) -> Result<()
     if !matches!(role::base(socket_role), role::INBOUND | role::OUTBOUND) {
         return Ok(());
     }
-    if syscall::is_ingress(call_syscall) {
+    if syscall::is_ingress(call_syscall) && tls_probes() {
         ssl::note_socket_read(caller.pid_tgid, fd);
     }
     // Ciphertext: the plaintext of this call, if any, comes from the TLS library's probes.
-    if socket_role & role::TLS != 0 || ssl::inside_ssl_call(caller.pid_tgid, caller.tgid, fd) {
+    if socket_role & role::TLS != 0
+        || (tls_probes() && ssl::inside_ssl_call(caller.pid_tgid, caller.tgid, fd))
+    {
         return Ok(());
     }
+    let inbound = role::base(socket_role) == role::INBOUND;
     let call = PendingCall {
         pointer: arg(ctx, 1)?,
         length: arg(ctx, 2)?,
         fd,
         syscall: call_syscall,
+        window: capture_bytes(syscall::is_ingress(call_syscall) == inbound),
+        _pad: 0,
     };
     if CALLS.insert(caller.pid_tgid, call, 0).is_err() {
         count(access_log_common::counter::CALL_TABLE_FULL);
@@ -79,7 +84,7 @@ fn exit(ctx: &TracePointContext, call_syscall: u32) -> Result<(), i64> {
             pointer: call.pointer,
         },
     };
-    emit(caller, call.fd, call_syscall, moved, source);
+    emit(caller, call.fd, call_syscall, moved, call.window, source);
     Ok(())
 }
 
@@ -138,6 +143,8 @@ fn try_splice_enter(ctx: &TracePointContext) -> Result<(), i64> {
         length: 0,
         fd,
         syscall: call_syscall,
+        window: 0,
+        _pad: 0,
     };
     if CALLS.insert(caller.pid_tgid, call, 0).is_err() {
         count(access_log_common::counter::CALL_TABLE_FULL);

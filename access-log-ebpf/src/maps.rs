@@ -4,21 +4,44 @@ use access_log_common::{counter, RecordHeader, SocketKey, MAX_CAPTURE};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
 
-/// Bytes of each data call to copy; set by user space at load time (`--capture-bytes`).
+/// Bytes of each request-carrying call to copy; set by user space at load time
+/// (`--capture-bytes`): a request head with its URL.
 #[unsafe(no_mangle)]
 static CAPTURE_BYTES: u32 = access_log_common::DEFAULT_CAPTURE;
+
+/// Bytes of each response-carrying call to copy (`--response-capture-bytes`): a status line and
+/// the framing headers; what follows is body, never needed.
+#[unsafe(no_mangle)]
+static RESPONSE_CAPTURE_BYTES: u32 = access_log_common::DEFAULT_RESPONSE_CAPTURE;
+
+/// Non-zero when TLS probes are attached: data syscalls then check whether they run inside an
+/// SSL call. Set by user space at load time.
+#[unsafe(no_mangle)]
+static TLS_PROBES: u32 = 0;
+
+pub fn tls_probes() -> bool {
+    // SAFETY: a read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&TLS_PROBES) != 0 }
+}
 
 /// Offset of `child_pid` in the `sched_process_fork` record; read by user space from tracefs,
 /// since the layout changed across kernels.
 #[unsafe(no_mangle)]
 static FORK_CHILD_PID_OFFSET: u32 = 20;
 
-pub fn capture_bytes() -> u32 {
-    // SAFETY: a read of a load-time constant that the loader may have rewritten.
-    unsafe { core::ptr::read_volatile(&CAPTURE_BYTES) }
+/// The capture window for a call: requests flow into inbound sockets and out of outbound ones.
+pub fn capture_bytes(carries_requests: bool) -> u32 {
+    // SAFETY: reads of load-time constants that the loader may have rewritten.
+    unsafe {
+        if carries_requests {
+            core::ptr::read_volatile(&CAPTURE_BYTES)
+        } else {
+            core::ptr::read_volatile(&RESPONSE_CAPTURE_BYTES)
+        }
+    }
 }
 
 pub fn fork_child_pid_offset() -> u32 {
@@ -34,10 +57,11 @@ pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static SOCKETS: HashMap<SocketKey, u32> = HashMap::with_max_entries(65536, 0);
 
-/// Arguments of a call between its enter and exit tracepoints, keyed by pid_tgid. LRU so that a
-/// thread that dies inside a call cannot leak an entry forever.
+/// Arguments of a call between its enter and exit tracepoints, keyed by pid_tgid. A plain hash
+/// (an LRU costs more on every call): an entry left by a thread that died inside a call is
+/// replaced when its thread id is reused, and a full table is counted.
 #[map]
-pub static CALLS: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(16384, 0);
+pub static CALLS: HashMap<u64, PendingCall> = HashMap::with_max_entries(65536, 0);
 
 /// Per-CPU scratch for building a data record too large for the 512-byte stack.
 #[map]
@@ -65,6 +89,9 @@ pub struct PendingCall {
     pub length: u64,
     pub fd: i32,
     pub syscall: u32,
+    /// Bytes to copy at most (the request or the response window).
+    pub window: u32,
+    pub _pad: u32,
 }
 
 /// Mask that bounds every copy offset and length for the verifier; the scratch buffer holds

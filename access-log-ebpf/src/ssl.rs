@@ -7,13 +7,13 @@ use access_log_common::{counter, role, syscall, SocketKey};
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
     macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::{ProbeContext, RetProbeContext},
 };
 
 use crate::{
     capture::{emit, Source},
-    maps::{count, watched_caller, SOCKETS},
+    maps::{capture_bytes, count, watched_caller, SOCKETS},
 };
 
 /// An SSL call under way on a thread.
@@ -46,15 +46,36 @@ pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16
 #[map]
 pub static SSL_SOCKETS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
 
-/// The socket each thread read last. A TLS library on memory BIOs (Node.js) makes no syscall
-/// inside SSL calls: it reads ciphertext first, then hands it to OpenSSL on the same thread.
+/// The socket read last on each CPU, and by which thread. A TLS library on memory BIOs
+/// (Node.js) makes no syscall inside SSL calls: it reads ciphertext first, then hands it to
+/// OpenSSL on the same thread, almost always on the same CPU (a per-CPU slot costs far less
+/// than a per-thread hash entry on every read; a migration in between is counted).
 #[map]
-pub static LAST_SOCKET_READ: LruHashMap<u64, i32> = LruHashMap::with_max_entries(16384, 0);
+pub static LAST_SOCKET_READ: PerCpuArray<LastRead> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastRead {
+    pub pid_tgid: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
 
 /// Notes the socket a thread reads (called by the syscall tracepoints for followed sockets).
 #[inline(always)]
 pub fn note_socket_read(pid_tgid: u64, fd: i32) {
-    let _ = LAST_SOCKET_READ.insert(pid_tgid, fd, 0);
+    if let Some(slot) = LAST_SOCKET_READ.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, written only by programs running on this CPU.
+        unsafe {
+            (*slot).pid_tgid = pid_tgid;
+            (*slot).fd = fd;
+        }
+    }
+}
+
+fn last_socket_read(pid_tgid: u64) -> Option<i32> {
+    let slot = LAST_SOCKET_READ.get(0)?;
+    (slot.pid_tgid == pid_tgid).then_some(slot.fd)
 }
 
 /// Marks a followed socket as TLS: its syscalls carry ciphertext from now on.
@@ -135,8 +156,7 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, extended: bool) -> Result<(), 
     if call.fd < 0 && call.syscall != syscall::SSL_WRITE {
         // No syscall inside the call and none remembered: a memory-BIO library; the
         // ciphertext it decrypts is what this thread read last.
-        // SAFETY: the value is copied.
-        if let Some(fd) = unsafe { LAST_SOCKET_READ.get(caller.pid_tgid) }.copied() {
+        if let Some(fd) = last_socket_read(caller.pid_tgid) {
             call.fd = fd;
             mark_tls(caller.tgid, fd);
         }
@@ -172,11 +192,18 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, extended: bool) -> Result<(), 
         return Ok(());
     }
     let _ = SSL_SOCKETS.insert(key, call.fd, 0);
+    // SAFETY: the value is copied.
+    let socket_role = unsafe { SOCKETS.get(SocketKey { tgid: caller.tgid, fd: call.fd }) }
+        .copied()
+        .unwrap_or(role::INBOUND);
+    let inbound = role::base(socket_role) == role::INBOUND;
+    let window = capture_bytes((call.syscall == syscall::SSL_READ) == inbound);
     emit(
         caller,
         call.fd,
         call.syscall,
         moved,
+        window,
         Source::Buffer {
             pointer: call.buffer,
         },

@@ -26,9 +26,17 @@ pub struct TargetArgs {
     #[arg(long, default_value_t = access_log_common::DEFAULT_CAPTURE,
           value_parser = clap::value_parser!(u32).range(64..=access_log_common::MAX_CAPTURE as i64))]
     capture_bytes: u32,
+    /// Bytes copied from each read or write carrying responses: the status line and the framing
+    /// headers (a longer head loses its framing until the next response; at most 4096).
+    #[arg(long, default_value_t = access_log_common::DEFAULT_RESPONSE_CAPTURE,
+          value_parser = clap::value_parser!(u32).range(64..=access_log_common::MAX_CAPTURE as i64))]
+    response_capture_bytes: u32,
     /// Size of the kernel ring buffer in bytes (a power of two, at least a page).
     #[arg(long, default_value_t = 8 << 20)]
     ring_bytes: u32,
+    /// Measure the kernel programs' run time and print it at exit (`bpf: ...`).
+    #[arg(long)]
+    bpf_stats: bool,
 }
 
 /// What receives the live records, a batch at a time.
@@ -39,6 +47,7 @@ pub trait Consumer {
 
 pub struct Session {
     probes: Probes,
+    run_time: Option<probe::RunTimeStats>,
     pub clock: Clock,
     /// Connections the watched processes held at attach.
     pub existing: Vec<(ConnectionKey, Direction, Option<SocketAddr>)>,
@@ -89,9 +98,14 @@ impl Session {
         if procfs::ensure_tracefs()? {
             eprintln!("access-log: mounted tracefs at {}", procfs::TRACEFS);
         }
+        // The TLS libraries to probe are known before loading (it sets how syscalls treat TLS);
+        // a new worker maps the same library file.
+        let tls_scan = tls::scan(&procfs::process_tree(args.pid));
         let mut probes = Probes::load(&ProbeConfig {
             capture_bytes: args.capture_bytes,
+            response_capture_bytes: args.response_capture_bytes,
             ring_bytes: args.ring_bytes,
+            tls_probes: !tls_scan.targets.is_empty(),
         })?;
         // Root first: from here on the kernel adds every child forked; then the children that
         // exist already, then the sockets they already hold.
@@ -100,7 +114,6 @@ impl Session {
         for pid in &tree {
             probes.watch(*pid)?;
         }
-        let tls_scan = tls::scan(&tree);
         let mut tls_probes = 0;
         for target in &tls_scan.targets {
             tls_probes += probes.attach_tls(target)?;
@@ -127,20 +140,38 @@ impl Session {
         };
         eprintln!(
             "attached: PID {} ({} processes, {} open connections), {} probes, {tls_read}, \
-             capturing {} bytes per call",
+             capturing {} bytes of requests and {} of responses per call",
             args.pid,
             tree.len(),
             existing.len(),
             probes.attached,
-            args.capture_bytes
+            args.capture_bytes,
+            args.response_capture_bytes
         );
+        let run_time = if args.bpf_stats {
+            Some(probe::RunTimeStats::enable()?)
+        } else {
+            None
+        };
         Ok(Session {
             probes,
+            run_time,
             clock: now_clock(),
             existing,
             root: args.pid,
             duration: args.duration,
         })
+    }
+
+    /// The `bpf:` line, when run-time statistics were asked for.
+    pub fn report_run_time(&self) {
+        if let Some(stats) = &self.run_time {
+            let (nanoseconds, runs) = stats.totals();
+            eprintln!(
+                "bpf: {nanoseconds} ns in {runs} program runs ({:.0} ns per run)",
+                nanoseconds as f64 / runs.max(1) as f64
+            );
+        }
     }
 
     pub fn drops_summary(&self) -> String {
@@ -266,6 +297,7 @@ pub fn record(args: &TargetArgs, output: &Path) -> anyhow::Result<()> {
         output.display(),
         session.drops_summary()
     );
+    session.report_run_time();
     outcome.report();
     Ok(())
 }

@@ -194,6 +194,7 @@ fn attach(
         session.drops_summary(),
         pipeline_summary(stats, undecodable)
     );
+    session.report_run_time();
     outcome.report();
     Ok(())
 }

@@ -67,7 +67,10 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
 
 pub struct ProbeConfig {
     pub capture_bytes: u32,
+    pub response_capture_bytes: u32,
     pub ring_bytes: u32,
+    /// TLS probes will be attached: syscalls then check for an SSL call under way.
+    pub tls_probes: bool,
 }
 
 /// Kernel-side counts of what could not be done.
@@ -107,8 +110,12 @@ impl Probes {
             procfs::tracepoint_format(category, name)?;
         }
         let capture = config.capture_bytes.min(MAX_CAPTURE as u32);
+        let response_capture = config.response_capture_bytes.min(MAX_CAPTURE as u32);
+        let tls_probes = u32::from(config.tls_probes);
         let mut ebpf = EbpfLoader::new()
             .override_global("CAPTURE_BYTES", &capture, true)
+            .override_global("RESPONSE_CAPTURE_BYTES", &response_capture, true)
+            .override_global("TLS_PROBES", &tls_probes, true)
             .override_global("FORK_CHILD_PID_OFFSET", &child_offset, true)
             .map_max_entries("EVENTS", config.ring_bytes)
             .load(aya::include_bytes_aligned!(concat!(
@@ -243,4 +250,42 @@ pub fn check_privileges() -> anyhow::Result<()> {
         bail!("access-log must run as root to load eBPF programs (try: sudo access-log ...)");
     }
     Ok(())
+}
+
+/// Keeps the kernel's BPF run-time statistics on while held (BPF_ENABLE_STATS).
+pub struct RunTimeStats {
+    _enabled: std::os::fd::OwnedFd,
+}
+
+impl RunTimeStats {
+    pub fn enable() -> anyhow::Result<RunTimeStats> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics")?;
+        Ok(RunTimeStats { _enabled: fd })
+    }
+
+    /// (nanoseconds, runs) of every BPF program this process holds, from /proc/self/fdinfo.
+    pub fn totals(&self) -> (u64, u64) {
+        let mut totals = (0, 0);
+        let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") else {
+            return totals;
+        };
+        for entry in entries.flatten() {
+            let Ok(info) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if !info.contains("prog_tag:") {
+                continue;
+            }
+            let field = |name: &str| -> u64 {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            totals.0 += field("run_time_ns:");
+            totals.1 += field("run_cnt:");
+        }
+        totals
+    }
 }
