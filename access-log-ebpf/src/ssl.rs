@@ -193,9 +193,14 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, extended: bool) -> Result<(), 
     }
     let _ = SSL_SOCKETS.insert(key, call.fd, 0);
     // SAFETY: the value is copied.
-    let socket_role = unsafe { SOCKETS.get(SocketKey { tgid: caller.tgid, fd: call.fd }) }
-        .copied()
-        .unwrap_or(role::INBOUND);
+    let socket_role = unsafe {
+        SOCKETS.get(SocketKey {
+            tgid: caller.tgid,
+            fd: call.fd,
+        })
+    }
+    .copied()
+    .unwrap_or(role::INBOUND);
     let inbound = role::base(socket_role) == role::INBOUND;
     let window = capture_bytes((call.syscall == syscall::SSL_READ) == inbound);
     emit(

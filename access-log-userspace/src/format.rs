@@ -3,7 +3,9 @@
 //! or a line.
 use std::io::{self, Write};
 
-use chrono::{DateTime, Local};
+use std::{fmt::Write as _, sync::OnceLock};
+
+use chrono::{DateTime, FixedOffset, Local};
 
 use crate::event::{Event, EventKind, Value};
 
@@ -58,28 +60,71 @@ impl<W: Write> Sink for WriterSink<W> {
     }
 }
 
-/// The seed's timestamp: local time with milliseconds and the UTC offset.
+/// The local UTC offset, read once: asking the time zone for every event costs more than the
+/// rest of the line (a long-running observer restarts to follow a changed zone).
+fn local_offset() -> FixedOffset {
+    static OFFSET: OnceLock<FixedOffset> = OnceLock::new();
+    *OFFSET.get_or_init(|| *Local::now().offset())
+}
+
+/// The seed's timestamp: local time with milliseconds and the UTC offset. The part up to the
+/// second is formatted once per second (events come thousands per second).
 pub fn timestamp(unix_nanos: i128) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new(), String::new())) };
+    }
     let seconds = unix_nanos.div_euclid(1_000_000_000) as i64;
-    let nanos = unix_nanos.rem_euclid(1_000_000_000) as u32;
-    let time = DateTime::from_timestamp(seconds, nanos).unwrap_or_default();
-    time.with_timezone(&Local)
-        .format("%Y-%m-%dT%H:%M:%S%.3f%z")
-        .to_string()
+    let millis = unix_nanos.rem_euclid(1_000_000_000) / 1_000_000;
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != seconds {
+            let time = DateTime::from_timestamp(seconds, 0)
+                .unwrap_or_default()
+                .with_timezone(&local_offset());
+            last.1 = time.format("%Y-%m-%dT%H:%M:%S").to_string();
+            last.2 = time.format("%z").to_string();
+            last.0 = seconds;
+        }
+        format!("{}.{millis:03}{}", last.1, last.2)
+    })
 }
 
 /// Escapes a value for the inside of double quotes: quotes, backslashes and every control
-/// character, so a value can never end its field or its line.
+/// character, so a value can never end its field or its line. Runs of ordinary characters are
+/// copied whole.
 pub fn escape_quoted(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
-            c => out.push(c),
+    let mut start = 0;
+    for (index, c) in value.char_indices() {
+        let escaped = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if c.is_control() => "",
+            _ => continue,
+        };
+        out.push_str(&value[start..index]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+        } else {
+            out.push_str(escaped);
+        }
+        start = index + c.len_utf8();
+    }
+    out.push_str(&value[start..]);
+}
+
+/// Writes a value as kv text: numbers as they are, text escaped.
+fn push_value(value: &Value, out: &mut String) {
+    match value {
+        Value::Text(text) => escape_quoted(text, out),
+        Value::Integer(number) => {
+            let _ = write!(out, "{number}");
+        }
+        Value::Millis(ms) => {
+            let _ = write!(out, "{ms:.3}");
         }
     }
 }
@@ -93,7 +138,7 @@ pub fn kv_line(event: &Event, out: &mut String) {
         }
         out.push_str(key);
         out.push_str("=\"");
-        escape_quoted(&value.to_string(), out);
+        push_value(value, out);
         out.push('"');
     }
 }

@@ -160,3 +160,53 @@ fn read_response_head(
     }
     Ok((status, length, chunked, close))
 }
+
+/// Sends `rate` requests per second in total for `duration` over `connections` kept-alive
+/// connections, each on its own schedule (open loop: a late answer does not delay the next
+/// send time), and returns every latency measured from the scheduled send time.
+pub fn paced(
+    gateway: SocketAddr,
+    request: &Request,
+    rate: f64,
+    duration: std::time::Duration,
+    connections: usize,
+) -> Vec<std::time::Duration> {
+    let latencies = Mutex::new(Vec::new());
+    let interval = std::time::Duration::from_secs_f64(connections as f64 / rate);
+    let start = std::time::Instant::now() + std::time::Duration::from_millis(50);
+    thread::scope(|scope| {
+        for worker in 0..connections {
+            let latencies = &latencies;
+            scope.spawn(move || {
+                let mut connection = None;
+                let mut mine = Vec::new();
+                let offset = interval.mul_f64(worker as f64 / connections as f64);
+                let mut due = start + offset;
+                while due < start + duration {
+                    let now = std::time::Instant::now();
+                    if due > now {
+                        thread::sleep(due - now);
+                    }
+                    if send(&mut connection, gateway, request, true).is_ok() {
+                        mine.push(due.elapsed());
+                    } else {
+                        connection = None;
+                    }
+                    due += interval;
+                }
+                latencies.lock().expect("latencies lock").extend(mine);
+            });
+        }
+    });
+    let mut all = latencies.into_inner().expect("latencies lock");
+    all.sort();
+    all
+}
+
+/// The q-quantile (0..=1) of sorted values.
+pub fn quantile(sorted: &[std::time::Duration], q: f64) -> std::time::Duration {
+    if sorted.is_empty() {
+        return std::time::Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, demo, tests and measurements of access-log, so a fresh machine needs
 //! only these commands.
 mod accuracy;
+mod bench;
 mod demo;
 mod setup;
 
@@ -33,6 +34,13 @@ enum Task {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+    },
+    /// Measure what the observer costs the gateway, beside nginx's own access log; writes
+    /// BENCHMARKS.md.
+    Bench {
+        /// A short run (1 round of 2 s, 50,000 replayed requests): a smoke test, not figures.
+        #[arg(long)]
+        quick: bool,
     },
     /// Measure pairing and error-classification accuracy on nginx and Apache under load.
     Accuracy {
@@ -87,6 +95,23 @@ fn main() -> anyhow::Result<()> {
                 None => vec![tests::gateway::Kind::Nginx, tests::gateway::Kind::Apache],
             };
             accuracy::run(requests, connections, &gateways)
+        }
+        Task::Bench { quick } => {
+            setup::ensure()?;
+            build()?;
+            bench::run(&if quick {
+                bench::Options {
+                    rounds: 1,
+                    seconds: 2,
+                    replay_requests: 50_000,
+                }
+            } else {
+                bench::Options {
+                    rounds: 3,
+                    seconds: 5,
+                    replay_requests: 1_000_000,
+                }
+            })
         }
         Task::Demo { duration } => {
             setup::ensure()?;

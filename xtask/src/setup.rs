@@ -13,6 +13,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/openssl", "openssl"),
     ("/usr/bin/node", "nodejs"),
     ("/usr/bin/caddy", "caddy"),
+    ("/usr/bin/wrk", "wrk"),
 ];
 
 /// The bpf-linker release that loads the calling rustc's LLVM (the nightly's, LLVM 22).

@@ -1,0 +1,508 @@
+//! `cargo xtask bench`: what the observer costs the gateway, measured against the gateway's own
+//! access log, in one run on one machine (ratios of alternating rounds, medians): throughput at
+//! saturation (wrk), added latency at half that rate, BPF run time per request, drops, and the
+//! user-space pipeline's replay throughput and peak memory. Writes BENCHMARKS.md.
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use tests::{free_port, gateway::Gateway, load, observer};
+
+pub struct Options {
+    pub rounds: usize,
+    pub seconds: u64,
+    pub replay_requests: u64,
+}
+
+/// nginx's own access log as operators run it: a dozen variables, buffered.
+const ACCESS_LOG: &str = "log_format bench '$remote_addr - $remote_user [$time_local] \"$request\" \
+$status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_time $upstream_addr \
+$upstream_status $upstream_response_time $request_id';\n  access_log logs/access.log bench buffer=64k flush=1s;";
+
+struct Bench {
+    _backend: Gateway,
+    plain: Gateway,
+    _logged: Gateway,
+    ports: Ports,
+}
+
+#[derive(Clone, Copy)]
+struct Ports {
+    plain: u16,
+    plain_tls: u16,
+    logged: u16,
+    logged_tls: u16,
+}
+
+fn gateway_block(port: u16, tls_port: u16, backend: u16, dir: &Path, access_log: bool) -> String {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    format!(
+        "  upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; }}\n  {}\n  server {{\n    \
+         listen 127.0.0.1:{port} backlog=4096;\n    listen 127.0.0.1:{tls_port} ssl backlog=4096;\n    \
+         ssl_certificate {};\n    ssl_certificate_key {};\n    keepalive_requests 1000000;\n    \
+         location / {{ proxy_pass http://backend; proxy_http_version 1.1; \
+         proxy_set_header Connection \"\"; }}\n  }}\n",
+        if access_log { ACCESS_LOG } else { "" },
+        cert.display(),
+        key.display()
+    )
+}
+
+impl Bench {
+    fn start() -> anyhow::Result<Bench> {
+        let backend_port = free_port();
+        let backend = Gateway::nginx(
+            "bench-backend",
+            1,
+            &format!(
+                "  server {{ listen 127.0.0.1:{backend_port} backlog=4096; keepalive_requests 1000000;\n    \
+                 location /small {{ return 200 \"ok\\n\"; }}\n    location /big {{ root html; }}\n  }}\n"
+            ),
+            backend_port,
+        )
+        .map_err(anyhow::Error::msg)?;
+        fs::create_dir_all(backend.path("html"))?;
+        fs::write(backend.path("html/big"), vec![b'x'; 64 * 1024])?;
+        let certs = std::env::temp_dir().join(format!("access-log-bench-{}", std::process::id()));
+        fs::create_dir_all(&certs)?;
+        tests::certificate::self_signed(&certs).map_err(anyhow::Error::msg)?;
+        let ports = Ports {
+            plain: free_port(),
+            plain_tls: free_port(),
+            logged: free_port(),
+            logged_tls: free_port(),
+        };
+        let plain = Gateway::nginx(
+            "bench-plain",
+            1,
+            &gateway_block(ports.plain, ports.plain_tls, backend_port, &certs, false),
+            ports.plain,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let logged = Gateway::nginx(
+            "bench-logged",
+            1,
+            &gateway_block(ports.logged, ports.logged_tls, backend_port, &certs, true),
+            ports.logged,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Bench {
+            _backend: backend,
+            plain,
+            _logged: logged,
+            ports,
+        })
+    }
+}
+
+/// One wrk run: requests per second and the number of requests.
+fn wrk(url: &str, seconds: u64, close: bool) -> anyhow::Result<(f64, u64)> {
+    let mut command = Command::new("wrk");
+    command.args(["-t1", "-c32", &format!("-d{seconds}s")]);
+    if close {
+        command.args(["-H", "Connection: close"]);
+    }
+    let output = command.arg(url).output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rate = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk printed no rate: {text}"))?;
+    let total = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .map(|(n, _)| n.to_owned())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((rate, total))
+}
+
+struct Attached {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+fn attach(pid: u32, extra: &[&str]) -> anyhow::Result<Attached> {
+    let mut child = Command::new(observer::binary())
+        .args([
+            "attach",
+            "--pid",
+            &pid.to_string(),
+            "--format",
+            "kv",
+            "--output",
+            "/dev/null",
+        ])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the observer")?;
+    let (sender, lines) = mpsc::channel();
+    let stderr = child.stderr.take().context("observer stderr")?;
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .context("the observer did not attach")?;
+        if line.starts_with("attached:") {
+            return Ok(Attached { child, lines });
+        }
+    }
+}
+
+impl Attached {
+    /// Stops the observer; returns its stderr lines after attach (summary, bpf).
+    fn stop(mut self) -> anyhow::Result<Vec<String>> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the observer exited with {status}");
+        }
+        Ok(self.lines.try_iter().collect())
+    }
+}
+
+fn kernel_drops(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .find_map(|l| l.split("kernel drops: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.trim_end_matches(';').parse().ok())
+        .unwrap_or(0)
+}
+
+fn bpf_nanoseconds(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("bpf: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+struct ScenarioResult {
+    name: &'static str,
+    baseline_rps: f64,
+    observer_ratio: f64,
+    access_log_ratio: f64,
+    bpf_ns_per_request: f64,
+    drops: u64,
+}
+
+fn scenario(
+    bench: &Bench,
+    options: &Options,
+    name: &'static str,
+    scheme_port: (&str, u16, u16),
+    path: &str,
+    close: bool,
+) -> anyhow::Result<ScenarioResult> {
+    let (scheme, plain_port, logged_port) = scheme_port;
+    let plain_url = format!("{scheme}://127.0.0.1:{plain_port}{path}");
+    let logged_url = format!("{scheme}://127.0.0.1:{logged_port}{path}");
+    let (mut observer_ratios, mut log_ratios, mut baselines, mut bpf) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut drops = 0;
+    // Warm both gateways' upstream pools.
+    wrk(&plain_url, 1, close)?;
+    wrk(&logged_url, 1, close)?;
+    for round in 0..options.rounds {
+        let (baseline, _) = wrk(&plain_url, options.seconds, close)?;
+        let observer = attach(bench.plain.master_pid(), &["--bpf-stats"])?;
+        let (observed, requests) = wrk(&plain_url, options.seconds, close)?;
+        let lines = observer.stop()?;
+        let (logged, _) = wrk(&logged_url, options.seconds, close)?;
+        drops += kernel_drops(&lines);
+        bpf.push(bpf_nanoseconds(&lines) as f64 / requests.max(1) as f64);
+        baselines.push(baseline);
+        observer_ratios.push(observed / baseline);
+        log_ratios.push(logged / baseline);
+        eprintln!(
+            "bench: {name} round {}: nothing {baseline:.0}/s, observer {observed:.0}/s, access_log {logged:.0}/s",
+            round + 1
+        );
+    }
+    Ok(ScenarioResult {
+        name,
+        baseline_rps: median(&mut baselines),
+        observer_ratio: median(&mut observer_ratios),
+        access_log_ratio: median(&mut log_ratios),
+        bpf_ns_per_request: median(&mut bpf),
+        drops,
+    })
+}
+
+struct Latency {
+    rate: f64,
+    without: (Duration, Duration),
+    with: (Duration, Duration),
+}
+
+fn latency(bench: &Bench, options: &Options, rate: f64) -> anyhow::Result<Latency> {
+    let address = SocketAddr::from(([127, 0, 0, 1], bench.ports.plain));
+    let request = load::Request {
+        method: "GET",
+        target: "/small".into(),
+        headers: Vec::new(),
+        body: None,
+    };
+    let seconds = Duration::from_secs(options.seconds);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..options.rounds {
+        without.extend(load::paced(address, &request, rate, seconds, 16));
+        let observer = attach(bench.plain.master_pid(), &[])?;
+        with.extend(load::paced(address, &request, rate, seconds, 16));
+        observer.stop()?;
+    }
+    without.sort();
+    with.sort();
+    let pair = |v: &[Duration]| (load::quantile(v, 0.5), load::quantile(v, 0.99));
+    Ok(Latency {
+        rate,
+        without: pair(&without),
+        with: pair(&with),
+    })
+}
+
+struct Replay {
+    requests: u64,
+    records_bytes: u64,
+    cpu_seconds: f64,
+    wall_seconds: f64,
+    peak_rss_kib: i64,
+}
+
+fn replay_throughput(bench: &Bench, options: &Options, rate: f64) -> anyhow::Result<Replay> {
+    let file = std::env::temp_dir().join(format!("access-log-bench-{}.alrec", std::process::id()));
+    let mut recorder = Command::new(observer::binary())
+        .args([
+            "record",
+            "--pid",
+            &bench.plain.master_pid().to_string(),
+            "--output",
+        ])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the recorder")?;
+    let stderr = recorder.stderr.take().context("recorder stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("attached:") => break,
+            Some(_) => {}
+            None => bail!("the recorder did not attach"),
+        }
+    }
+    // Enough load for the wanted count, at about the rate wrk reaches with a recorder attached.
+    let seconds = (options.replay_requests as f64 / (rate * 0.6)).ceil() as u64 + 1;
+    let url = format!("http://127.0.0.1:{}/small", bench.ports.plain);
+    let mut requests = 0;
+    while requests < options.replay_requests {
+        requests += wrk(&url, seconds, false)?.1;
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGTERM) };
+    recorder.wait()?;
+    let records_bytes = fs::metadata(&file)?.len();
+    let started = Instant::now();
+    let child = Command::new(observer::binary())
+        .args(["replay", "--format", "kv", "--output", "/dev/null"])
+        .arg(&file)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the replay")?;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid out-pointers.
+    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let _ = fs::remove_file(&file);
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Replay {
+        requests,
+        records_bytes,
+        cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+        wall_seconds,
+        peak_rss_kib: usage.ru_maxrss,
+    })
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map(|kib| format!("{} GiB", kib / 1024 / 1024))
+        .unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let nginx = Command::new("nginx")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "{} cores ({cpu}), {memory} memory, Linux {}, {nginx}, wrk -t1 -c32",
+        thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        kernel.trim()
+    )
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let bench = Bench::start()?;
+    let p = bench.ports;
+    let mut results = Vec::new();
+    for (name, scheme_port, path, close) in [
+        (
+            "plaintext, keep-alive, small",
+            ("http", p.plain, p.logged),
+            "/small",
+            false,
+        ),
+        (
+            "plaintext, Connection: close, small",
+            ("http", p.plain, p.logged),
+            "/small",
+            true,
+        ),
+        (
+            "HTTPS, keep-alive, small",
+            ("https", p.plain_tls, p.logged_tls),
+            "/small",
+            false,
+        ),
+        (
+            "plaintext, keep-alive, 64 KiB",
+            ("http", p.plain, p.logged),
+            "/big",
+            false,
+        ),
+    ] {
+        results.push(scenario(&bench, options, name, scheme_port, path, close)?);
+    }
+    let half_rate = results[0].baseline_rps / 2.0;
+    let latency = latency(&bench, options, half_rate)?;
+    let replay = replay_throughput(&bench, options, results[0].baseline_rps)?;
+
+    let mut report = String::new();
+    let _ = writeln!(report, "# Benchmarks\n");
+    let _ = writeln!(
+        report,
+        "Measured by `cargo xtask bench` on {}; {}; {} rounds of {} s per measurement, \
+         alternating nothing / observer / nginx's own access_log; medians of per-round ratios. \
+         Run time {:.0} s.\n",
+        chrono_free_date(),
+        machine(),
+        options.rounds,
+        options.seconds,
+        started.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(
+        report,
+        "## Gateway throughput (nginx proxying to a keep-alive upstream)\n"
+    );
+    let _ = writeln!(
+        report,
+        "| scenario | nothing attached | with the observer | with nginx's access_log (buffered) | BPF time per request | kernel drops |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|---|");
+    for r in &results {
+        let _ = writeln!(
+            report,
+            "| {} | {:.0} req/s | {:.3} | {:.3} | {:.0} ns | {} |",
+            r.name,
+            r.baseline_rps,
+            r.observer_ratio,
+            r.access_log_ratio,
+            r.bpf_ns_per_request,
+            r.drops
+        );
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let _ = writeln!(
+        report,
+        "\n## Latency at half the saturation rate ({:.0} req/s, 16 connections, open loop)\n\n\
+         | | p50 | p99 |\n|---|---|---|\n| nothing attached | {:.3} ms | {:.3} ms |\n\
+         | with the observer | {:.3} ms | {:.3} ms |\n| added | {:+.3} ms | {:+.3} ms |",
+        latency.rate,
+        ms(latency.without.0),
+        ms(latency.without.1),
+        ms(latency.with.0),
+        ms(latency.with.1),
+        ms(latency.with.0) - ms(latency.without.0),
+        ms(latency.with.1) - ms(latency.without.1),
+    );
+    let per_core = replay.requests as f64 / replay.cpu_seconds.max(1e-9);
+    let _ = writeln!(
+        report,
+        "\n## User space: replay of a recorded capture\n\n\
+         {} proxied requests recorded live ({:.0} MB of kernel records), replayed to kv lines: \
+         {:.2} s CPU, {:.2} s wall, **{:.0} proxied requests per second per core**, peak RSS \
+         {:.1} MiB.",
+        replay.requests,
+        replay.records_bytes as f64 / 1e6,
+        replay.cpu_seconds,
+        replay.wall_seconds,
+        per_core,
+        replay.peak_rss_kib as f64 / 1024.0
+    );
+    let _ = writeln!(
+        report,
+        "\nFor scale (../shared/notes/platform.md): enabling the socket syscall tracepoints with \
+         programs that return at once costs nginx about 0.87-0.89 of its throughput here; that \
+         floor is part of every observer figure above."
+    );
+    println!("{report}");
+    fs::write(tests::workspace_root().join("BENCHMARKS.md"), &report)?;
+    eprintln!("bench: wrote BENCHMARKS.md");
+    Ok(())
+}
+
+/// Today's date (UTC) without a date crate.
+fn chrono_free_date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
