@@ -27,30 +27,93 @@ pub fn binary() -> PathBuf {
     path
 }
 
+/// An access-log process (attach or record) whose stderr lines are collected as they come.
+pub struct Attached {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+    /// What it printed up to and including `attached:` (notes on TLS stacks, tracefs).
+    pub before: Vec<String>,
+}
+
+impl Attached {
+    /// Starts `command` (stderr piped) and returns once it printed `attached:`; every stderr
+    /// line is also echoed when `echo` is set.
+    pub fn start(mut command: Command, echo: bool) -> Result<Attached, String> {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {command:?}: {e}"))?;
+        let (sender, lines) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("{line}");
+                }
+                let _ = sender.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) if line.starts_with("attached:") => {
+                    seen.push(line);
+                    return Ok(Attached {
+                        child,
+                        lines,
+                        before: seen,
+                    });
+                }
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("access-log did not attach: {}", seen.join("\n")));
+                }
+            }
+        }
+    }
+
+    /// Stops it with SIGTERM; returns every stderr line it printed (notes, summary, ...).
+    pub fn stop(mut self) -> Result<Vec<String>, String> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        // The reader thread sends the last lines before the pipe closes.
+        let mut lines = std::mem::take(&mut self.before);
+        lines.extend(self.lines.iter());
+        if !status.success() {
+            return Err(format!(
+                "access-log exited with {status}: {}",
+                lines.join("\n")
+            ));
+        }
+        Ok(lines)
+    }
+}
+
 pub struct Observer {
-    child: Child,
+    /// None once stopped.
+    process: Option<Attached>,
     events: Arc<Mutex<Vec<Value>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-    readers: Vec<thread::JoinHandle<()>>,
+    reader: Option<thread::JoinHandle<()>>,
 }
 
 impl Observer {
     /// Attaches to `pid` with `--format json` and `extra` arguments; returns once every probe
     /// is attached.
     pub fn attach(pid: u32, extra: &[&str]) -> Result<Observer, String> {
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args(["attach", "--pid", &pid.to_string(), "--format", "json"])
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting the observer: {e}"))?;
+            .stdout(Stdio::piped());
+        let mut process = Attached::start(command, false)?;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("piped");
+        let stdout = process.child.stdout.take().expect("piped");
         let sink = events.clone();
-        let out_reader = thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let value = serde_json::from_str(&line).unwrap_or_else(|e| {
                     panic!("observer printed a line that is not JSON ({e}): {line}")
@@ -58,36 +121,11 @@ impl Observer {
                 sink.lock().expect("events lock").push(value);
             }
         });
-        let (attached_tx, attached_rx) = mpsc::channel();
-        let lines = stderr.clone();
-        let err = child.stderr.take().expect("piped");
-        let err_reader = thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if line.starts_with("attached:") {
-                    let _ = attached_tx.send(());
-                }
-                lines.lock().expect("stderr lock").push(line);
-            }
-        });
-        let mut observer = Observer {
-            child,
+        Ok(Observer {
+            process: Some(process),
             events,
-            stderr,
-            readers: vec![out_reader, err_reader],
-        };
-        if attached_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = observer.child.kill();
-            let _ = observer.child.wait();
-            return Err(format!(
-                "the observer did not attach: {}",
-                observer.stderr_text()
-            ));
-        }
-        Ok(observer)
-    }
-
-    pub fn stderr_text(&self) -> String {
-        self.stderr.lock().expect("stderr lock").join("\n")
+            reader: Some(reader),
+        })
     }
 
     pub fn events(&self) -> Vec<Value> {
@@ -116,27 +154,23 @@ impl Observer {
 
     /// Stops the observer with SIGTERM; returns every event and its stderr (with the summary).
     pub fn stop(mut self) -> (Vec<Value>, String) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait();
-        for reader in self.readers.drain(..) {
+        let process = self.process.take().expect("stopped once");
+        let stderr = process.stop().unwrap_or_else(|e| panic!("{e}"));
+        if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
-        let stderr = self.stderr_text();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "the observer exited with {status:?}: {stderr}"
-        );
-        (self.events(), stderr)
+        (self.events(), stderr.join("\n"))
     }
 }
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let _ = self.child.wait();
+        if let Some(process) = &mut self.process {
+            if let Ok(None) = process.child.try_wait() {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(process.child.id() as i32, libc::SIGTERM) };
+                let _ = process.child.wait();
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use std::{
     fs,
     io::{Read, Write},
     net::{Shutdown, TcpStream},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -15,7 +15,7 @@ use tests::{
     backend::Backend,
     curl, demo, free_port,
     gateway::Gateway,
-    observer::{binary, of, Observer},
+    observer::{binary, of, Attached, Observer},
     require_root, vectors,
 };
 
@@ -82,30 +82,16 @@ fn projection(events: &[Value]) -> BTreeSet<String> {
 fn replay_gives_the_live_events_and_no_value_forges_a_field() {
     let setup = start("replay", false);
     let file = setup.gateway.path("capture.alrec");
-    let mut recorder = Command::new(binary())
+    let mut command = Command::new(binary());
+    command
         .args([
             "record",
             "--pid",
             &setup.gateway.master_pid().to_string(),
             "--output",
         ])
-        .arg(&file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the recorder");
-    // The recorder prints `attached:` once its probes are in: wait for its file to appear
-    // with its header, then a little for the attach line.
-    let mut stderr = recorder.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("attached:") {
-        assert_eq!(
-            stderr.read(&mut byte).expect("recorder stderr"),
-            1,
-            "recorder died"
-        );
-        seen.push(byte[0]);
-    }
+        .arg(&file);
+    let recorder = Attached::start(command, false).expect("starting the recorder");
     let port = setup.gateway.port;
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     curl(&[&url("/orders/a?x=1"), &url("/orders/b")]);
@@ -120,9 +106,7 @@ fn replay_gives_the_live_events_and_no_value_forges_a_field() {
         b"GET /orders/forged HTTP/1.1\r\nHost: x\r\nUser-Agent: evil\", Event=\"ERROR\\\r\nConnection: close\r\n\r\n",
     );
     let live = setup.observer.wait_ended(8);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(recorder.id() as i32, libc::SIGTERM) };
-    assert!(recorder.wait().unwrap().success());
+    recorder.stop().expect("stopping the recorder");
     let replay = |format: &str| {
         let output = Command::new(binary())
             .args(["replay", "--format", format])

@@ -5,17 +5,20 @@
 use std::{
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _};
-use tests::{free_port, gateway::Gateway, load, observer};
+use anyhow::Context as _;
+use tests::{
+    free_port,
+    gateway::Gateway,
+    load,
+    observer::{self, Attached},
+};
 
 pub struct Options {
     pub rounds: usize,
@@ -130,55 +133,14 @@ fn wrk(url: &str, seconds: u64, close: bool) -> anyhow::Result<(f64, u64)> {
     Ok((rate, total))
 }
 
-struct Attached {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
 fn attach(pid: u32, extra: &[&str]) -> anyhow::Result<Attached> {
-    let mut child = Command::new(observer::binary())
-        .args([
-            "attach",
-            "--pid",
-            &pid.to_string(),
-            "--format",
-            "kv",
-            "--output",
-            "/dev/null",
-        ])
+    let mut command = Command::new(observer::binary());
+    command
+        .args(["attach", "--pid", &pid.to_string(), "--format", "kv"])
+        .args(["--output", "/dev/null"])
         .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the observer")?;
-    let (sender, lines) = mpsc::channel();
-    let stderr = child.stderr.take().context("observer stderr")?;
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .context("the observer did not attach")?;
-        if line.starts_with("attached:") {
-            return Ok(Attached { child, lines });
-        }
-    }
-}
-
-impl Attached {
-    /// Stops the observer; returns its stderr lines after attach (summary, bpf).
-    fn stop(mut self) -> anyhow::Result<Vec<String>> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("the observer exited with {status}");
-        }
-        Ok(self.lines.try_iter().collect())
-    }
+        .stdout(Stdio::null());
+    Attached::start(command, false).map_err(anyhow::Error::msg)
 }
 
 fn kernel_drops(lines: &[String]) -> u64 {
@@ -234,7 +196,7 @@ fn scenario(
         let (baseline, _) = wrk(&plain_url, options.seconds, close)?;
         let observer = attach(bench.plain.master_pid(), &["--bpf-stats"])?;
         let (observed, requests) = wrk(&plain_url, options.seconds, close)?;
-        let lines = observer.stop()?;
+        let lines = observer.stop().map_err(anyhow::Error::msg)?;
         let (logged, _) = wrk(&logged_url, options.seconds, close)?;
         drops += kernel_drops(&lines);
         bpf.push(bpf_nanoseconds(&lines) as f64 / requests.max(1) as f64);
@@ -276,7 +238,7 @@ fn latency(bench: &Bench, options: &Options, rate: f64) -> anyhow::Result<Latenc
         without.extend(load::paced(address, &request, rate, seconds, 16));
         let observer = attach(bench.plain.master_pid(), &[])?;
         with.extend(load::paced(address, &request, rate, seconds, 16));
-        observer.stop()?;
+        observer.stop().map_err(anyhow::Error::msg)?;
     }
     without.sort();
     with.sort();
@@ -298,26 +260,16 @@ struct Replay {
 
 fn replay_throughput(bench: &Bench, options: &Options, rate: f64) -> anyhow::Result<Replay> {
     let file = std::env::temp_dir().join(format!("access-log-bench-{}.alrec", std::process::id()));
-    let mut recorder = Command::new(observer::binary())
+    let mut command = Command::new(observer::binary());
+    command
         .args([
             "record",
             "--pid",
             &bench.plain.master_pid().to_string(),
             "--output",
         ])
-        .arg(&file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the recorder")?;
-    let stderr = recorder.stderr.take().context("recorder stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.starts_with("attached:") => break,
-            Some(_) => {}
-            None => bail!("the recorder did not attach"),
-        }
-    }
+        .arg(&file);
+    let recorder = Attached::start(command, false).map_err(anyhow::Error::msg)?;
     // Enough load for the wanted count, at about the rate wrk reaches with a recorder attached.
     let seconds = (options.replay_requests as f64 / (rate * 0.6)).ceil() as u64 + 1;
     let url = format!("http://127.0.0.1:{}/small", bench.ports.plain);
@@ -325,9 +277,7 @@ fn replay_throughput(bench: &Bench, options: &Options, rate: f64) -> anyhow::Res
     while requests < options.replay_requests {
         requests += wrk(&url, seconds, false)?.1;
     }
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(recorder.id() as i32, libc::SIGTERM) };
-    recorder.wait()?;
+    recorder.stop().map_err(anyhow::Error::msg)?;
     let records_bytes = fs::metadata(&file)?.len();
     let started = Instant::now();
     let child = Command::new(observer::binary())

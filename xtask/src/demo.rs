@@ -2,18 +2,22 @@
 //! to it by PID printing live events, and a client driving varied traffic. Ctrl-C or SIGTERM
 //! stops it all and leaves nothing running.
 use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
+        Arc,
     },
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
-use tests::{backend::Backend, demo, free_port, gateway::Gateway, observer};
+use tests::{
+    backend::Backend,
+    demo, free_port,
+    gateway::Gateway,
+    observer::{self, Attached},
+};
 
 /// The demo's gateway port, when free.
 const PORT: u16 = 18080;
@@ -57,41 +61,24 @@ pub fn run(duration: Option<f64>) -> anyhow::Result<()> {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        if let Ok(Some(status)) = observer.try_wait() {
+        if let Ok(Some(status)) = observer.child.try_wait() {
             bail!("the observer stopped ({status})");
         }
     }
-    // SAFETY: signalling our own child; it flushes and prints its summary.
-    unsafe { libc::kill(observer.id() as i32, libc::SIGTERM) };
-    observer.wait()?;
+    // It flushes and prints its summary (echoed).
+    observer.stop().map_err(anyhow::Error::msg)?;
     drop(gateway);
     eprintln!("demo: stopped the observer, the gateway and the backends");
     Ok(())
 }
 
-fn start_observer(pid: u32, catalog: &std::path::Path) -> anyhow::Result<Child> {
-    let mut child = Command::new(observer::binary())
+fn start_observer(pid: u32, catalog: &std::path::Path) -> anyhow::Result<Attached> {
+    let mut command = Command::new(observer::binary());
+    command
         .args(["attach", "--pid", &pid.to_string(), "--apis"])
         .arg(catalog)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the observer")?;
-    let (attached, wait) = mpsc::channel();
-    let stderr = child.stderr.take().context("observer stderr")?;
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.starts_with("attached:") {
-                let _ = attached.send(());
-            }
-            eprintln!("{line}");
-        }
-    });
-    if wait.recv_timeout(Duration::from_secs(60)).is_err() {
-        let _ = child.kill();
-        bail!("the observer did not attach within 60 s");
-    }
-    Ok(child)
+        .stdin(Stdio::null());
+    Attached::start(command, true).map_err(anyhow::Error::msg)
 }
 
 /// One round of varied traffic: successes with query strings, keep-alive, a POST, and each

@@ -425,6 +425,14 @@ impl Pipeline {
         }
     }
 
+    /// The request a final response on `key` answers (the oldest one waiting there).
+    fn answered(&mut self, key: ConnectionKey, response: &ResponseHead) -> Option<u64> {
+        if !is_final(response.status) {
+            return None;
+        }
+        self.connections.get_mut(&key)?.awaiting.pop_front()?
+    }
+
     fn backend_response(
         &mut self,
         key: ConnectionKey,
@@ -432,13 +440,7 @@ impl Pipeline {
         at: u64,
         out: &mut Vec<Event>,
     ) {
-        if !is_final(response.status) {
-            return;
-        }
-        let Some(connection) = self.connections.get_mut(&key) else {
-            return;
-        };
-        let Some(Some(id)) = connection.awaiting.pop_front() else {
+        let Some(id) = self.answered(key, &response) else {
             return;
         };
         let Some(request) = self.requests.get_mut(&id) else {
@@ -468,13 +470,7 @@ impl Pipeline {
         at: u64,
         out: &mut Vec<Event>,
     ) {
-        if !is_final(response.status) {
-            return;
-        }
-        let Some(connection) = self.connections.get_mut(&key) else {
-            return;
-        };
-        let Some(Some(id)) = connection.awaiting.pop_front() else {
+        let Some(id) = self.answered(key, &response) else {
             return;
         };
         let Some(request) = self.forget(id) else {
