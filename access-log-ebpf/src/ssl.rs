@@ -216,63 +216,26 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, extended: bool) -> Result<(), 
     Ok(())
 }
 
-#[uprobe]
-pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, syscall::SSL_READ, false);
-    0
+/// An entry uprobe and a return uprobe for one family of SSL functions.
+macro_rules! ssl_probes {
+    ($enter:ident, $exit:ident, $kind:expr, $extended:expr) => {
+        #[uprobe]
+        pub fn $enter(ctx: ProbeContext) -> u32 {
+            let _ = enter(&ctx, $kind, $extended);
+            0
+        }
+
+        #[uretprobe]
+        pub fn $exit(ctx: RetProbeContext) -> u32 {
+            let _ = exit(&ctx, $kind, $extended);
+            0
+        }
+    };
 }
 
-#[uretprobe]
-pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
-    let _ = exit(&ctx, syscall::SSL_READ, false);
-    0
-}
-
-#[uprobe]
-pub fn ssl_read_ex_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, syscall::SSL_READ, true);
-    0
-}
-
-#[uretprobe]
-pub fn ssl_read_ex_exit(ctx: RetProbeContext) -> u32 {
-    let _ = exit(&ctx, syscall::SSL_READ, true);
-    0
-}
-
-#[uprobe]
-pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, syscall::SSL_WRITE, false);
-    0
-}
-
-#[uretprobe]
-pub fn ssl_write_exit(ctx: RetProbeContext) -> u32 {
-    let _ = exit(&ctx, syscall::SSL_WRITE, false);
-    0
-}
-
-#[uprobe]
-pub fn ssl_write_ex_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, syscall::SSL_WRITE, true);
-    0
-}
-
-#[uretprobe]
-pub fn ssl_write_ex_exit(ctx: RetProbeContext) -> u32 {
-    let _ = exit(&ctx, syscall::SSL_WRITE, true);
-    0
-}
-
-/// SSL_do_handshake, SSL_accept and SSL_connect: only to learn the SSL object's socket.
-#[uprobe]
-pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
-    let _ = enter(&ctx, HANDSHAKE, false);
-    0
-}
-
-#[uretprobe]
-pub fn ssl_handshake_exit(ctx: RetProbeContext) -> u32 {
-    let _ = exit(&ctx, HANDSHAKE, false);
-    0
-}
+ssl_probes!(ssl_read_enter, ssl_read_exit, syscall::SSL_READ, false);
+ssl_probes!(ssl_read_ex_enter, ssl_read_ex_exit, syscall::SSL_READ, true);
+ssl_probes!(ssl_write_enter, ssl_write_exit, syscall::SSL_WRITE, false);
+ssl_probes!(ssl_write_ex_enter, ssl_write_ex_exit, syscall::SSL_WRITE, true);
+// SSL_do_handshake, SSL_accept and SSL_connect: only to learn the SSL object's socket.
+ssl_probes!(ssl_handshake_enter, ssl_handshake_exit, HANDSHAKE, false);
