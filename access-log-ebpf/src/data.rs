@@ -19,8 +19,22 @@ use crate::{
     ssl,
 };
 
-const EAGAIN: i64 = -11;
-const EINTR: i64 = -4;
+/// The errors that say something about the connection (the peer reset or refused it, the
+/// network failed); anything else (EAGAIN, EINTR, a restart) says nothing and is not sent.
+#[inline(always)]
+fn connection_error(result: i64) -> bool {
+    const EPIPE: i64 = -32;
+    const ENETUNREACH: i64 = -101;
+    const ECONNABORTED: i64 = -103;
+    const ECONNRESET: i64 = -104;
+    const ETIMEDOUT: i64 = -110;
+    const ECONNREFUSED: i64 = -111;
+    const EHOSTUNREACH: i64 = -113;
+    matches!(
+        result,
+        EPIPE | ENETUNREACH | ECONNABORTED | ECONNRESET | ETIMEDOUT | ECONNREFUSED | EHOSTUNREACH
+    )
+}
 
 /// Offsets in x86-64's `struct pt_regs` of the first three syscall arguments.
 const REG_DI: usize = 14 * 8;
@@ -48,9 +62,10 @@ fn exit(ctx: &TracePointContext, call_syscall: u32) -> Result<(), i64> {
         return Ok(());
     };
     let moved = ret(ctx)?;
-    // Would-block and interrupted calls moved nothing and mean nothing; an end of stream (0 on
-    // a read) and real errors (reset, broken pipe) are facts user space classifies.
-    if moved == EAGAIN || moved == EINTR || (moved == 0 && !syscall::is_ingress(call_syscall)) {
+    // An end of stream (0 on a read) and connection errors are facts user space classifies;
+    // would-block, interrupted and other failed calls moved nothing and mean nothing.
+    if (moved < 0 && !connection_error(moved)) || (moved == 0 && !syscall::is_ingress(call_syscall))
+    {
         return Ok(());
     }
     let [first, pointer, length] = syscall_arguments()?;

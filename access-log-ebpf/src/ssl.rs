@@ -236,6 +236,11 @@ macro_rules! ssl_probes {
 ssl_probes!(ssl_read_enter, ssl_read_exit, syscall::SSL_READ, false);
 ssl_probes!(ssl_read_ex_enter, ssl_read_ex_exit, syscall::SSL_READ, true);
 ssl_probes!(ssl_write_enter, ssl_write_exit, syscall::SSL_WRITE, false);
-ssl_probes!(ssl_write_ex_enter, ssl_write_ex_exit, syscall::SSL_WRITE, true);
+ssl_probes!(
+    ssl_write_ex_enter,
+    ssl_write_ex_exit,
+    syscall::SSL_WRITE,
+    true
+);
 // SSL_do_handshake, SSL_accept and SSL_connect: only to learn the SSL object's socket.
 ssl_probes!(ssl_handshake_enter, ssl_handshake_exit, HANDSHAKE, false);
