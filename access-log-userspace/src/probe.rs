@@ -93,6 +93,12 @@ pub struct Probes {
 impl Probes {
     /// Loads and attaches everything; nothing is watched until [`Probes::watch`].
     pub fn load(config: &ProbeConfig) -> anyhow::Result<Probes> {
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            bail!(
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): access-log needs a \
+                 kernel built with CONFIG_DEBUG_INFO_BTF"
+            );
+        }
         let fork_format = procfs::tracepoint_format("sched", "sched_process_fork")?;
         let child_offset = procfs::field_offset(&fork_format, "child_pid")
             .context("sched_process_fork has no child_pid field in this kernel")?;

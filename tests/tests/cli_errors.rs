@@ -1,0 +1,64 @@
+//! Bad input gets one clear line on stderr and a non-zero exit, never a panic.
+use std::process::{Command, Output};
+
+use tests::{observer::binary, require_root};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .output()
+        .expect("running access-log")
+}
+
+fn assert_one_line_error(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("access-log: error:"), "{stderr}");
+    assert!(stderr.contains(needle), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn no_such_process() {
+    let output = run(&["attach", "--pid", "999999999"]);
+    assert_one_line_error(&output, "no process with PID 999999999");
+}
+
+#[test]
+fn invalid_and_unreadable_catalogs() {
+    let dir = std::env::temp_dir().join(format!("access-log-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[api]]\nname = 'x'\nversion = '1'\ncontext = 'no-slash'\n",
+    )
+    .unwrap();
+    let me = std::process::id().to_string();
+    let output = run(&["attach", "--pid", &me, "--apis", bad.to_str().unwrap()]);
+    assert_one_line_error(&output, "must start with '/'");
+    let missing = dir.join("missing.toml");
+    let output = run(&["attach", "--pid", &me, "--apis", missing.to_str().unwrap()]);
+    assert_one_line_error(&output, "cannot read API catalog");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn not_enough_privilege() {
+    require_root();
+    // The same binary as an unprivileged user (setpriv from util-linux).
+    let me = std::process::id().to_string();
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(binary())
+        .args(["attach", "--pid", &me])
+        .output()
+        .expect("running setpriv");
+    assert_one_line_error(&output, "must run as root");
+}
