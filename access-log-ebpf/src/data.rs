@@ -36,24 +36,21 @@ fn connection_error(result: i64) -> bool {
     )
 }
 
-/// Offsets in x86-64's `struct pt_regs` of the first three syscall arguments.
-const REG_DI: usize = 14 * 8;
-const REG_SI: usize = 13 * 8;
+/// Offset in x86-64's `struct pt_regs` of dx; si and di follow it (the first three syscall
+/// arguments are di, si, dx).
 const REG_DX: usize = 12 * 8;
 
 /// The first three arguments of the current syscall, from the task's saved registers.
 #[inline(always)]
 fn syscall_arguments() -> Result<[u64; 3], i64> {
-    // SAFETY: helpers on the current task; reads go through bpf_probe_read_kernel, which fails
-    // cleanly.
-    unsafe {
+    // SAFETY: helpers on the current task; the read goes through bpf_probe_read_kernel, which
+    // fails cleanly.
+    let [dx, si, di] = unsafe {
         let task = bpf_get_current_task_btf();
         let regs = bpf_task_pt_regs(task) as *const u8;
-        let read = |offset: usize| {
-            bpf_probe_read_kernel(regs.add(offset) as *const u64).map_err(|e| e as i64)
-        };
-        Ok([read(REG_DI)?, read(REG_SI)?, read(REG_DX)?])
-    }
+        bpf_probe_read_kernel(regs.add(REG_DX) as *const [u64; 3]).map_err(|e| e as i64)?
+    };
+    Ok([di, si, dx])
 }
 
 #[inline(always)]

@@ -3,7 +3,7 @@
 //! until its master is gone.
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -192,15 +192,32 @@ impl Gateway {
         else {
             return;
         };
+        if !alive(pid) {
+            return;
+        }
         // SAFETY: signalling a process we started.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        while alive(pid) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
-        // SAFETY: as above; the process did not stop in time.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        if alive(pid) {
+            // SAFETY: as above; the process did not stop in time.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            while alive(pid) && Instant::now() < deadline + Duration::from_secs(5) {
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
+}
+
+/// Whether `pid` is a live process (a zombie waiting to be reaped counts as gone).
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 impl Drop for Gateway {

@@ -13,12 +13,23 @@ use serde_json::Value;
 
 use crate::workspace_root;
 
-/// The observer binary: $ACCESS_LOG_BIN, or the release build in this workspace.
+/// The observer binary: $ACCESS_LOG_BIN, or the release build in $CARGO_TARGET_DIR or in this
+/// workspace's target directory.
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("ACCESS_LOG_BIN") {
         return PathBuf::from(path);
     }
-    let path = workspace_root().join("target/release/access-log");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_relative() {
+                workspace_root().join(dir)
+            } else {
+                dir
+            }
+        })
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("release/access-log");
     assert!(
         path.exists(),
         "{} is missing: build it with `cargo build --release` (cargo xtask test does)",
@@ -92,6 +103,20 @@ impl Attached {
     }
 }
 
+impl Drop for Attached {
+    /// A process still running (an error path, a panicking test) gets SIGTERM and is waited
+    /// for, so nothing is left attached.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The observer attached with `--format json`, its events collected as they come. Dropping it
+/// (a failing test) stops the process: [`Attached`]'s drop.
 pub struct Observer {
     /// None once stopped.
     process: Option<Attached>,
@@ -157,21 +182,12 @@ impl Observer {
         let process = self.process.take().expect("stopped once");
         let stderr = process.stop().unwrap_or_else(|e| panic!("{e}"));
         if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        (self.events(), stderr.join("\n"))
-    }
-}
-
-impl Drop for Observer {
-    fn drop(&mut self) {
-        if let Some(process) = &mut self.process {
-            if let Ok(None) = process.child.try_wait() {
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(process.child.id() as i32, libc::SIGTERM) };
-                let _ = process.child.wait();
+            // A line that was not JSON fails the test here.
+            if let Err(panic) = reader.join() {
+                std::panic::resume_unwind(panic);
             }
         }
+        (self.events(), stderr.join("\n"))
     }
 }
 

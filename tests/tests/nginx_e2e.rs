@@ -1,6 +1,6 @@
 //! End to end on a real nginx: the observer attached by PID to the master, real requests from
 //! curl, and the exact events checked. Each test starts its own backends, gateway and observer.
-use std::{fs, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
@@ -28,8 +28,7 @@ impl Setup {
         let dead = free_port();
         let block = demo::nginx_http_block(port, backend.port(), inventory.port(), dead);
         let gateway = Gateway::nginx(name, 2, &block, port).expect("starting nginx");
-        fs::write(gateway.path("apis.toml"), demo::CATALOG).expect("writing the catalog");
-        let catalog = gateway.path("apis.toml");
+        let catalog = demo::catalog_path();
         let observer = Observer::attach(
             gateway.master_pid(),
             &["--apis", catalog.to_str().expect("utf-8 path")],
@@ -50,6 +49,13 @@ impl Setup {
     fn wait_ended(&self, count: usize) -> Vec<Value> {
         self.observer.wait_ended(count)
     }
+
+    /// Waits until `count` requests ended, then stops the observer (it flushes and must exit
+    /// 0) and returns everything it logged, so "exactly one" means exactly one.
+    fn finish(self, count: usize) -> Vec<Value> {
+        self.observer.wait_ended(count);
+        self.observer.stop().0
+    }
 }
 
 fn all_text(events: &[Value]) -> String {
@@ -65,7 +71,8 @@ fn proxied_get_with_a_query_string() {
     let setup = Setup::start("get");
     let url = setup.url("/orders/items?color=red&size=2");
     assert_eq!(curl(&["-A", "e2e-agent/1.0", &url]), vec![200]);
-    let events = setup.wait_ended(1);
+    let backend = setup.backend.port();
+    let events = setup.finish(1);
     let incoming = of(&events, "INCOMING_REQUEST");
     let complete = of(&events, "REQUEST_COMPLETE");
     assert_eq!((incoming.len(), complete.len()), (1, 1), "{events:#?}");
@@ -85,8 +92,7 @@ fn proxied_get_with_a_query_string() {
     assert_eq!(
         done["RequestOutURL"],
         format!(
-            "http://127.0.0.1:{}/v1/orders/items?color=red&size=2",
-            setup.backend.port()
+            "http://127.0.0.1:{backend}/v1/orders/items?color=red&size=2"
         )
     );
     assert_eq!(done["RequestOutMethod"], "GET");
@@ -105,14 +111,25 @@ fn keep_alive_client_with_several_requests() {
         .collect();
     let args: Vec<&str> = urls.iter().map(String::as_str).collect();
     assert_eq!(curl(&args), vec![200, 200, 200]);
-    let events = setup.wait_ended(3);
+    let backend = setup.backend.port();
+    let events = setup.finish(3);
     let incoming = of(&events, "INCOMING_REQUEST");
     assert_eq!(incoming.len(), 3, "{events:#?}");
+    assert_eq!(of(&events, "REQUEST_COMPLETE").len(), 3, "{events:#?}");
+    assert!(of(&events, "ERROR").is_empty(), "{events:#?}");
+    let mut paths: Vec<&str> = incoming
+        .iter()
+        .map(|r| r["RequestInURL"].as_str().unwrap())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/orders/1?a=1", "/orders/2?a=2", "/orders/3?a=3"]);
     for request in incoming {
         let done = ending(&events, request).expect("each request completes");
         assert_eq!(done["Event"], "REQUEST_COMPLETE");
         let path = request["RequestInURL"].as_str().unwrap();
-        let expected = format!("http://127.0.0.1:{}/v1{path}", setup.backend.port());
+        assert_eq!(done["RequestInURL"], path);
+        assert_eq!(done["StatusCode"], 200);
+        let expected = format!("http://127.0.0.1:{backend}/v1{path}");
         assert_eq!(done["RequestOutURL"], expected);
     }
 }
@@ -123,7 +140,7 @@ fn post_with_a_body_logs_no_payload() {
     let body = format!("BODY-MARKER-{}", "x".repeat(2048));
     let url = setup.url("/orders/new");
     assert_eq!(curl(&["-d", &body, &url]), vec![200]);
-    let events = setup.wait_ended(1);
+    let events = setup.finish(1);
     let done = of(&events, "REQUEST_COMPLETE");
     assert_eq!(done.len(), 1, "{events:#?}");
     assert_eq!(done[0]["RequestInMethod"], "POST");
@@ -135,7 +152,7 @@ fn post_with_a_body_logs_no_payload() {
 fn unknown_url_is_a_main_error() {
     let setup = Setup::start("notfound");
     assert_eq!(curl(&[&setup.url("/nope/x")]), vec![404]);
-    let events = setup.wait_ended(1);
+    let events = setup.finish(1);
     assert!(of(&events, "REQUEST_COMPLETE").is_empty());
     let errors = of(&events, "ERROR");
     assert_eq!(errors.len(), 1, "{events:#?}");
@@ -156,7 +173,7 @@ fn missing_and_wrong_api_keys_are_auth_failures() {
         curl(&["-H", &format!("apikey: {}", demo::API_KEY), &url]),
         vec![200]
     );
-    let events = setup.wait_ended(3);
+    let events = setup.finish(3);
     let errors = of(&events, "ERROR");
     assert_eq!(errors.len(), 2, "{events:#?}");
     for error in &errors {
@@ -177,7 +194,7 @@ fn missing_and_wrong_api_keys_are_auth_failures() {
 fn refused_backend_is_a_fault() {
     let setup = Setup::start("refused");
     assert_eq!(curl(&[&setup.url("/legacy/report")]), vec![502]);
-    let events = setup.wait_ended(1);
+    let events = setup.finish(1);
     let errors = of(&events, "ERROR");
     assert_eq!(errors.len(), 1, "{events:#?}");
     assert_eq!(errors[0]["ErrorSource"], "fault");
@@ -206,7 +223,7 @@ fn workers_started_after_attach_are_followed() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(curl(&[&setup.url("/orders/after-reload")]), vec![200]);
-    let events = setup.wait_ended(1);
+    let events = setup.finish(1);
     let done = of(&events, "REQUEST_COMPLETE");
     assert_eq!(done.len(), 1, "{events:#?}");
     assert_eq!(done[0]["RequestInURL"], "/orders/after-reload");
