@@ -178,18 +178,20 @@ fn attach(
         sink,
         events: Vec::new(),
         undecodable: 0,
+        write_failures: 0,
     };
     let outcome = session.run(&mut consumer)?;
     let EventConsumer {
         pipeline,
         mut sink,
         undecodable,
+        write_failures,
         ..
     } = consumer;
     sink.flush().context("flushing events")?;
     let stats = pipeline.stats();
     eprintln!(
-        "summary: {}; kernel drops: {}; {}",
+        "summary: {}; kernel drops: {}; {}; events not written {write_failures}",
         events_summary(stats),
         session.drops_summary(),
         pipeline_summary(stats, undecodable)
@@ -211,11 +213,15 @@ fn replay(file: &PathBuf, args: EventArgs, output: Option<PathBuf>) -> anyhow::R
             file.display()
         ),
     };
-    let mut sink = sink(&args, output.as_ref())?;
-    let mut pipeline = pipeline(&args, catalog, clock);
-    let mut events = Vec::new();
-    let mut undecodable = 0;
+    let mut consumer = EventConsumer {
+        pipeline: pipeline(&args, catalog, clock),
+        sink: sink(&args, output.as_ref())?,
+        events: Vec::new(),
+        undecodable: 0,
+        write_failures: 0,
+    };
     let mut failure = None;
+    let mut entries = 0u64;
     loop {
         let entry = match reader.next_entry() {
             Ok(Some(entry)) => entry,
@@ -231,22 +237,22 @@ fn replay(file: &PathBuf, args: EventArgs, output: Option<PathBuf>) -> anyhow::R
                 key,
                 direction,
                 remote,
-            } => pipeline.add_existing(key, direction, remote),
-            Entry::Record(bytes) => match record::decode(&bytes) {
-                Ok(record) => pipeline.process(&record, &mut events),
-                Err(_) => undecodable += 1,
-            },
+            } => consumer.pipeline.add_existing(key, direction, remote),
+            Entry::Record(bytes) => live::Consumer::record(&mut consumer, &bytes),
         }
-        for event in events.drain(..) {
-            sink.write_event(&event).context("writing events")?;
+        entries += 1;
+        if entries % 4096 == 0 {
+            live::Consumer::batch_done(&mut consumer);
         }
     }
-    sink.flush().context("flushing events")?;
-    let stats = pipeline.stats();
+    live::Consumer::batch_done(&mut consumer);
+    consumer.sink.flush().context("flushing events")?;
+    let stats = consumer.pipeline.stats();
     eprintln!(
-        "summary: {}; {}",
+        "summary: {}; {}; events not written {}",
         events_summary(stats),
-        pipeline_summary(stats, undecodable)
+        pipeline_summary(stats, consumer.undecodable),
+        consumer.write_failures
     );
     if let Some(error) = failure {
         return Err(anyhow::Error::new(error).context(format!(
@@ -263,6 +269,7 @@ struct EventConsumer {
     sink: Box<dyn Sink>,
     events: Vec<access_log::event::Event>,
     undecodable: u64,
+    write_failures: u64,
 }
 
 impl live::Consumer for EventConsumer {
@@ -271,19 +278,19 @@ impl live::Consumer for EventConsumer {
             Ok(record) => self.pipeline.process(&record, &mut self.events),
             Err(_) => self.undecodable += 1,
         }
-    }
-
-    fn batch_done(&mut self) {
-        let mut failed = None;
         for event in self.events.drain(..) {
             if let Err(error) = self.sink.write_event(&event) {
-                failed = Some(error);
+                self.write_failures += 1;
+                if self.write_failures == 1 {
+                    eprintln!("access-log: writing events failed: {error}");
+                }
             }
         }
+    }
+
+    /// Flushes what the batch wrote, so a reader of the terminal or file sees it now.
+    fn batch_done(&mut self) {
         if let Err(error) = self.sink.flush() {
-            failed = Some(error);
-        }
-        if let Some(error) = failed {
             eprintln!("access-log: writing events failed: {error}");
         }
     }

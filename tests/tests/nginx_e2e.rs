@@ -91,9 +91,7 @@ fn proxied_get_with_a_query_string() {
     assert_eq!(done["StatusCode"], 200);
     assert_eq!(
         done["RequestOutURL"],
-        format!(
-            "http://127.0.0.1:{backend}/v1/orders/items?color=red&size=2"
-        )
+        format!("http://127.0.0.1:{backend}/v1/orders/items?color=red&size=2")
     );
     assert_eq!(done["RequestOutMethod"], "GET");
     assert_eq!(done["RequestInURL"], request["RequestInURL"]);

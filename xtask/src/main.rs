@@ -19,14 +19,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what is missing: nginx, curl, Apache httpd, rust-src for nightly, bpf-linker.
+    /// Install what is missing: Debian packages (nginx, curl, ...), rust-src for nightly,
+    /// bpf-linker, cargo-fuzz; mount tracefs.
     Setup,
     /// Set up, then build the release binary target/release/access-log.
     Build,
     /// Set up, build, and run every test, the privileged end-to-end ones included.
     Test {
-        /// Arguments for `cargo test` (after --).
-        #[arg(last = true)]
+        /// Arguments for `cargo test`, e.g. `--test nginx_e2e -- --nocapture`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Fuzz the kernel-record decoder and the HTTP stream reassembler for a bounded time.
@@ -56,7 +57,7 @@ enum Task {
     },
     /// Start a demo gateway with backends and traffic, and show the live events.
     Demo {
-        /// Stop by itself after this many seconds (default: until Ctrl-C).
+        /// Stop by itself after this many seconds (default: until Ctrl-C or SIGTERM).
         #[arg(long)]
         duration: Option<f64>,
     },
@@ -163,4 +164,27 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use super::*;
+
+    fn test_args(argv: &[&str]) -> Vec<String> {
+        let cli = Cli::try_parse_from(["cargo xtask", "test"].iter().chain(argv)).unwrap();
+        match cli.command {
+            Task::Test { args } => args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn test_forwards_its_arguments_to_cargo_test() {
+        assert!(test_args(&[]).is_empty());
+        assert_eq!(
+            test_args(&["--test", "nginx_e2e", "--", "--nocapture"]),
+            ["--test", "nginx_e2e", "--", "--nocapture"]
+        );
+        assert_eq!(test_args(&["--", "--test", "x"]), ["--test", "x"]);
+    }
 }

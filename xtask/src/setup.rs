@@ -1,7 +1,10 @@
 //! Installs what a fresh Debian machine lacks for building and testing access-log, and nothing
 //! that is already there: Debian packages (gateways and clients the tests drive), the nightly
 //! toolchain's rust-src (the eBPF crate builds core), bpf-linker, and cargo-fuzz.
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _};
 
@@ -47,11 +50,35 @@ fn on_path(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Puts cargo's bin directory (where `cargo install` puts bpf-linker) on PATH, for this process
+/// and the builds it starts, as `. ~/.cargo/env` would.
+fn cargo_bin_on_path() {
+    let Some(home) = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+    else {
+        return;
+    };
+    let bin = home.join("bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    if let Ok(joined) =
+        std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(&path)))
+    {
+        eprintln!("xtask: adding {} to PATH", bin.display());
+        // Edition 2021, and no other thread runs yet.
+        std::env::set_var("PATH", joined);
+    }
+}
+
 pub fn ensure() -> anyhow::Result<()> {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("cargo xtask must run as root: it installs packages and loads eBPF programs");
     }
+    cargo_bin_on_path();
     let missing: Vec<&str> = PACKAGES
         .iter()
         .filter(|(binary, _)| !Path::new(binary).exists())
