@@ -241,7 +241,7 @@ fn replay(file: &PathBuf, args: EventArgs, output: Option<PathBuf>) -> anyhow::R
             Entry::Record(bytes) => live::Consumer::record(&mut consumer, &bytes),
         }
         entries += 1;
-        if entries % 4096 == 0 {
+        if entries.is_multiple_of(4096) {
             live::Consumer::batch_done(&mut consumer);
         }
     }
