@@ -60,6 +60,9 @@ enum Task {
         /// Stop by itself after this many seconds (default: until Ctrl-C or SIGTERM).
         #[arg(long)]
         duration: Option<f64>,
+        /// Use the existing target/release/access-log: no set-up, no build.
+        #[arg(long)]
+        no_build: bool,
     },
 }
 
@@ -114,9 +117,11 @@ fn main() -> anyhow::Result<()> {
                 }
             })
         }
-        Task::Demo { duration } => {
-            setup::ensure()?;
-            build()?;
+        Task::Demo { duration, no_build } => {
+            if !no_build {
+                setup::ensure()?;
+                build()?;
+            }
             demo::run(duration)
         }
     }
