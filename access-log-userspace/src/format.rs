@@ -170,10 +170,10 @@ fn pretty_line(event: &Event, color: bool, out: &mut String) {
     };
     let field = |key: &str| {
         let mut escaped = String::new();
-        escape_quoted(
-            &event.get(key).map(|v| v.to_string()).unwrap_or_default(),
-            &mut escaped,
-        );
+        match event.get(key) {
+            Some(value) => escape_quoted(&value.to_string(), &mut escaped),
+            None => escaped.push('-'),
+        }
         escaped
     };
     let time = timestamp(event.unix_nanos);
