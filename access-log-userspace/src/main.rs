@@ -249,10 +249,12 @@ fn replay(file: &PathBuf, args: EventArgs, output: Option<PathBuf>) -> anyhow::R
     consumer.sink.flush().context("flushing events")?;
     let stats = consumer.pipeline.stats();
     eprintln!(
-        "summary: {}; {}; events not written {}",
+        "summary: {}; {}; events not written {}; still tracked: {} connections, {} requests",
         events_summary(stats),
         pipeline_summary(stats, consumer.undecodable),
-        consumer.write_failures
+        consumer.write_failures,
+        consumer.pipeline.tracked().0,
+        consumer.pipeline.tracked().1
     );
     if let Some(error) = failure {
         return Err(anyhow::Error::new(error).context(format!(

@@ -176,6 +176,11 @@ impl Pipeline {
         &self.stats
     }
 
+    /// (connections followed, requests waiting for an answer) right now.
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.connections.len(), self.requests.len())
+    }
+
     fn new_connection(&self, direction: Direction, remote: Option<SocketAddr>) -> Connection {
         Connection {
             direction,
