@@ -1,6 +1,6 @@
 //! The API catalog (`--apis FILE`): names the API a request is for by the longest context that
 //! prefixes its path, rendered as the seed does (`provider--Name:version`).
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use serde::Deserialize;
 
@@ -36,26 +36,27 @@ pub enum CatalogError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiMatch {
     /// A catalog entry's context prefixes the path.
-    Known(String),
+    Known(Arc<str>),
     /// The catalog has no entry for the path: the gateway has no such API.
     Unknown,
     /// No catalog: the name is the path's first segment (documented fallback).
-    Guessed(String),
+    Guessed(Arc<str>),
 }
 
 impl ApiMatch {
-    pub fn name(&self) -> &str {
+    /// The name as event text (empty when the catalog has no such API).
+    pub fn name(&self) -> Arc<str> {
         match self {
-            ApiMatch::Known(name) | ApiMatch::Guessed(name) => name,
-            ApiMatch::Unknown => "",
+            ApiMatch::Known(name) | ApiMatch::Guessed(name) => name.clone(),
+            ApiMatch::Unknown => Arc::from(""),
         }
     }
 }
 
 #[derive(Debug, Default)]
 pub struct Catalog {
-    /// Entries sorted by context length, longest first.
-    entries: Vec<ApiEntry>,
+    /// Entries sorted by context length, longest first, with their rendered names.
+    entries: Vec<(ApiEntry, Arc<str>)>,
     loaded: bool,
 }
 
@@ -82,8 +83,15 @@ impl Catalog {
                 ));
             }
         }
-        let mut entries = file.api;
-        entries.sort_by_key(|e| std::cmp::Reverse(e.context.trim_end_matches('/').len()));
+        let mut entries: Vec<_> = file
+            .api
+            .into_iter()
+            .map(|entry| {
+                let name = Arc::from(render(&entry));
+                (entry, name)
+            })
+            .collect();
+        entries.sort_by_key(|(e, _)| std::cmp::Reverse(e.context.trim_end_matches('/').len()));
         Ok(Catalog {
             entries,
             loaded: true,
@@ -95,12 +103,12 @@ impl Catalog {
         let path = target.split(['?', '#']).next().unwrap_or_default();
         if !self.loaded {
             let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-            return ApiMatch::Guessed(first.to_owned());
+            return ApiMatch::Guessed(Arc::from(first));
         }
         self.entries
             .iter()
-            .find(|entry| context_matches(&entry.context, path))
-            .map(|entry| ApiMatch::Known(render(entry)))
+            .find(|(entry, _)| context_matches(&entry.context, path))
+            .map(|(_, name)| ApiMatch::Known(name.clone()))
             .unwrap_or(ApiMatch::Unknown)
     }
 }

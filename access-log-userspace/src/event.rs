@@ -1,6 +1,6 @@
 //! The access-log events (the seed's INCOMING_REQUEST, REQUEST_COMPLETE and ERROR) as ordered
 //! key/value lists, so every output format writes the same keys in the same order.
-use std::fmt;
+use std::{fmt, ops::Deref, sync::Arc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -25,9 +25,67 @@ impl fmt::Display for EventKind {
     }
 }
 
+/// A field's text: a constant, or shared with the request it describes, so the events of one
+/// request repeat its URL, method and User-Agent without copying them.
+#[derive(Clone, Debug)]
+pub enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Text::Static(text) => text,
+            Text::Shared(text) => text,
+        }
+    }
+}
+
+/// Texts are equal when their characters are, however they are held.
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(text: &'static str) -> Self {
+        Text::Static(text)
+    }
+}
+
+impl From<Arc<str>> for Text {
+    fn from(text: Arc<str>) -> Self {
+        Text::Shared(text)
+    }
+}
+
+impl From<&Arc<str>> for Text {
+    fn from(text: &Arc<str>) -> Self {
+        Text::Shared(text.clone())
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Text::Shared(text.into())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    Text(String),
+    Text(Text),
     Integer(u64),
     /// Milliseconds, written with microsecond precision.
     Millis(f64),
@@ -74,12 +132,12 @@ impl Fields {
         Fields(Vec::with_capacity(16))
     }
 
-    pub fn text(mut self, key: &'static str, value: impl Into<String>) -> Self {
+    pub fn text(mut self, key: &'static str, value: impl Into<Text>) -> Self {
         self.0.push((key, Value::Text(value.into())));
         self
     }
 
-    pub fn optional_text(self, key: &'static str, value: Option<impl Into<String>>) -> Self {
+    pub fn optional_text(self, key: &'static str, value: Option<impl Into<Text>>) -> Self {
         match value {
             Some(value) => self.text(key, value),
             None => self,

@@ -3,6 +3,8 @@
 //! window) by resynchronising at the start of the next read.
 use std::{collections::VecDeque, sync::Arc};
 
+use crate::event::Text;
+
 /// A head larger than this is not HTTP we can follow; the stream goes opaque until resync.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
@@ -14,10 +16,10 @@ const CREDENTIAL_PARAMS: &[&str] = &["api_key", "apikey", "access_token"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
-    /// Path and query exactly as sent (lossy only for invalid UTF-8).
-    pub target: String,
-    pub user_agent: Option<String>,
+    pub method: Text,
+    /// Path and query exactly as sent (lossy only for invalid UTF-8); shared with the events.
+    pub target: Arc<str>,
+    pub user_agent: Option<Arc<str>>,
     pub has_credentials: bool,
     /// The value of the first configured id header present (`name:value`, lower-case name;
     /// for traceparent only its trace id): the exact link between an inbound request and the
@@ -148,8 +150,22 @@ impl Stream {
                         return heads;
                     }
                     let before = self.pending.len();
-                    self.pending.extend_from_slice(input);
-                    match self.parse_head() {
+                    // A head that starts this read is parsed where it lies; only a head split
+                    // across reads is gathered in `pending`.
+                    let parsed = if before == 0 {
+                        let parsed = self.parse_head(input);
+                        if !matches!(parsed, Parsed::Complete(..)) {
+                            self.pending.extend_from_slice(input);
+                        }
+                        parsed
+                    } else {
+                        self.pending.extend_from_slice(input);
+                        let pending = std::mem::take(&mut self.pending);
+                        let parsed = self.parse_head(&pending);
+                        self.pending = pending;
+                        parsed
+                    };
+                    match parsed {
                         Parsed::Complete(head, length, next) => {
                             let used = length - before;
                             input = &input[used..];
@@ -222,11 +238,11 @@ impl Stream {
         self.state = State::Unsynced;
     }
 
-    fn parse_head(&mut self) -> Parsed {
+    fn parse_head(&mut self, bytes: &[u8]) -> Parsed {
         match self.side {
-            Side::Requests => parse_request(&self.pending, &self.id_headers),
+            Side::Requests => parse_request(bytes, &self.id_headers),
             Side::Responses => {
-                let parsed = parse_response(&self.pending, self.head_requests.front().copied());
+                let parsed = parse_response(bytes, self.head_requests.front().copied());
                 if let Parsed::Complete(Head::Response(ref response), _, _) = parsed {
                     if is_final(response.status) {
                         self.head_requests.pop_front();
@@ -325,6 +341,22 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+fn shared_text(bytes: &[u8]) -> Arc<str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Arc::from(text),
+        Err(_) => Arc::from(String::from_utf8_lossy(bytes).as_ref()),
+    }
+}
+
+/// The method as event text: the common ones are constants, so no request allocates them.
+fn method_text(method: &str) -> Text {
+    const COMMON: &[&str] = &["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"];
+    match COMMON.iter().find(|m| **m == method) {
+        Some(common) => Text::Static(common),
+        None => Text::from(method.to_owned()),
+    }
+}
+
 /// Body framing from Content-Length and Transfer-Encoding (chunked wins, as RFC 9112 says).
 fn body_framing(headers: &[httparse::Header<'_>]) -> Option<State> {
     if let Some(te) = header_value(headers, "transfer-encoding") {
@@ -378,8 +410,8 @@ fn parse_request(bytes: &[u8], id_headers: &[String]) -> Parsed {
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(bytes) {
         Ok(httparse::Status::Complete(length)) => {
-            let method = request.method.unwrap_or_default().to_owned();
-            let target = request.path.unwrap_or_default().to_owned();
+            let method = method_text(request.method.unwrap_or_default());
+            let target: Arc<str> = Arc::from(request.path.unwrap_or_default());
             let headers = request.headers;
             let upgrade = header_value(headers, "upgrade").is_some()
                 && method.eq_ignore_ascii_case("GET")
@@ -397,7 +429,7 @@ fn parse_request(bytes: &[u8], id_headers: &[String]) -> Parsed {
             let head = RequestHead {
                 method,
                 target,
-                user_agent: header_value(headers, "user-agent").map(text),
+                user_agent: header_value(headers, "user-agent").map(shared_text),
                 has_credentials,
                 correlation: correlation(headers, id_headers),
                 conflicting_framing: header_value(headers, "content-length").is_some()
@@ -483,9 +515,9 @@ fn first_line_head(bytes: &[u8], side: Side) -> Option<Head> {
                     .iter()
                     .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
             });
-            let target = text(target);
+            let target = shared_text(target);
             Some(Head::Request(RequestHead {
-                method: text(method),
+                method: method_text(&text(method)),
                 has_credentials: has_credentials || query_has_credentials(&target),
                 target,
                 user_agent: None,
@@ -514,7 +546,7 @@ mod tests {
 
     fn request(method: &str, target: &str) -> Head {
         Head::Request(RequestHead {
-            method: method.into(),
+            method: method.to_owned().into(),
             target: target.into(),
             user_agent: None,
             has_credentials: false,
@@ -543,7 +575,7 @@ mod tests {
         let Head::Request(head) = &heads[0] else {
             panic!()
         };
-        assert_eq!(head.target, "/a?b=1");
+        assert_eq!(&*head.target, "/a?b=1");
         assert_eq!(head.user_agent.as_deref(), Some("ua/1"));
     }
 
@@ -601,7 +633,7 @@ mod tests {
             panic!()
         };
         assert!(head.truncated);
-        assert_eq!(head.target, "/long?q=1");
+        assert_eq!(&*head.target, "/long?q=1");
         assert!(stream.feed(b"aaaaaaaaa\r\n\r\n", 0).is_empty());
         assert_eq!(
             stream.feed(b"GET /b HTTP/1.1\r\n\r\n", 0),
@@ -644,7 +676,7 @@ mod tests {
         );
         assert_eq!(heads.len(), 2);
         assert!(matches!(&heads[0], Head::Request(r) if r.conflicting_framing));
-        assert!(matches!(&heads[1], Head::Request(r) if r.target == "/next"));
+        assert!(matches!(&heads[1], Head::Request(r) if &*r.target == "/next"));
     }
 
     #[test]

@@ -2,17 +2,16 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use access_log_common::{kind, ConnectionRecord, RecordHeader, SocketAddress};
-use bytes::Bytes;
 
-/// One decoded kernel record.
+/// One decoded kernel record; a data record borrows its bytes from the ring buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
+pub enum Record<'a> {
     /// Bytes moved on a followed socket: `captured` is the head of the `moved` bytes; a
     /// non-positive `moved` is an end of stream (0) or an errno (negative).
     Data {
         header: RecordHeader,
         moved: i64,
-        captured: Bytes,
+        captured: &'a [u8],
     },
     Accept {
         header: RecordHeader,
@@ -35,7 +34,7 @@ pub enum Record {
     },
 }
 
-impl Record {
+impl Record<'_> {
     pub fn header(&self) -> &RecordHeader {
         match self {
             Record::Data { header, .. }
@@ -110,7 +109,7 @@ pub fn to_socket_address(address: SocketAddr) -> SocketAddress {
 }
 
 /// Decodes one record as it came out of the ring buffer.
-pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     let header = read_header(bytes)?;
     match header.kind {
         kind::DATA => {
@@ -122,7 +121,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
             Ok(Record::Data {
                 header,
                 moved: header.result,
-                captured: Bytes::copy_from_slice(&bytes[HEADER..HEADER + claimed]),
+                captured: &bytes[HEADER..HEADER + claimed],
             })
         }
         kind::ACCEPT | kind::CONNECT => {
@@ -179,7 +178,7 @@ mod tests {
             panic!("not data")
         };
         assert_eq!(moved, 100);
-        assert_eq!(&captured[..], b"GET ");
+        assert_eq!(captured, b"GET ");
     }
 
     #[test]
@@ -190,7 +189,8 @@ mod tests {
         record.remote.family = 2;
         record.remote.port = 8080;
         record.remote.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let decoded = decode(&bytes_of(&record)).unwrap();
+        let raw = bytes_of(&record);
+        let decoded = decode(&raw).unwrap();
         assert_eq!(
             decoded,
             Record::Connect {

@@ -13,6 +13,8 @@ use std::{
     net::SocketAddr,
 };
 
+use bytes::{Bytes, BytesMut};
+
 use crate::pipeline::{Clock, ConnectionKey, Direction};
 
 pub const MAGIC: &[u8; 8] = b"ALREC01\n";
@@ -30,7 +32,7 @@ pub enum Entry {
         direction: Direction,
         remote: Option<SocketAddr>,
     },
-    Record(Vec<u8>),
+    Record(Bytes),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,9 @@ impl<W: Write> Writer<W> {
 pub struct Reader<R: BufRead> {
     input: R,
     index: u64,
+    /// Payloads are read here and handed out as frozen slices; once the caller drops one, its
+    /// memory is reused for the next (no allocation per record).
+    buffer: BytesMut,
 }
 
 impl<R: BufRead> Reader<R> {
@@ -111,7 +116,11 @@ impl<R: BufRead> Reader<R> {
         if &magic != MAGIC {
             return Err(RecordingError::BadMagic);
         }
-        Ok(Reader { input, index: 0 })
+        Ok(Reader {
+            input,
+            index: 0,
+            buffer: BytesMut::new(),
+        })
     }
 
     pub fn next_entry(&mut self) -> Result<Option<Entry>, RecordingError> {
@@ -130,16 +139,17 @@ impl<R: BufRead> Reader<R> {
                 why: "longer than any record",
             });
         }
-        let mut payload = vec![0u8; length as usize];
+        self.buffer.clear();
+        self.buffer.resize(length as usize, 0);
         self.input
-            .read_exact(&mut payload)
+            .read_exact(&mut self.buffer)
             .map_err(|_| RecordingError::Truncated { index })?;
+        let payload = self.buffer.split().freeze();
         self.index += 1;
         let malformed = |why| RecordingError::Malformed { index, why };
         Ok(Some(match head[0] {
             CLOCK => {
-                let bytes: [u8; 16] = payload
-                    .as_slice()
+                let bytes: [u8; 16] = payload[..]
                     .try_into()
                     .map_err(|_| malformed("clock is not 16 bytes"))?;
                 Entry::Clock(Clock {
@@ -203,7 +213,7 @@ mod tests {
         );
         assert_eq!(
             reader.next_entry().unwrap(),
-            Some(Entry::Record(b"raw".to_vec()))
+            Some(Entry::Record(Bytes::from_static(b"raw")))
         );
         assert_eq!(reader.next_entry().unwrap(), None);
     }

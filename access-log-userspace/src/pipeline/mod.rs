@@ -7,18 +7,17 @@ mod report;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 
 use access_log_common::syscall;
+// Keys the kernel chose (pids, fds, our own ids) get a fast hash, which pays off on every
+// record; id-header values come from clients and keep the DoS-resistant default.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
     catalog::{ApiMatch, Catalog},
     classify::AttemptOutcome,
-    event::Event,
+    event::{Event, Text},
     http::{is_final, Head, RequestHead, ResponseHead, Side, Stream},
     record::Record,
 };
@@ -75,6 +74,8 @@ pub struct PipelineStats {
 struct Connection {
     direction: Direction,
     remote: Option<SocketAddr>,
+    /// The remote address as event text, made once for all the connection's requests.
+    remote_ip: Option<Arc<str>>,
     requests: Stream,
     responses: Stream,
     /// Requests on this connection still waiting for their response, oldest first: inbound
@@ -96,8 +97,8 @@ struct Connection {
 struct Attempt {
     connection: ConnectionKey,
     remote: Option<SocketAddr>,
-    method: Option<String>,
-    target: Option<String>,
+    method: Option<Text>,
+    target: Option<Arc<str>>,
     outcome: AttemptOutcome,
     confidence: Confidence,
     tls: bool,
@@ -113,11 +114,12 @@ impl Attempt {
 }
 
 struct InboundRequest {
-    message_id: String,
+    message_id: Arc<str>,
     connection: ConnectionKey,
     head: RequestHead,
     api: ApiMatch,
-    remote: Option<SocketAddr>,
+    /// The client's address as event text, shared by the connection's requests.
+    remote_ip: Option<Arc<str>>,
     received_ns: u64,
     attempts: Vec<Attempt>,
     backend_answered: bool,
@@ -147,7 +149,7 @@ pub struct Pipeline {
     connections: HashMap<ConnectionKey, Connection>,
     requests: HashMap<u64, InboundRequest>,
     /// Inbound requests by their id-header value, for the exact link.
-    by_correlation: HashMap<String, u64>,
+    by_correlation: std::collections::HashMap<String, u64>,
     threads: HashMap<ThreadKey, link::Thread>,
     next_request: u64,
     stats: PipelineStats,
@@ -163,10 +165,10 @@ impl Pipeline {
                 .into_iter()
                 .map(|n| n.to_ascii_lowercase())
                 .collect(),
-            connections: HashMap::new(),
-            requests: HashMap::new(),
-            by_correlation: HashMap::new(),
-            threads: HashMap::new(),
+            connections: HashMap::default(),
+            requests: HashMap::default(),
+            by_correlation: std::collections::HashMap::new(),
+            threads: HashMap::default(),
             next_request: 1,
             stats: PipelineStats::default(),
         }
@@ -185,6 +187,7 @@ impl Pipeline {
         Connection {
             direction,
             remote,
+            remote_ip: remote.map(|r| Arc::from(r.ip().to_string())),
             requests: Stream::with_id_headers(Side::Requests, self.id_headers.clone()),
             responses: Stream::with_id_headers(Side::Responses, self.id_headers.clone()),
             awaiting: VecDeque::new(),
@@ -211,7 +214,7 @@ impl Pipeline {
     }
 
     /// Processes one record; appends the events it completes to `out`.
-    pub fn process(&mut self, record: &Record, out: &mut Vec<Event>) {
+    pub fn process(&mut self, record: &Record<'_>, out: &mut Vec<Event>) {
         let header = *record.header();
         let key = (header.tgid, header.fd);
         let thread = (header.tgid, header.tid);
@@ -376,7 +379,7 @@ impl Pipeline {
             connection: key,
             api: self.catalog.lookup(&head.target),
             head,
-            remote: connection.remote,
+            remote_ip: connection.remote_ip.clone(),
             received_ns: at,
             attempts: Vec::new(),
             backend_answered: false,

@@ -1,4 +1,6 @@
 //! Builds the events from a request's state: the seed's fields in the seed's order, then ours.
+use std::sync::Arc;
+
 use super::{Attempt, Confidence, InboundRequest};
 use crate::{
     catalog::ApiMatch,
@@ -6,17 +8,19 @@ use crate::{
     event::{Event, EventKind, Fields},
 };
 
-pub fn new_message_id() -> String {
-    format!("urn:uuid:{}", uuid::Uuid::new_v4())
+/// A fresh `urn:uuid:...` MessageID, shared by every event that names it.
+pub fn new_message_id() -> Arc<str> {
+    let mut buffer = [0u8; uuid::fmt::Urn::LENGTH];
+    Arc::from(uuid::Uuid::new_v4().urn().encode_lower(&mut buffer) as &str)
 }
 
 /// The fields every event repeats from the incoming request.
 fn incoming_fields(request: &InboundRequest, fields: Fields) -> Fields {
     let fields = fields
-        .text("RequestInURL", request.head.target.clone())
+        .text("RequestInURL", &request.head.target)
         .text("RequestInMethod", request.head.method.clone())
-        .optional_text("UserAgent", request.head.user_agent.clone())
-        .optional_text("RemoteIP", request.remote.map(|r| r.ip().to_string()))
+        .optional_text("UserAgent", request.head.user_agent.as_ref())
+        .optional_text("RemoteIP", request.remote_ip.as_ref())
         .text("ClientTLS", if request.tls { "true" } else { "false" });
     let fields = if request.head.truncated {
         fields.text("RequestInURLTruncated", "true")
@@ -83,7 +87,7 @@ fn confidence_field(confidence: Option<Confidence>, fields: Fields) -> Fields {
 pub fn incoming(request: &InboundRequest, unix_nanos: i128) -> Event {
     let mut fields = Fields::new()
         .text("Event", EventKind::IncomingRequest.as_str())
-        .text("MessageID", request.message_id.clone());
+        .text("MessageID", &request.message_id);
     if !matches!(request.api, ApiMatch::Unknown) {
         fields = fields.text("API", request.api.name());
     }
@@ -108,7 +112,7 @@ pub fn complete(
         .text("Event", EventKind::RequestComplete.as_str())
         .text("MessageID", new_message_id())
         .text("API", request.api.name())
-        .text("ResponseTo", request.message_id.clone())
+        .text("ResponseTo", &request.message_id)
         .integer("StatusCode", status.into())
         .optional_text("RequestOutURL", url(attempt))
         .optional_text("RequestOutMethod", attempt.method.clone());
@@ -138,7 +142,7 @@ fn error_event(
         .integer("StatusCode", status.into())
         .text("ERROR_CODE", class.code)
         .text("ERROR_MESSAGE", class.message)
-        .text("ResponseTo", request.message_id.clone());
+        .text("ResponseTo", &request.message_id);
     fields = incoming_fields(request, fields);
     if let Some(last) = request.attempts.last() {
         fields = attempt_fields(request, fields.optional_text("RequestOutURL", url(last)));

@@ -1,6 +1,5 @@
 //! Pairing and classification over scripted kernel records, as nginx produces them.
 use access_log_common::{kind, syscall, RecordHeader};
-use bytes::Bytes;
 
 use super::*;
 use crate::event::{EventKind, Value};
@@ -42,7 +41,7 @@ impl Script {
         }
     }
 
-    fn feed(&mut self, record: Record) {
+    fn feed(&mut self, record: Record<'_>) {
         self.pipeline.process(&record, &mut self.events);
     }
 
@@ -68,7 +67,7 @@ impl Script {
         self.feed(Record::Data {
             header,
             moved: bytes.len() as i64,
-            captured: Bytes::copy_from_slice(bytes),
+            captured: bytes,
         });
     }
 
@@ -77,7 +76,7 @@ impl Script {
         self.feed(Record::Data {
             header,
             moved: errno,
-            captured: Bytes::new(),
+            captured: &[],
         });
     }
 
