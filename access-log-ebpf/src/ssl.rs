@@ -1,8 +1,10 @@
 //! Plaintext of TLS connections, read where the gateway's OpenSSL has it: uprobes at the entry
-//! of SSL_read/SSL_write (and their _ex forms) save the buffer, uretprobes copy what was moved.
-//! The socket is the one the syscall inside the call used (seen by the syscall tracepoints,
-//! which then skip the ciphertext), remembered per SSL object for calls OpenSSL serves from its
-//! own buffer. Attached for every process that maps the library; the tgid filter runs first.
+//! of SSL_read/SSL_write (and their _ex forms, or OpenSSL's internal read and write when the
+//! entries would single-step: user space picks the sites) save the buffer, uretprobes copy what
+//! was moved. The socket is the one the syscall inside the call used (seen by the syscall
+//! tracepoints, which then skip the ciphertext), remembered per SSL object for calls OpenSSL
+//! serves from its own buffer. Attached for every process that maps the library; the tgid
+//! filter runs first.
 use access_log_common::{counter, role, syscall, SocketKey};
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
@@ -39,6 +41,17 @@ pub struct SslKey {
 
 /// Marks a handshake call (SSL_do_handshake, SSL_accept, SSL_connect) in [`SslCall::syscall`].
 const HANDSHAKE: u32 = 0;
+
+/// How a probed function reports the bytes it moved.
+#[derive(Clone, Copy)]
+enum Form {
+    /// SSL_read/SSL_write: the return value is the byte count.
+    Counted,
+    /// SSL_read_ex/SSL_write_ex and OpenSSL's internal read/write: returns 1 and stores the
+    /// count through the pointer passed as this argument (3; 4 for OpenSSL 3.2's
+    /// ssl_write_internal, which takes flags before it).
+    CountOut(usize),
+}
 
 #[map]
 pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
@@ -104,13 +117,16 @@ pub fn inside_ssl_call(pid_tgid: u64, tgid: u32, fd: i32) -> bool {
 }
 
 #[inline(always)]
-fn enter(ctx: &ProbeContext, call_syscall: u32, extended: bool) -> Result<(), i64> {
+fn enter(ctx: &ProbeContext, call_syscall: u32, form: Form) -> Result<(), i64> {
     let Some(caller) = watched_caller() else {
         return Ok(());
     };
     let ssl: u64 = ctx.arg(0).ok_or(1i64)?;
     let buffer: u64 = ctx.arg(1).ok_or(1i64)?;
-    let length_out: u64 = if extended { ctx.arg(3).ok_or(1i64)? } else { 0 };
+    let length_out: u64 = match form {
+        Form::Counted => 0,
+        Form::CountOut(index) => ctx.arg(index).ok_or(1i64)?,
+    };
     let key = SslKey {
         ssl,
         tgid: caller.tgid,
@@ -139,7 +155,7 @@ fn enter(ctx: &ProbeContext, call_syscall: u32, extended: bool) -> Result<(), i6
 }
 
 #[inline(always)]
-fn exit(ctx: &RetProbeContext, call_syscall: u32, extended: bool) -> Result<(), i64> {
+fn exit(ctx: &RetProbeContext, call_syscall: u32, form: Form) -> Result<(), i64> {
     let Some(caller) = watched_caller() else {
         return Ok(());
     };
@@ -175,7 +191,7 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, extended: bool) -> Result<(), 
         return Ok(());
     }
     let result: i32 = ctx.ret();
-    let moved: i64 = if extended {
+    let moved: i64 = if matches!(form, Form::CountOut(_)) {
         if result != 1 {
             return Ok(());
         }
@@ -218,29 +234,56 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, extended: bool) -> Result<(), 
 
 /// An entry uprobe and a return uprobe for one family of SSL functions.
 macro_rules! ssl_probes {
-    ($enter:ident, $exit:ident, $kind:expr, $extended:expr) => {
+    ($enter:ident, $exit:ident, $kind:expr, $form:expr) => {
         #[uprobe]
         pub fn $enter(ctx: ProbeContext) -> u32 {
-            let _ = enter(&ctx, $kind, $extended);
+            let _ = enter(&ctx, $kind, $form);
             0
         }
 
         #[uretprobe]
         pub fn $exit(ctx: RetProbeContext) -> u32 {
-            let _ = exit(&ctx, $kind, $extended);
+            let _ = exit(&ctx, $kind, $form);
             0
         }
     };
 }
 
-ssl_probes!(ssl_read_enter, ssl_read_exit, syscall::SSL_READ, false);
-ssl_probes!(ssl_read_ex_enter, ssl_read_ex_exit, syscall::SSL_READ, true);
-ssl_probes!(ssl_write_enter, ssl_write_exit, syscall::SSL_WRITE, false);
+ssl_probes!(
+    ssl_read_enter,
+    ssl_read_exit,
+    syscall::SSL_READ,
+    Form::Counted
+);
+ssl_probes!(
+    ssl_read_ex_enter,
+    ssl_read_ex_exit,
+    syscall::SSL_READ,
+    Form::CountOut(3)
+);
+ssl_probes!(
+    ssl_write_enter,
+    ssl_write_exit,
+    syscall::SSL_WRITE,
+    Form::Counted
+);
 ssl_probes!(
     ssl_write_ex_enter,
     ssl_write_ex_exit,
     syscall::SSL_WRITE,
-    true
+    Form::CountOut(3)
+);
+// OpenSSL 3.2's ssl_write_internal(s, buf, num, flags, written).
+ssl_probes!(
+    ssl_write_flags_enter,
+    ssl_write_flags_exit,
+    syscall::SSL_WRITE,
+    Form::CountOut(4)
 );
 // SSL_do_handshake, SSL_accept and SSL_connect: only to learn the SSL object's socket.
-ssl_probes!(ssl_handshake_enter, ssl_handshake_exit, HANDSHAKE, false);
+ssl_probes!(
+    ssl_handshake_enter,
+    ssl_handshake_exit,
+    HANDSHAKE,
+    Form::Counted
+);

@@ -13,3 +13,4 @@ pub mod procfs;
 pub mod record;
 pub mod recording;
 pub mod tls;
+pub mod tls_sites;

@@ -132,11 +132,34 @@ impl Session {
                 Some(socket.remote),
             ));
         }
+        for target in &tls_scan.targets {
+            let stepped: Vec<&str> = target
+                .sites
+                .iter()
+                .filter(|s| s.single_steps)
+                .map(|s| s.function.as_str())
+                .collect();
+            if !stepped.is_empty() {
+                eprintln!(
+                    "access-log: in {}, the probes on {} single-step their first instruction: \
+                     each call costs the gateway a debug trap",
+                    target.shown,
+                    stepped.join(", ")
+                );
+            }
+        }
         let tls_read = if tls_scan.targets.is_empty() {
             "no TLS library found".to_owned()
         } else {
-            let names: Vec<&str> = tls_scan.targets.iter().map(|t| t.shown.as_str()).collect();
-            format!("TLS read in {} ({tls_probes} uprobes)", names.join(", "))
+            let names: Vec<String> = tls_scan
+                .targets
+                .iter()
+                .map(|t| {
+                    let sites: Vec<&str> = t.sites.iter().map(|s| s.function.as_str()).collect();
+                    format!("{} at {}", t.shown, sites.join(", "))
+                })
+                .collect();
+            format!("TLS read in {} ({tls_probes} uprobes)", names.join("; "))
         };
         eprintln!(
             "attached: PID {} ({} processes, {} open connections), {} probes, {tls_read}, \

@@ -13,21 +13,6 @@ use aya::{
 
 use crate::{pipeline::Direction, procfs, tls::TlsTarget};
 
-/// (symbol, entry program, return program) of the TLS probes.
-const TLS_PROBES: &[(&str, &str, &str)] = &[
-    ("SSL_read", "ssl_read_enter", "ssl_read_exit"),
-    ("SSL_read_ex", "ssl_read_ex_enter", "ssl_read_ex_exit"),
-    ("SSL_write", "ssl_write_enter", "ssl_write_exit"),
-    ("SSL_write_ex", "ssl_write_ex_enter", "ssl_write_ex_exit"),
-    (
-        "SSL_do_handshake",
-        "ssl_handshake_enter",
-        "ssl_handshake_exit",
-    ),
-    ("SSL_accept", "ssl_handshake_enter", "ssl_handshake_exit"),
-    ("SSL_connect", "ssl_handshake_enter", "ssl_handshake_exit"),
-];
-
 /// (program, tracepoint category, tracepoint) for every attachment, in attach order: process
 /// tracking first so no child forked during attach is missed.
 const ATTACHMENTS: &[(&str, &str, &str)] = &[
@@ -157,11 +142,8 @@ impl Probes {
     /// PID filter would miss workers forked later); the programs filter by tgid themselves.
     pub fn attach_tls(&mut self, target: &TlsTarget) -> anyhow::Result<usize> {
         let mut attached = 0;
-        for (symbol, entry, exit) in TLS_PROBES {
-            if !target.symbols.contains(symbol) {
-                continue;
-            }
-            for program_name in [entry, exit] {
+        for site in &target.sites {
+            for program_name in [site.entry_program, site.exit_program] {
                 let program: &mut UProbe = self
                     .ebpf
                     .program_mut(program_name)
@@ -173,9 +155,12 @@ impl Probes {
                         .with_context(|| format!("loading {program_name}"))?;
                 }
                 program
-                    .attach(*symbol, &target.path, UProbeScope::AllProcesses)
+                    .attach(site.file_offset, &target.path, UProbeScope::AllProcesses)
                     .with_context(|| {
-                        format!("attaching {program_name} to {symbol} in {}", target.shown)
+                        format!(
+                            "attaching {program_name} to {} in {}",
+                            site.function, target.shown
+                        )
                     })?;
                 attached += 1;
             }

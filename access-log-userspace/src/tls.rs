@@ -11,6 +11,8 @@ use std::{
 
 use object::{Object as _, ObjectSymbol as _};
 
+use crate::tls_sites::{self, ProbeSite};
+
 /// The functions whose probes carry plaintext; a library must export the first to be read.
 pub const READ_SYMBOL: &str = "SSL_read";
 
@@ -21,8 +23,8 @@ pub struct TlsTarget {
     pub path: PathBuf,
     /// The path as the process sees it, for messages.
     pub shown: String,
-    /// The exported functions among those we probe.
-    pub symbols: Vec<&'static str>,
+    /// Where its probes go.
+    pub sites: Vec<ProbeSite>,
 }
 
 #[derive(Debug, Default)]
@@ -32,33 +34,18 @@ pub struct TlsScan {
     pub unreadable: Vec<(u32, String)>,
 }
 
-/// Every function the probes use; symbols a library lacks (the _ex forms before OpenSSL 1.1.1)
-/// are skipped.
-pub const PROBED_SYMBOLS: &[&str] = &[
-    "SSL_read",
-    "SSL_read_ex",
-    "SSL_write",
-    "SSL_write_ex",
-    "SSL_do_handshake",
-    "SSL_accept",
-    "SSL_connect",
-];
-
-fn exported(path: &Path) -> Option<Vec<&'static str>> {
+/// The probe sites of a file that exports SSL_read; None for any other file.
+fn probe_sites(path: &Path) -> Option<Vec<ProbeSite>> {
     let data = fs::read(path).ok()?;
     let file = object::File::parse(&*data).ok()?;
-    let names: HashSet<&[u8]> = file
+    let exports_read = file
         .dynamic_symbols()
         .chain(file.symbols())
-        .filter(|s| s.is_definition())
-        .filter_map(|s| s.name_bytes().ok())
-        .collect();
-    let found: Vec<&'static str> = PROBED_SYMBOLS
-        .iter()
-        .copied()
-        .filter(|s| names.contains(s.as_bytes()))
-        .collect();
-    found.contains(&READ_SYMBOL).then_some(found)
+        .any(|s| s.is_definition() && s.name_bytes() == Ok(READ_SYMBOL.as_bytes()));
+    if !exports_read {
+        return None;
+    }
+    tls_sites::sites(&data).ok()
 }
 
 /// Why an executable's TLS cannot be read, when we can tell.
@@ -109,13 +96,9 @@ pub fn scan(pids: &[u32]) -> TlsScan {
                 readable |= scan.targets.iter().any(|t| t.shown == shown);
                 continue;
             }
-            if let Some(symbols) = exported(&path) {
+            if let Some(sites) = probe_sites(&path) {
                 readable = true;
-                scan.targets.push(TlsTarget {
-                    path,
-                    shown,
-                    symbols,
-                });
+                scan.targets.push(TlsTarget { path, shown, sites });
             }
         }
         if !readable && maps.contains("/libjvm.so") {
