@@ -8,6 +8,7 @@ pub mod demo;
 pub mod gateway;
 pub mod load;
 pub mod observer;
+pub mod paced;
 pub mod vectors;
 pub mod wire;
 

@@ -16,8 +16,8 @@ use anyhow::Context as _;
 use tests::{
     free_port,
     gateway::Gateway,
-    load,
     observer::{self, Attached},
+    paced,
 };
 
 pub struct Options {
@@ -36,6 +36,52 @@ struct Bench {
     plain: Gateway,
     _logged: Gateway,
     ports: Ports,
+    /// A process that does nothing but maps the gateway's libssl: attaching the observer to it
+    /// attaches every probe (tracepoints and TLS uprobes) while nothing is watched, so its cost
+    /// is the probe choice's floor before any of our code runs.
+    idle: Idle,
+}
+
+struct Idle(std::process::Child);
+
+impl Idle {
+    fn start(libssl: &Path) -> anyhow::Result<Idle> {
+        let child = Command::new("sleep")
+            .arg("100000")
+            .env("LD_PRELOAD", libssl)
+            .spawn()
+            .context("starting the idle process for the probe floor")?;
+        // Wait until the loader has mapped the library.
+        for _ in 0..100 {
+            let maps = fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap_or_default();
+            if maps.contains("libssl") {
+                return Ok(Idle(child));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        anyhow::bail!("the idle process never mapped {}", libssl.display())
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The libssl nginx maps, read from its worker's memory map.
+fn gateway_libssl(pid: u32) -> anyhow::Result<std::path::PathBuf> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            p.rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("libssl.so"))
+        })
+        .map(std::path::PathBuf::from)
+        .context("nginx maps no libssl: the HTTPS scenario and the probe floor need one")
 }
 
 #[derive(Clone, Copy)]
@@ -98,11 +144,13 @@ impl Bench {
             ports.logged,
         )
         .map_err(anyhow::Error::msg)?;
+        let idle = Idle::start(&gateway_libssl(plain.master_pid())?)?;
         Ok(Bench {
             _backend: backend,
             plain,
             _logged: logged,
             ports,
+            idle,
         })
     }
 }
@@ -143,6 +191,28 @@ fn attach(pid: u32, extra: &[&str]) -> anyhow::Result<Attached> {
     Attached::start(command, false).map_err(anyhow::Error::msg)
 }
 
+/// `access-log record` to /dev/null: the kernel side's whole cost (probes, copies, ring) with
+/// almost no user-space work.
+fn record_only(pid: u32) -> anyhow::Result<Attached> {
+    let mut command = Command::new(observer::binary());
+    command
+        .args(["record", "--pid", &pid.to_string(), "--output", "/dev/null"])
+        .stdout(Stdio::null());
+    Attached::start(command, false).map_err(anyhow::Error::msg)
+}
+
+/// One wrk run with `attached` running beside it; returns (rate, requests, its stderr).
+fn wrk_with(
+    attached: Attached,
+    url: &str,
+    seconds: u64,
+    close: bool,
+) -> anyhow::Result<(f64, u64, Vec<String>)> {
+    let (rate, requests) = wrk(url, seconds, close)?;
+    let lines = attached.stop().map_err(anyhow::Error::msg)?;
+    Ok((rate, requests, lines))
+}
+
 fn kernel_drops(lines: &[String]) -> u64 {
     lines
         .iter()
@@ -169,6 +239,8 @@ fn median(values: &mut [f64]) -> f64 {
 struct ScenarioResult {
     name: &'static str,
     baseline_rps: f64,
+    floor_ratio: f64,
+    kernel_ratio: f64,
     observer_ratio: f64,
     access_log_ratio: f64,
     bpf_ns_per_request: f64,
@@ -186,33 +258,53 @@ fn scenario(
     let (scheme, plain_port, logged_port) = scheme_port;
     let plain_url = format!("{scheme}://127.0.0.1:{plain_port}{path}");
     let logged_url = format!("{scheme}://127.0.0.1:{logged_port}{path}");
-    let (mut observer_ratios, mut log_ratios, mut baselines, mut bpf) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let gateway = bench.plain.master_pid();
+    let idle = bench.idle.0.id();
+    let (mut floor, mut kernel, mut observer, mut logged, mut baselines, mut bpf) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     let mut drops = 0;
     // Warm both gateways' upstream pools.
     wrk(&plain_url, 1, close)?;
     wrk(&logged_url, 1, close)?;
     for round in 0..options.rounds {
         let (baseline, _) = wrk(&plain_url, options.seconds, close)?;
-        let observer = attach(bench.plain.master_pid(), &["--bpf-stats"])?;
-        let (observed, requests) = wrk(&plain_url, options.seconds, close)?;
-        let lines = observer.stop().map_err(anyhow::Error::msg)?;
-        let (logged, _) = wrk(&logged_url, options.seconds, close)?;
+        let (floored, _, _) = wrk_with(attach(idle, &[])?, &plain_url, options.seconds, close)?;
+        let (recorded, _, lines) =
+            wrk_with(record_only(gateway)?, &plain_url, options.seconds, close)?;
         drops += kernel_drops(&lines);
+        let (observed, requests, lines) = wrk_with(
+            attach(gateway, &["--bpf-stats"])?,
+            &plain_url,
+            options.seconds,
+            close,
+        )?;
+        drops += kernel_drops(&lines);
+        let (with_log, _) = wrk(&logged_url, options.seconds, close)?;
         bpf.push(bpf_nanoseconds(&lines) as f64 / requests.max(1) as f64);
         baselines.push(baseline);
-        observer_ratios.push(observed / baseline);
-        log_ratios.push(logged / baseline);
+        floor.push(floored / baseline);
+        kernel.push(recorded / baseline);
+        observer.push(observed / baseline);
+        logged.push(with_log / baseline);
         eprintln!(
-            "bench: {name} round {}: nothing {baseline:.0}/s, observer {observed:.0}/s, access_log {logged:.0}/s",
+            "bench: {name} round {}: nothing {baseline:.0}/s, probe floor {floored:.0}/s, \
+             kernel side {recorded:.0}/s, observer {observed:.0}/s, access_log {with_log:.0}/s",
             round + 1
         );
     }
     Ok(ScenarioResult {
         name,
         baseline_rps: median(&mut baselines),
-        observer_ratio: median(&mut observer_ratios),
-        access_log_ratio: median(&mut log_ratios),
+        floor_ratio: median(&mut floor),
+        kernel_ratio: median(&mut kernel),
+        observer_ratio: median(&mut observer),
+        access_log_ratio: median(&mut logged),
         bpf_ns_per_request: median(&mut bpf),
         drops,
     })
@@ -226,23 +318,18 @@ struct Latency {
 
 fn latency(bench: &Bench, options: &Options, rate: f64) -> anyhow::Result<Latency> {
     let address = SocketAddr::from(([127, 0, 0, 1], bench.ports.plain));
-    let request = load::Request {
-        method: "GET",
-        target: "/small".into(),
-        headers: Vec::new(),
-        body: None,
-    };
+    let request = b"GET /small HTTP/1.1\r\nHost: gateway\r\nUser-Agent: access-log-bench/1\r\n\r\n";
     let seconds = Duration::from_secs(options.seconds);
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for _ in 0..options.rounds {
-        without.extend(load::paced(address, &request, rate, seconds, 16));
+        without.extend(paced::paced(address, request, rate, seconds, 32)?);
         let observer = attach(bench.plain.master_pid(), &[])?;
-        with.extend(load::paced(address, &request, rate, seconds, 16));
+        with.extend(paced::paced(address, request, rate, seconds, 32)?);
         observer.stop().map_err(anyhow::Error::msg)?;
     }
     without.sort();
     with.sort();
-    let pair = |v: &[Duration]| (load::quantile(v, 0.5), load::quantile(v, 0.99));
+    let pair = |v: &[Duration]| (paced::quantile(v, 0.5), paced::quantile(v, 0.99));
     Ok(Latency {
         rate,
         without: pair(&without),
@@ -379,7 +466,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let _ = writeln!(
         report,
         "Measured by `cargo xtask bench` on {}; {}; {} rounds of {} s per measurement, \
-         alternating nothing / observer / nginx's own access_log; medians of per-round ratios. \
+         alternating nothing / probe floor / kernel side / observer / nginx's own access_log; medians of per-round ratios. \
          Run time {:.0} s.\n",
         chrono_free_date(),
         machine(),
@@ -393,25 +480,37 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         report,
-        "| scenario | nothing attached | with the observer | with nginx's access_log (buffered) | BPF time per request | kernel drops |"
+        "| scenario | nothing attached | probe floor (nothing watched) | kernel side only (`record`) | with the observer | with nginx's access_log (buffered) | BPF time per request | kernel drops |"
     );
-    let _ = writeln!(report, "|---|---|---|---|---|---|");
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|");
     for r in &results {
         let _ = writeln!(
             report,
-            "| {} | {:.0} req/s | {:.3} | {:.3} | {:.0} ns | {} |",
+            "| {} | {:.0} req/s | {:.3} | {:.3} | **{:.3}** | {:.3} | {:.0} ns | {} |",
             r.name,
             r.baseline_rps,
+            r.floor_ratio,
+            r.kernel_ratio,
             r.observer_ratio,
             r.access_log_ratio,
             r.bpf_ns_per_request,
             r.drops
         );
     }
+    let _ = writeln!(
+        report,
+        "\nColumns after the first are throughput ratios to nothing attached. The probe floor is \
+         the observer attached to an idle process that maps the same libssl: every tracepoint \
+         and TLS uprobe attached, every program returning at its first check; it is what the \
+         probe choice costs before any of our code runs. The kernel side adds the copies into \
+         the ring (`access-log record` to /dev/null); the observer adds user space (decode, \
+         pair, format kv to /dev/null) on the same two cores as the gateway, its load \
+         generator and its backend."
+    );
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let _ = writeln!(
         report,
-        "\n## Latency at half the saturation rate ({:.0} req/s, 16 connections, open loop)\n\n\
+        "\n## Latency at half the saturation rate ({:.0} req/s, 32 connections, open loop)\n\n\
          | | p50 | p99 |\n|---|---|---|\n| nothing attached | {:.3} ms | {:.3} ms |\n\
          | with the observer | {:.3} ms | {:.3} ms |\n| added | {:+.3} ms | {:+.3} ms |",
         latency.rate,
