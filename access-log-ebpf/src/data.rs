@@ -84,16 +84,19 @@ fn exit(ctx: &TracePointContext, call_syscall: u32) -> Result<(), i64> {
         return Ok(());
     }
     let ingress = syscall::is_ingress(call_syscall);
+    // Bytes on a TLS socket are ciphertext, skipped: their plaintext comes from the TLS
+    // library's probes. An end of stream or a connection error is a fact of the socket either
+    // way, and goes through.
+    let ciphertext = moved > 0;
     if tls_probes() {
         if ingress {
             ssl::note_socket_read(caller.pid_tgid, fd);
         }
-        // Ciphertext: the plaintext of this call, if any, comes from the TLS library's probes.
-        if ssl::inside_ssl_call(caller.pid_tgid, caller.tgid, fd) {
+        if ssl::inside_ssl_call(caller.pid_tgid, caller.tgid, fd) && ciphertext {
             return Ok(());
         }
     }
-    if socket_role & role::TLS != 0 {
+    if socket_role & role::TLS != 0 && ciphertext {
         return Ok(());
     }
     let source = match call_syscall {

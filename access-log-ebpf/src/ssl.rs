@@ -47,10 +47,28 @@ const HANDSHAKE: u32 = 0;
 enum Form {
     /// SSL_read/SSL_write: the return value is the byte count.
     Counted,
-    /// SSL_read_ex/SSL_write_ex and OpenSSL's internal read/write: returns 1 and stores the
-    /// count through the pointer passed as this argument (3; 4 for OpenSSL 3.2's
-    /// ssl_write_internal, which takes flags before it).
+    /// SSL_read_ex/SSL_write_ex: returns 1 and stores the count through the pointer passed as
+    /// this argument; any failure returns 0.
     CountOut(usize),
+    /// OpenSSL's internal read/write (ssl_read_internal, ssl_write_internal): like the _ex
+    /// forms, but 0 is the peer's end of stream and a retry is negative. The count pointer is
+    /// argument 3 (4 for OpenSSL 3.2's ssl_write_internal, which takes flags before it).
+    Internal(usize),
+}
+
+impl Form {
+    fn count_argument(self) -> Option<usize> {
+        match self {
+            Form::Counted => None,
+            Form::CountOut(index) | Form::Internal(index) => Some(index),
+        }
+    }
+
+    /// Whether a return value says the peer ended the stream (SSL_read's 0; the _ex forms
+    /// cannot tell it from a retry).
+    fn end_of_stream(self, result: i32) -> bool {
+        result == 0 && matches!(self, Form::Counted | Form::Internal(_))
+    }
 }
 
 #[map]
@@ -123,9 +141,9 @@ fn enter(ctx: &ProbeContext, call_syscall: u32, form: Form) -> Result<(), i64> {
     };
     let ssl: u64 = ctx.arg(0).ok_or(1i64)?;
     let buffer: u64 = ctx.arg(1).ok_or(1i64)?;
-    let length_out: u64 = match form {
-        Form::Counted => 0,
-        Form::CountOut(index) => ctx.arg(index).ok_or(1i64)?,
+    let length_out: u64 = match form.count_argument() {
+        None => 0,
+        Some(index) => ctx.arg(index).ok_or(1i64)?,
     };
     let key = SslKey {
         ssl,
@@ -169,6 +187,8 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, form: Form) -> Result<(), i64>
     }
     let _ = SSL_CALLS.remove(caller.pid_tgid);
     let mut call = call;
+    // The socket is known from this call's own syscall or the SSL object, not guessed.
+    let socket_known = call.fd >= 0;
     if call.fd < 0 && call.syscall != syscall::SSL_WRITE {
         // No syscall inside the call and none remembered: a memory-BIO library; the
         // ciphertext it decrypts is what this thread read last.
@@ -191,7 +211,13 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, form: Form) -> Result<(), i64>
         return Ok(());
     }
     let result: i32 = ctx.ret();
-    let moved: i64 = if matches!(form, Form::CountOut(_)) {
+    if call.syscall == syscall::SSL_READ && socket_known && form.end_of_stream(result) {
+        // The peer closed the TLS stream (close_notify or EOF), perhaps with no read() of ours
+        // seeing it: a fact user space needs (a backend that hung up before answering).
+        emit(caller, call.fd, call.syscall, 0, 0, Source::Counted);
+        return Ok(());
+    }
+    let moved: i64 = if form.count_argument().is_some() {
         if result != 1 {
             return Ok(());
         }
@@ -273,12 +299,25 @@ ssl_probes!(
     syscall::SSL_WRITE,
     Form::CountOut(3)
 );
-// OpenSSL 3.2's ssl_write_internal(s, buf, num, flags, written).
+// OpenSSL's internal functions behind SSL_read/SSL_read_ex and SSL_write/SSL_write_ex; 3.2's
+// ssl_write_internal(s, buf, num, flags, written) takes flags before the count.
+ssl_probes!(
+    ssl_read_internal_enter,
+    ssl_read_internal_exit,
+    syscall::SSL_READ,
+    Form::Internal(3)
+);
+ssl_probes!(
+    ssl_write_internal_enter,
+    ssl_write_internal_exit,
+    syscall::SSL_WRITE,
+    Form::Internal(3)
+);
 ssl_probes!(
     ssl_write_flags_enter,
     ssl_write_flags_exit,
     syscall::SSL_WRITE,
-    Form::CountOut(4)
+    Form::Internal(4)
 );
 // SSL_do_handshake, SSL_accept and SSL_connect: only to learn the SSL object's socket.
 ssl_probes!(

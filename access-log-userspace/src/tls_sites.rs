@@ -225,14 +225,14 @@ pub fn sites(data: &[u8]) -> Result<Vec<ProbeSite>, object::Error> {
     let write_programs = if symbols.contains_key("SSL_write_ex2") {
         ("ssl_write_flags_enter", "ssl_write_flags_exit")
     } else {
-        ("ssl_write_ex_enter", "ssl_write_ex_exit")
+        ("ssl_write_internal_enter", "ssl_write_internal_exit")
     };
     let families = [
         Family {
             plain: "SSL_read",
             extended: "SSL_read_ex",
             internal: "internal read",
-            programs: ("ssl_read_ex_enter", "ssl_read_ex_exit"),
+            programs: ("ssl_read_internal_enter", "ssl_read_internal_exit"),
         },
         Family {
             plain: "SSL_write",

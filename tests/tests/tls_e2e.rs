@@ -49,7 +49,8 @@ impl Setup {
             1,
             &format!(
                 "  server {{ listen 127.0.0.1:{tls_backend_port} ssl; ssl_certificate {cert}; \
-                 ssl_certificate_key {key}; location / {{ proxy_pass http://127.0.0.1:{}; }} }}",
+                 ssl_certificate_key {key}; location /hang-up/ {{ return 444; }} \
+                 location / {{ proxy_pass http://127.0.0.1:{}; }} }}",
                 backend.port()
             ),
             tls_backend_port,
@@ -64,6 +65,7 @@ impl Setup {
     ssl_certificate_key {key};
     location /plain/ {{ proxy_pass http://plain/v1/; proxy_http_version 1.1; proxy_set_header Connection ""; }}
     location /secure/ {{ proxy_pass https://127.0.0.1:{tls_backend_port}/v2/; }}
+    location /secure-closing/ {{ proxy_pass https://127.0.0.1:{tls_backend_port}/hang-up/; }}
     location /auth/ {{ if ($http_apikey = "") {{ return 401; }} proxy_pass http://plain; }}
     location / {{ return 404; }}
   }}
@@ -128,6 +130,22 @@ fn https_client_to_an_https_backend() {
         format!("https://127.0.0.1:{}/v2/z?k=v", setup.tls_backend_port)
     );
     assert_eq!(done[0]["ClientTLS"], "true");
+}
+
+#[test]
+fn https_backend_closing_before_answering_is_a_closed_connection_fault() {
+    let setup = Setup::start("tls-closing");
+    // The TLS backend closes the connection without an answer (nginx's 444).
+    assert_eq!(https(&[&setup.url("/secure-closing/x")]), vec![502]);
+    let events = setup.observer.wait_ended(1);
+    let errors = of(&events, "ERROR");
+    assert_eq!(errors.len(), 1, "{events:#?}");
+    assert_eq!(errors[0]["ErrorSource"], "fault");
+    assert_eq!(errors[0]["ERROR_CODE"], "101505", "{events:#?}");
+    assert_eq!(
+        errors[0]["RequestOutURL"],
+        format!("https://127.0.0.1:{}/hang-up/x", setup.tls_backend_port)
+    );
 }
 
 #[test]
