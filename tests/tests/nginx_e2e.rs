@@ -283,3 +283,61 @@ fn a_client_that_gives_up_is_reported_as_499() {
     );
     assert!(of(&events, "REQUEST_COMPLETE").is_empty());
 }
+
+#[test]
+fn a_backend_502_retried_on_the_next_server_is_one_request_with_two_attempts() {
+    require_root();
+    let backend = Backend::start().expect("starting a backend");
+    // An nginx nobody observes, answering 502 to everything: the first upstream server.
+    let failing_port = free_port();
+    let _failing = Gateway::nginx(
+        "retry-502-failing",
+        1,
+        &format!("  server {{ listen 127.0.0.1:{failing_port}; location / {{ return 502; }} }}"),
+        failing_port,
+    )
+    .expect("starting the failing server");
+    let port = free_port();
+    let block = format!(
+        "  log_format upstreams '$request_uri|$upstream_status';\n  \
+         upstream flaky {{ server 127.0.0.1:{failing_port}; server 127.0.0.1:{}; }}\n  \
+         server {{ listen 127.0.0.1:{port}; access_log logs/upstreams.log upstreams;\n    \
+         location / {{ proxy_pass http://flaky; proxy_next_upstream error http_502; }} }}",
+        backend.port()
+    );
+    let gateway = Gateway::nginx("retry-502", 1, &block, port).expect("starting nginx");
+    let observer = Observer::attach(gateway.master_pid(), &[]).expect("attaching");
+    let urls: Vec<String> = (1..=4)
+        .map(|i| format!("http://127.0.0.1:{port}/r{i}"))
+        .collect();
+    let args: Vec<&str> = urls.iter().map(String::as_str).collect();
+    assert_eq!(curl(&args), vec![200; 4]);
+    observer.wait_ended(4);
+    let events = observer.stop().0;
+    // nginx's own account of each request's attempts: "502, 200" or "200".
+    let log = std::fs::read_to_string(gateway.path("logs/upstreams.log")).expect("nginx's log");
+    let truth: Vec<(&str, &str)> = log.lines().filter_map(|l| l.split_once('|')).collect();
+    assert_eq!(truth.len(), 4, "{log}");
+    assert!(
+        truth.iter().any(|(_, s)| s.contains("502")),
+        "no retry happened: {log}"
+    );
+    assert!(of(&events, "ERROR").is_empty(), "{events:#?}");
+    let done = of(&events, "REQUEST_COMPLETE");
+    assert_eq!(done.len(), 4, "{events:#?}");
+    for (uri, statuses) in truth {
+        let event = done
+            .iter()
+            .find(|e| e["RequestInURL"] == uri)
+            .unwrap_or_else(|| panic!("no REQUEST_COMPLETE for {uri}: {events:#?}"));
+        assert_eq!(event["StatusCode"], 200);
+        let attempts = statuses.split(", ").count();
+        assert_eq!(
+            event["Attempts"], attempts as u64,
+            "{uri}: nginx says {statuses}"
+        );
+        if attempts > 1 {
+            assert_eq!(event["AttemptResults"], statuses, "{uri}");
+        }
+    }
+}

@@ -123,15 +123,31 @@ struct InboundRequest {
     received_ns: u64,
     attempts: Vec<Attempt>,
     backend_answered: bool,
+    /// A backend's answer the gateway may still retry (a 5xx or 429, as nginx's
+    /// proxy_next_upstream http_5xx does): (attempt index, status, when). It ends the request
+    /// when the gateway passes it on, and becomes a failed attempt when another one starts.
+    retryable_answer: Option<(usize, u16, u64)>,
     /// The client's connection was TLS.
     tls: bool,
 }
 
 impl InboundRequest {
-    /// Still needs a backend: nothing answered it and no attempt is under way.
+    /// Still needs a backend: nothing answered it for good and no attempt is under way.
     fn awaiting_backend(&self) -> bool {
         !self.backend_answered && !self.attempts.iter().any(Attempt::in_progress)
     }
+
+    /// A new attempt starts: an answer held back as retryable was a failed attempt.
+    fn start_attempt(&mut self, attempt: Attempt) {
+        self.retryable_answer = None;
+        self.attempts.push(attempt);
+    }
+}
+
+/// Whether a gateway may try another backend after this answer (nginx: proxy_next_upstream
+/// http_500 ... http_504, http_429; Apache: failonstatus).
+fn retryable(status: u16) -> bool {
+    status >= 500 || status == 429
 }
 
 /// What the pipeline needs besides records.
@@ -310,7 +326,7 @@ impl Pipeline {
                     self.outbound_request(key, thread, request)
                 }
                 (Direction::Outbound, Head::Response(response)) => {
-                    self.backend_response(key, response, at, out)
+                    self.backend_response(key, thread, response, at, out)
                 }
             }
         }
@@ -332,7 +348,7 @@ impl Pipeline {
         let failed = result < 0 && result != EINPROGRESS;
         if let Some((id, confidence)) = self.link_connect(thread) {
             if let Some(request) = self.requests.get_mut(&id) {
-                request.attempts.push(Attempt {
+                request.start_attempt(Attempt {
                     connection: key,
                     remote,
                     method: None,
@@ -383,6 +399,7 @@ impl Pipeline {
             received_ns: at,
             attempts: Vec::new(),
             backend_answered: false,
+            retryable_answer: None,
             tls: connection.tls,
         };
         out.push(report::incoming(&request, self.clock.wall(at)));
@@ -421,7 +438,7 @@ impl Pipeline {
                 attempt.confidence = confidence;
                 attempt.tls = tls;
             }
-            None => request.attempts.push(Attempt {
+            None => request.start_attempt(Attempt {
                 connection: key,
                 remote,
                 method: Some(head.method),
@@ -444,6 +461,7 @@ impl Pipeline {
     fn backend_response(
         &mut self,
         key: ConnectionKey,
+        thread: ThreadKey,
         response: ResponseHead,
         at: u64,
         out: &mut Vec<Event>,
@@ -462,13 +480,44 @@ impl Pipeline {
             return;
         };
         request.attempts[index].outcome = AttemptOutcome::Answered(response.status);
+        if retryable(response.status) {
+            // Wait: the gateway may try another backend; the thread that read this answer
+            // is the one that would.
+            request.retryable_answer = Some((index, response.status, at));
+            self.thread(thread).retry_for = Some(id);
+            return;
+        }
+        self.complete(id, index, response.status, at, out);
+    }
+
+    /// REQUEST_COMPLETE: the backend's answer on attempt `index` ends the request.
+    fn complete(&mut self, id: u64, index: usize, status: u16, at: u64, out: &mut Vec<Event>) {
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
+        };
         request.backend_answered = true;
-        let event = report::complete(request, index, response.status, at, self.clock.wall(at));
+        request.retryable_answer = None;
+        let event = report::complete(request, index, status, at, self.clock.wall(at));
         if request.attempts[index].confidence == Confidence::Low {
             self.stats.low_confidence += 1;
         }
         out.push(event);
         self.stats.complete += 1;
+    }
+
+    /// The request ends with the retryable answer it holds, if any (the gateway passed it on,
+    /// or the client left): returns whether it did.
+    fn complete_held(&mut self, request: &InboundRequest, out: &mut Vec<Event>) -> bool {
+        let Some((index, status, at)) = request.retryable_answer else {
+            return false;
+        };
+        let event = report::complete(request, index, status, at, self.clock.wall(at));
+        if request.attempts[index].confidence == Confidence::Low {
+            self.stats.low_confidence += 1;
+        }
+        out.push(event);
+        self.stats.complete += 1;
+        true
     }
 
     fn gateway_response(
@@ -484,7 +533,7 @@ impl Pipeline {
         let Some(request) = self.forget(id) else {
             return;
         };
-        if request.backend_answered {
+        if request.backend_answered || self.complete_held(&request, out) {
             return;
         }
         if let Some(event) = report::error(&request, response.status, self.clock.wall(at)) {
@@ -588,7 +637,7 @@ impl Pipeline {
                     let Some(request) = self.forget(id) else {
                         continue;
                     };
-                    if request.backend_answered {
+                    if request.backend_answered || self.complete_held(&request, out) {
                         continue;
                     }
                     if let Some(event) = report::client_gone(&request, self.clock.wall(at)) {

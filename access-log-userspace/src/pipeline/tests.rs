@@ -372,6 +372,74 @@ fn a_body_read_after_other_requests_binds_the_connect_to_its_own_request() {
 }
 
 #[test]
+fn a_retry_after_a_backend_502_is_the_same_request_and_the_502_a_failed_attempt() {
+    // nginx with proxy_next_upstream http_502: the first backend answers 502 on a kept-alive
+    // connection, the gateway sends the request to the next one.
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /orders/f?q=1 HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    s.data(
+        20,
+        syscall::WRITEV,
+        b"GET /v1/orders/f?q=1 HTTP/1.1\r\n\r\n",
+    );
+    s.data(
+        20,
+        syscall::RECVFROM,
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(s.of(EventKind::RequestComplete).is_empty(), "held back");
+    s.connect(21, -115);
+    s.data(
+        21,
+        syscall::WRITEV,
+        b"GET /v1/orders/f?q=1 HTTP/1.1\r\n\r\n",
+    );
+    s.data(
+        21,
+        syscall::RECVFROM,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1, "{:#?}", s.events);
+    assert_eq!(done[0].get("StatusCode"), Some(&Value::Integer(200)));
+    assert_eq!(done[0].get("Attempts"), Some(&Value::Integer(2)));
+    assert_eq!(done[0].text("AttemptResults"), Some("502, 200"));
+    assert!(s.of(EventKind::Error).is_empty());
+    assert_eq!(s.pipeline.stats().unlinked_outbound, 0);
+}
+
+#[test]
+fn a_backend_502_the_gateway_passes_on_completes_the_request() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /orders/g HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    s.data(20, syscall::WRITEV, b"GET /v1/orders/g HTTP/1.1\r\n\r\n");
+    s.data(
+        20,
+        syscall::RECVFROM,
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+    );
+    s.data(
+        5,
+        syscall::WRITEV,
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+    );
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1, "{:#?}", s.events);
+    assert_eq!(done[0].get("StatusCode"), Some(&Value::Integer(502)));
+    assert_eq!(done[0].get("Attempts"), Some(&Value::Integer(1)));
+    assert!(s.of(EventKind::Error).is_empty());
+}
+
+#[test]
 fn a_retry_after_a_refused_connect_is_the_same_request_and_counted() {
     let mut s = Script::new(CATALOG);
     s.accept(5);
