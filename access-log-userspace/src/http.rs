@@ -484,13 +484,15 @@ fn looks_like_head(bytes: &[u8], side: Side) -> bool {
             let Some(space) = bytes.iter().take(16).position(|&b| b == b' ') else {
                 return false;
             };
+            // A read may end right after the method (`GET `, a client writing its head in
+            // pieces): the target comes with the next read.
             space > 0
                 && bytes[..space]
                     .iter()
                     .all(|b| b.is_ascii_uppercase() || *b == b'-')
                 && bytes
                     .get(space + 1)
-                    .is_some_and(|b| *b == b'/' || *b == b'*' || b.is_ascii_alphabetic())
+                    .is_none_or(|b| *b == b'/' || *b == b'*' || b.is_ascii_alphabetic())
         }
     }
 }
@@ -577,6 +579,18 @@ mod tests {
         };
         assert_eq!(&*head.target, "/a?b=1");
         assert_eq!(head.user_agent.as_deref(), Some("ua/1"));
+    }
+
+    #[test]
+    fn a_resynced_stream_takes_a_head_whose_first_read_ends_after_the_method() {
+        let mut stream = Stream::new(Side::Requests);
+        stream.resync();
+        assert!(stream.feed(b"GET ", 0).is_empty());
+        assert!(stream.feed(b"/after?k=1", 0).is_empty());
+        assert_eq!(
+            stream.feed(b" HTTP/1.1\r\nHost: t\r\n\r\n", 0),
+            vec![request("GET", "/after?k=1")]
+        );
     }
 
     #[test]

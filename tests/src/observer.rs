@@ -86,9 +86,15 @@ impl Attached {
     }
 
     /// Stops it with SIGTERM; returns every stderr line it printed (notes, summary, ...).
-    pub fn stop(mut self) -> Result<Vec<String>, String> {
+    pub fn stop(self) -> Result<Vec<String>, String> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait()
+    }
+
+    /// Waits for it to end by itself (`--duration`); returns every stderr line it printed, or
+    /// an error when it failed.
+    pub fn wait(mut self) -> Result<Vec<String>, String> {
         let status = self.child.wait().map_err(|e| e.to_string())?;
         // The reader thread sends the last lines before the pipe closes.
         let mut lines = std::mem::take(&mut self.before);

@@ -341,3 +341,104 @@ fn a_backend_502_retried_on_the_next_server_is_one_request_with_two_attempts() {
         }
     }
 }
+
+/// One request on a kept-alive raw connection; returns the status.
+fn request_on(stream: &mut std::net::TcpStream, path: &str) -> u16 {
+    use std::io::{BufRead, BufReader, Read, Write};
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUser-Agent: early/1\r\n\r\n"
+    )
+    .expect("sending");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("header");
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).expect("body");
+    status
+}
+
+#[test]
+fn a_client_connection_open_before_attach_is_followed() {
+    require_root();
+    let backend = Backend::start().expect("starting a backend");
+    let inventory = Backend::start().expect("starting a backend");
+    let port = free_port();
+    let block = demo::nginx_http_block(port, backend.port(), inventory.port(), free_port());
+    let gateway = Gateway::nginx("early", 1, &block, port).expect("starting nginx");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    assert_eq!(request_on(&mut stream, "/orders/before"), 200);
+    let observer = Observer::attach(gateway.master_pid(), &[]).expect("attaching");
+    assert_eq!(request_on(&mut stream, "/orders/after?k=1"), 200);
+    observer.wait_ended(1);
+    let (events, stderr) = observer.stop();
+    let incoming = of(&events, "INCOMING_REQUEST");
+    assert_eq!(incoming.len(), 1, "{events:#?}\n{stderr}");
+    assert_eq!(incoming[0]["RequestInURL"], "/orders/after?k=1");
+    // The peer address came from /proc: no accept was seen.
+    assert_eq!(incoming[0]["RemoteIP"], "127.0.0.1");
+    let done = ending(&events, incoming[0]).expect("an ending event");
+    assert_eq!(done["Event"], "REQUEST_COMPLETE");
+    assert_eq!(done["StatusCode"], 200);
+}
+
+#[test]
+fn output_file_is_appended_in_kv_and_duration_ends_the_run() {
+    require_root();
+    let backend = Backend::start().expect("starting a backend");
+    let inventory = Backend::start().expect("starting a backend");
+    let port = free_port();
+    let block = demo::nginx_http_block(port, backend.port(), inventory.port(), free_port());
+    let gateway = Gateway::nginx("output", 1, &block, port).expect("starting nginx");
+    let file = gateway.path("events.log");
+    std::fs::write(&file, "an earlier line\n").unwrap();
+    for run in 1..=2 {
+        let mut command = std::process::Command::new(tests::observer::binary());
+        command
+            .args(["attach", "--pid", &gateway.master_pid().to_string()])
+            .args(["--duration", "3", "--output"])
+            .arg(&file);
+        let started = std::time::Instant::now();
+        let attached = tests::observer::Attached::start(command, false).expect("attaching");
+        let url = format!("http://127.0.0.1:{port}/orders/run{run}?x=\"q\"");
+        assert_eq!(curl(&[&url]), vec![200]);
+        // --duration ends it by itself, with its summary, exit status 0.
+        let stderr = attached.wait().expect("the observer ends");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            stderr
+                .iter()
+                .any(|l| l.starts_with("summary: 1 INCOMING_REQUEST")),
+            "{stderr:?}"
+        );
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "an earlier line", "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
+    for (line, run) in [(lines[1], 1), (lines[3], 2)] {
+        // kv by default for a file: a timestamp, then Key="value" pairs, quotes escaped.
+        assert!(line.contains(" Event=\"INCOMING_REQUEST\", "), "{line}");
+        assert!(
+            line.contains(&format!("RequestInURL=\"/orders/run{run}?x=\\\"q\\\"\"")),
+            "{line}"
+        );
+    }
+    assert!(
+        lines[2].contains("Event=\"REQUEST_COMPLETE\""),
+        "{}",
+        lines[2]
+    );
+}
