@@ -18,6 +18,8 @@ struct Setup {
     _tls_backend: Gateway,
     backend: Backend,
     tls_backend_port: u16,
+    /// A plaintext listener on the same server, for traffic mixed with TLS.
+    plain_port: u16,
     cert_dir: PathBuf,
 }
 
@@ -41,6 +43,7 @@ impl Setup {
         let backend = Backend::start().expect("starting a backend");
         let tls_backend_port = free_port();
         let port = free_port();
+        let plain_port = free_port();
         // The TLS backend: an nginx (not observed) terminating TLS in front of the backend.
         let (cert_dir, cert, key) = certificates(name);
         let (cert, key) = (cert.display(), key.display());
@@ -61,6 +64,7 @@ impl Setup {
   upstream plain {{ server 127.0.0.1:{b}; keepalive 8; }}
   server {{
     listen 127.0.0.1:{port} ssl;
+    listen 127.0.0.1:{plain_port};
     ssl_certificate {cert};
     ssl_certificate_key {key};
     location /plain/ {{ proxy_pass http://plain/v1/; proxy_http_version 1.1; proxy_set_header Connection ""; }}
@@ -80,6 +84,7 @@ impl Setup {
             _tls_backend: tls_backend,
             backend,
             tls_backend_port,
+            plain_port,
             cert_dir,
         }
     }
@@ -169,6 +174,37 @@ fn keep_alive_https_client() {
             done["RequestOutURL"],
             format!("http://127.0.0.1:{}/v1{path}", setup.backend.port())
         );
+    }
+}
+
+#[test]
+fn plaintext_and_tls_clients_mixed_get_the_same_fields() {
+    let setup = Setup::start("tls-mixed");
+    let plain = format!("http://127.0.0.1:{}/plain/m?via=http", setup.plain_port);
+    for round in 0..3 {
+        assert_eq!(
+            https(&[&setup.url("/plain/m?via=https")]),
+            vec![200],
+            "{round}"
+        );
+        assert_eq!(curl(&[&plain]), vec![200], "{round}");
+    }
+    let events = setup.observer.wait_ended(6);
+    let incoming = of(&events, "INCOMING_REQUEST");
+    assert_eq!(incoming.len(), 6, "{events:#?}");
+    let keys = |e: &Value| {
+        let mut keys: Vec<String> = e.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    for request in &incoming {
+        let tls = request["RequestInURL"] == "/plain/m?via=https";
+        assert_eq!(request["ClientTLS"], if tls { "true" } else { "false" });
+        let done = ending(&events, request).expect("an ending event");
+        assert_eq!(done["Event"], "REQUEST_COMPLETE");
+        assert_eq!(done["StatusCode"], 200);
+        assert_eq!(keys(request), keys(incoming[0]));
+        assert_eq!(keys(done), keys(ending(&events, incoming[0]).unwrap()));
     }
 }
 
