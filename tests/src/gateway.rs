@@ -94,6 +94,10 @@ impl Gateway {
              LoadModule rewrite_module {modules}/mod_rewrite.so\n\
              LoadModule proxy_module {modules}/mod_proxy.so\n\
              LoadModule proxy_http_module {modules}/mod_proxy_http.so\n\
+             LoadModule slotmem_shm_module {modules}/mod_slotmem_shm.so\n\
+             LoadModule proxy_balancer_module {modules}/mod_proxy_balancer.so\n\
+             LoadModule lbmethod_byrequests_module {modules}/mod_lbmethod_byrequests.so\n\
+             DefaultRuntimeDir {d}\n\
              User nobody\nGroup nogroup\nStartServers 2\nServerLimit 4\nThreadsPerChild 32\n\
              MaxRequestWorkers 128\nListen 127.0.0.1:{port}\n{body}\n"
         );

@@ -131,8 +131,15 @@ pub fn compare(
         if let Some(expected) = planned.route.expected_error() {
             report.errors_expected += 1;
             let got = ending.filter(|e| text(e, "Event") == "ERROR");
+            let source = planned.route.expected_source().unwrap_or_default();
             match got {
-                Some(event) if text(event, "ERROR_CODE") == expected => report.errors_correct += 1,
+                Some(event)
+                    if text(event, "ERROR_CODE") == expected
+                        && text(event, "ErrorSource") == source
+                        && !text(event, "ERROR_MESSAGE").is_empty() =>
+                {
+                    report.errors_correct += 1
+                }
                 other => report.note(format!(
                     "n={} {:?}: expected ERROR {expected}, got {}",
                     planned.token,

@@ -47,7 +47,11 @@ RewriteCond %{{HTTP:apikey}} ^$
 RewriteRule ^/auth/ - [R=401,L]
 RewriteCond %{{HTTP:apikey}} !^{RIGHT_KEY}$
 RewriteRule ^/auth/ - [R=401,L]
-ProxyPass /pool/ http://127.0.0.1:{one}/v1/pool/
+<Proxy balancer://pool>
+  BalancerMember http://127.0.0.1:{one}
+  BalancerMember http://127.0.0.1:{two}
+</Proxy>
+ProxyPass /pool/ balancer://pool/v1/pool/
 ProxyPass /auth/ http://127.0.0.1:{one}/v1/auth/
 ProxyPass /fresh/ http://127.0.0.1:{two}/v2/fresh/ disablereuse=On
 ProxyPass /down/ http://127.0.0.1:{dead}/ retry=0

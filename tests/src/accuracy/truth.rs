@@ -51,9 +51,9 @@ pub fn parse_nginx_truth(log: &str) -> HashMap<u64, Truth> {
         .collect()
 }
 
-/// Apache's ground-truth line: `%>s|%U%q`; the backend address comes from the route, since
-/// Apache does not log it.
-pub const APACHE_TRUTH_FORMAT: &str = "%>s|%U%q";
+/// Apache's ground-truth line: `%>s|%U%q|%{BALANCER_WORKER_NAME}e`; the balancer names the
+/// member it chose, a route with one backend names none (it comes from the route).
+pub const APACHE_TRUTH_FORMAT: &str = "%>s|%U%q|%{BALANCER_WORKER_NAME}e";
 
 pub fn parse_apache_truth(
     log: &str,
@@ -61,11 +61,21 @@ pub fn parse_apache_truth(
 ) -> HashMap<u64, Truth> {
     log.lines()
         .filter_map(|line| {
-            let (status, url) = line.split_once('|')?;
-            let status: u16 = status.trim().parse().ok()?;
+            let mut fields = line.split('|');
+            let status: u16 = fields.next()?.trim().parse().ok()?;
+            let url = fields.next()?;
+            let worker = fields
+                .next()
+                .map(str::trim)
+                .filter(|w| !w.is_empty() && *w != "-")
+                .map(|w| {
+                    w.trim_start_matches("http://")
+                        .trim_end_matches('/')
+                        .to_owned()
+                });
             let token = token_of(url)?;
             let path = url.split('?').next()?;
-            let upstream = match backend_of(path) {
+            let upstream = match worker.or_else(|| backend_of(path)) {
                 Some(address) if status < 500 => vec![(address, status.to_string())],
                 _ => Vec::new(),
             };
