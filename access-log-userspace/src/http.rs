@@ -330,11 +330,99 @@ enum Parsed {
     Invalid,
 }
 
-fn header_value<'h>(headers: &'h [httparse::Header<'_>], name: &str) -> Option<&'h [u8]> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value)
+/// The headers the observer reads, found in one pass (the first of each name counts).
+#[derive(Default)]
+struct Known<'h> {
+    user_agent: Option<&'h [u8]>,
+    content_length: Option<&'h [u8]>,
+    transfer_encoding: Option<&'h [u8]>,
+    upgrade: bool,
+    connection: Option<&'h [u8]>,
+    credentials: bool,
+    /// The first configured id header present, by its place in the configuration.
+    correlation: Option<(usize, &'h [u8])>,
+}
+
+impl<'h> Known<'h> {
+    fn scan(headers: &'h [httparse::Header<'_>], id_headers: &[String]) -> Self {
+        let mut known = Known::default();
+        for header in headers {
+            let name = header.name;
+            let first = |slot: &mut Option<&'h [u8]>| {
+                if slot.is_none() {
+                    *slot = Some(header.value);
+                }
+            };
+            // Lengths first: most names are ruled out without comparing bytes.
+            match name.len() {
+                10 if name.eq_ignore_ascii_case("user-agent") => first(&mut known.user_agent),
+                10 if name.eq_ignore_ascii_case("connection") => first(&mut known.connection),
+                14 if name.eq_ignore_ascii_case("content-length") => {
+                    first(&mut known.content_length)
+                }
+                17 if name.eq_ignore_ascii_case("transfer-encoding") => {
+                    first(&mut known.transfer_encoding)
+                }
+                7 if name.eq_ignore_ascii_case("upgrade") => known.upgrade = true,
+                _ => {}
+            }
+            if CREDENTIAL_HEADERS
+                .iter()
+                .any(|c| c.len() == name.len() && c.eq_ignore_ascii_case(name))
+            {
+                known.credentials = true;
+            }
+            if let Some(index) = id_headers
+                .iter()
+                .position(|id| id.len() == name.len() && id.eq_ignore_ascii_case(name))
+            {
+                if known.correlation.is_none_or(|(best, _)| index < best) {
+                    known.correlation = Some((index, header.value));
+                }
+            }
+        }
+        known
+    }
+
+    /// Body framing from Content-Length and Transfer-Encoding (chunked wins, as RFC 9112 says).
+    fn body_framing(&self) -> Option<State> {
+        if let Some(te) = self.transfer_encoding {
+            if te
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| text(last).trim().eq_ignore_ascii_case("chunked"))
+            {
+                return Some(State::Chunked(Chunked::Size));
+            }
+            return None;
+        }
+        let length: u64 = std::str::from_utf8(self.content_length?)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(if length == 0 {
+            State::Head
+        } else {
+            State::Body(length)
+        })
+    }
+
+    /// The exact-link value of a request: `name:value` of the first configured id header
+    /// present (for traceparent only its trace id, which a proxy keeps).
+    fn correlation(&self, id_headers: &[String]) -> Option<String> {
+        let (index, value) = self.correlation?;
+        let name = &id_headers[index];
+        let value = text(value);
+        let value = value.trim();
+        // traceparent: version-traceid-parentid-flags.
+        let value = if name == "traceparent" {
+            value.split('-').nth(1)?
+        } else {
+            value
+        };
+        (!value.is_empty()).then(|| format!("{name}:{value}"))
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -357,27 +445,6 @@ fn method_text(method: &str) -> Text {
     }
 }
 
-/// Body framing from Content-Length and Transfer-Encoding (chunked wins, as RFC 9112 says).
-fn body_framing(headers: &[httparse::Header<'_>]) -> Option<State> {
-    if let Some(te) = header_value(headers, "transfer-encoding") {
-        if te
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|last| text(last).trim().eq_ignore_ascii_case("chunked"))
-        {
-            return Some(State::Chunked(Chunked::Size));
-        }
-        return None;
-    }
-    let length = header_value(headers, "content-length")?;
-    let length: u64 = std::str::from_utf8(length).ok()?.trim().parse().ok()?;
-    Some(if length == 0 {
-        State::Head
-    } else {
-        State::Body(length)
-    })
-}
-
 fn query_has_credentials(target: &str) -> bool {
     let Some((_, query)) = target.split_once('?') else {
         return false;
@@ -390,21 +457,6 @@ fn query_has_credentials(target: &str) -> bool {
     })
 }
 
-/// The exact-link value of a request: the first configured id header present.
-fn correlation(headers: &[httparse::Header<'_>], id_headers: &[String]) -> Option<String> {
-    id_headers.iter().find_map(|name| {
-        let value = text(header_value(headers, name)?);
-        let value = value.trim();
-        // traceparent: version-traceid-parentid-flags; a proxy keeps the trace id only.
-        let value = if name == "traceparent" {
-            value.split('-').nth(1)?
-        } else {
-            value
-        };
-        (!value.is_empty()).then(|| format!("{name}:{value}"))
-    })
-}
-
 fn parse_request(bytes: &[u8], id_headers: &[String]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -412,28 +464,25 @@ fn parse_request(bytes: &[u8], id_headers: &[String]) -> Parsed {
         Ok(httparse::Status::Complete(length)) => {
             let method = method_text(request.method.unwrap_or_default());
             let target: Arc<str> = Arc::from(request.path.unwrap_or_default());
-            let headers = request.headers;
-            let upgrade = header_value(headers, "upgrade").is_some()
+            let known = Known::scan(request.headers, id_headers);
+            let upgrade = known.upgrade
                 && method.eq_ignore_ascii_case("GET")
-                && header_value(headers, "connection")
+                && known
+                    .connection
                     .is_some_and(|c| text(c).to_ascii_lowercase().contains("upgrade"));
             let next = if upgrade {
                 State::Opaque
             } else {
-                body_framing(headers).unwrap_or(State::Head)
+                known.body_framing().unwrap_or(State::Head)
             };
-            let has_credentials = CREDENTIAL_HEADERS
-                .iter()
-                .any(|name| header_value(headers, name).is_some())
-                || query_has_credentials(&target);
             let head = RequestHead {
                 method,
+                has_credentials: known.credentials || query_has_credentials(&target),
                 target,
-                user_agent: header_value(headers, "user-agent").map(shared_text),
-                has_credentials,
-                correlation: correlation(headers, id_headers),
-                conflicting_framing: header_value(headers, "content-length").is_some()
-                    && header_value(headers, "transfer-encoding").is_some(),
+                user_agent: known.user_agent.map(shared_text),
+                correlation: known.correlation(id_headers),
+                conflicting_framing: known.content_length.is_some()
+                    && known.transfer_encoding.is_some(),
                 truncated: false,
             };
             Parsed::Complete(Head::Request(head), length, next)
@@ -459,7 +508,9 @@ fn parse_response(bytes: &[u8], to_head_request: Option<bool>) -> Parsed {
             {
                 State::Head
             } else {
-                body_framing(response.headers).unwrap_or(State::UntilClose)
+                Known::scan(response.headers, &[])
+                    .body_framing()
+                    .unwrap_or(State::UntilClose)
             };
             let head = ResponseHead {
                 status,

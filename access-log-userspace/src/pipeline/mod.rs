@@ -73,8 +73,9 @@ pub struct PipelineStats {
 
 struct Connection {
     direction: Direction,
-    remote: Option<SocketAddr>,
-    /// The remote address as event text, made once for all the connection's requests.
+    /// The remote address (`ip:port`) and its IP as event text, made once for all the
+    /// connection's requests.
+    remote_address: Option<Arc<str>>,
     remote_ip: Option<Arc<str>>,
     requests: Stream,
     responses: Stream,
@@ -96,7 +97,8 @@ struct Connection {
 
 struct Attempt {
     connection: ConnectionKey,
-    remote: Option<SocketAddr>,
+    /// The backend's address as event text (`ip:port`).
+    address: Option<Arc<str>>,
     method: Option<Text>,
     target: Option<Arc<str>>,
     outcome: AttemptOutcome,
@@ -202,7 +204,7 @@ impl Pipeline {
     fn new_connection(&self, direction: Direction, remote: Option<SocketAddr>) -> Connection {
         Connection {
             direction,
-            remote,
+            remote_address: remote.map(|r| Arc::from(r.to_string())),
             remote_ip: remote.map(|r| Arc::from(r.ip().to_string())),
             requests: Stream::with_id_headers(Side::Requests, self.id_headers.clone()),
             responses: Stream::with_id_headers(Side::Responses, self.id_headers.clone()),
@@ -350,7 +352,7 @@ impl Pipeline {
             if let Some(request) = self.requests.get_mut(&id) {
                 request.start_attempt(Attempt {
                     connection: key,
-                    remote,
+                    address: connection.remote_address.clone(),
                     method: None,
                     target: None,
                     outcome: if failed {
@@ -413,7 +415,7 @@ impl Pipeline {
             return;
         };
         connection.responses.expect_response_to(&head.method);
-        let remote = connection.remote;
+        let address = connection.remote_address.clone();
         let tls = connection.tls;
         let bound = connection.bound.take();
         let link = self.link_request(key, thread, bound, &head);
@@ -440,7 +442,7 @@ impl Pipeline {
             }
             None => request.start_attempt(Attempt {
                 connection: key,
-                remote,
+                address,
                 method: Some(head.method),
                 target: Some(head.target),
                 outcome: AttemptOutcome::Sent,

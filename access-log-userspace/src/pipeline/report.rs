@@ -35,12 +35,14 @@ fn incoming_fields(request: &InboundRequest, fields: Fields) -> Fields {
 }
 
 fn url(attempt: &Attempt) -> Option<String> {
-    let remote = attempt.remote?;
-    let scheme = if attempt.tls { "https" } else { "http" };
-    Some(format!(
-        "{scheme}://{remote}{}",
-        attempt.target.as_deref().unwrap_or("")
-    ))
+    let address = attempt.address.as_deref()?;
+    let scheme = if attempt.tls { "https://" } else { "http://" };
+    let target = attempt.target.as_deref().unwrap_or("");
+    let mut url = String::with_capacity(scheme.len() + address.len() + target.len());
+    url.push_str(scheme);
+    url.push_str(address);
+    url.push_str(target);
+    Some(url)
 }
 
 fn outcome_text(outcome: AttemptOutcome) -> String {
@@ -71,7 +73,7 @@ fn attempt_fields(request: &InboundRequest, fields: Fields) -> Fields {
     fields
         .text(
             "AttemptAddresses",
-            join(&|a| a.remote.map(|r| r.to_string()).unwrap_or_default()),
+            join(&|a| a.address.as_deref().unwrap_or_default().to_owned()),
         )
         .text("AttemptResults", join(&|a| outcome_text(a.outcome)))
 }
