@@ -229,7 +229,7 @@ fn pretty_line(event: &Event, color: bool, out: &mut String) {
         EventKind::IncomingRequest => {
             out.push_str(&paint("36", "IN   "));
             out.push_str(&format!(
-                " {} {}  api={} from={} ua={:?}",
+                " {} {}  api={} from={} ua=\"{}\"",
                 field("RequestInMethod"),
                 field("RequestInURL"),
                 field("API"),
@@ -291,6 +291,24 @@ mod tests {
         assert!(line.contains(r#"UserAgent="x\", Event=\"ERROR\nfake \\ line\u{0001}""#));
         assert!(line.contains(r#"RequestInURL="/a?b=\"c\"""#));
         assert_eq!(line.matches("Event=\"").count(), 1);
+    }
+
+    #[test]
+    fn pretty_escapes_too() {
+        let mut line = String::new();
+        pretty_line(&event("a\nb\"c\u{7f}\u{85}"), false, &mut line);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains(r#"a\nb\"c\u{007f}\u{0085}"#), "{line}");
+    }
+
+    #[test]
+    fn ordinary_text_is_copied_whole_and_c1_controls_escaped() {
+        let mut out = String::new();
+        escape_quoted("/caf\u{e9}?q=\u{2603}", &mut out);
+        assert_eq!(out, "/caf\u{e9}?q=\u{2603}");
+        out.clear();
+        escape_quoted("x\u{9f}y\u{a0}", &mut out);
+        assert_eq!(out, "x\\u{009f}y\u{a0}");
     }
 
     #[test]

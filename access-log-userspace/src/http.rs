@@ -645,6 +645,16 @@ mod tests {
     }
 
     #[test]
+    fn invalid_utf8_in_a_header_value_becomes_the_replacement_character() {
+        let mut stream = Stream::new(Side::Requests);
+        let heads = stream.feed(b"GET /u HTTP/1.1\r\nUser-Agent: a\xffb\r\n\r\n", 0);
+        let [Head::Request(head)] = heads.as_slice() else {
+            panic!("{heads:?}")
+        };
+        assert_eq!(head.user_agent.as_deref(), Some("a\u{fffd}b"));
+    }
+
+    #[test]
     fn pipelined_requests_with_bodies() {
         let raw = b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /y HTTP/1.1\r\n\r\n";
         let mut stream = Stream::new(Side::Requests);

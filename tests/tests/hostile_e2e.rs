@@ -249,3 +249,116 @@ fn origin_form(target: &str) -> String {
     }
     target.to_owned()
 }
+
+/// Sends `head`, waits for the interim `100 Continue`, then sends `body`; returns the answer.
+fn send_expecting_continue(port: u16, head: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    stream.write_all(head).unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).expect("the interim answer");
+    assert!(interim.starts_with(b"HTTP/1.1 100 Continue"), "{interim:?}");
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+/// Sends raw bytes and reads until the gateway closes, without half-closing first (nginx
+/// takes a client's FIN while a request is proxied as the client leaving: a 499).
+fn send_whole(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    stream.write_all(bytes).expect("sending");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn odd_but_valid_http_from_a_raw_socket_gives_the_right_events() {
+    let setup = start("odd", false);
+    let port = setup.gateway.port;
+    // HTTP/1.0, closed after the answer.
+    send_whole(port, b"GET /orders/h10 HTTP/1.0\r\n\r\n");
+    // HTTP/1.0 kept alive, then a second request pipelined (which ends the connection).
+    send_whole(
+        port,
+        b"GET /orders/h10ka-1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n\
+          GET /orders/h10ka-2 HTTP/1.0\r\n\r\n",
+    );
+    // HTTP/1.1 with Connection: close.
+    send_whole(
+        port,
+        b"GET /orders/close HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    // A 304 and a HEAD answer carry no body: the request after each must still be found.
+    send_whole(
+        port,
+        b"GET /orders/not-modified HTTP/1.1\r\nHost: x\r\nX-Want-Status: 304\r\n\r\n\
+          HEAD /orders/head HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /orders/after-bodyless HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    // A body far beyond the capture window, then a pipelined request.
+    let mut big =
+        b"POST /orders/big HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'b', 200_000));
+    big.extend_from_slice(
+        b"GET /orders/after-big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    send_whole(port, &big);
+    // Expect: 100-continue: the interim 100 is not the answer.
+    let answer = send_expecting_continue(
+        port,
+        b"POST /orders/continue HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+          Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        b"hello",
+    );
+    assert!(
+        String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A head the client abandons halfway is no request.
+    send_raw(port, b"GET /orders/cut HTTP/1.1\r\nHost: x\r\nUser-Ag");
+    let expected = [
+        ("/orders/h10", 200),
+        ("/orders/h10ka-1", 200),
+        ("/orders/h10ka-2", 200),
+        ("/orders/close", 200),
+        ("/orders/not-modified", 304),
+        ("/orders/head", 200),
+        ("/orders/after-bodyless", 200),
+        ("/orders/big", 200),
+        ("/orders/after-big", 200),
+        ("/orders/continue", 200),
+    ];
+    setup.observer.wait_ended(expected.len());
+    let (events, stderr) = setup.observer.stop();
+    let incoming = of(&events, "INCOMING_REQUEST");
+    assert_eq!(incoming.len(), expected.len(), "{events:#?}\n{stderr}");
+    assert!(of(&events, "ERROR").is_empty(), "{events:#?}");
+    for (url, status) in expected {
+        let request = incoming
+            .iter()
+            .find(|e| e["RequestInURL"] == url)
+            .unwrap_or_else(|| panic!("no INCOMING_REQUEST for {url}: {events:#?}"));
+        let done = tests::observer::ending(&events, request)
+            .unwrap_or_else(|| panic!("no ending for {url}: {events:#?}"));
+        assert_eq!(done["Event"], "REQUEST_COMPLETE", "{url}");
+        assert_eq!(done["StatusCode"], status, "{url}");
+        let path = url.trim_start_matches("/orders/");
+        assert!(
+            done["RequestOutURL"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/v1/orders/{path}")),
+            "{url}: {done}"
+        );
+    }
+    assert!(!events.iter().any(|e| e.to_string().contains("/orders/cut")));
+}
