@@ -71,7 +71,6 @@ fn llhttp_request_fixtures_replay_to_their_heads() {
         );
     }
     writer.flush().unwrap();
-    drop(writer);
     let path = std::env::temp_dir().join(format!("access-log-llhttp-{}.alrec", std::process::id()));
     std::fs::write(&path, &file).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_access-log"))
