@@ -278,9 +278,31 @@ https.createServer({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) }, (
     let observer = Observer::attach(node.id(), &[]).expect("attaching to node");
     let url = format!("https://127.0.0.1:{port}/api/v1?q=node");
     assert_eq!(curl(&["-k", &url]), vec![200]);
-    let events: Vec<Value> = observer.wait_ended(1);
+    observer.wait_ended(1);
+    // Which OpenSSL was read: the one inside the executable (nodesource's node), or the shared
+    // libssl (Debian's nodejs); the attach line names it.
+    let maps = fs::read_to_string(format!("/proc/{}/maps", node.id())).unwrap_or_default();
+    let embedded = !maps.contains("libssl.so");
+    let (events, stderr) = observer.stop();
     let _ = node.kill();
     let _ = node.wait();
+    let attached = stderr
+        .lines()
+        .find(|l| l.starts_with("attached:"))
+        .expect("the attach line");
+    let exe = fs::read_link("/usr/bin/node")
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "/usr/bin/node".into());
+    if embedded {
+        eprintln!("node carries OpenSSL in its executable: {attached}");
+        assert!(
+            attached.contains("TLS read in /usr/bin/node") || attached.contains(&exe),
+            "{attached}"
+        );
+    } else {
+        eprintln!("node uses the shared libssl (not the embedded case): {attached}");
+        assert!(attached.contains("libssl.so"), "{attached}");
+    }
     let incoming = of(&events, "INCOMING_REQUEST");
     assert_eq!(incoming.len(), 1, "{events:#?}");
     assert_eq!(incoming[0]["ClientTLS"], "true");
@@ -344,5 +366,47 @@ fn go_tls_is_reported_and_counted() {
     assert!(
         summary.contains("encrypted connections not read 1"),
         "{summary}"
+    );
+}
+
+#[test]
+fn a_java_process_is_reported_as_unreadable_tls() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("access-log-java-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("Idle.java");
+    fs::write(
+        &source,
+        "public class Idle { public static void main(String[] a) throws Exception { \
+         System.out.println(\"ready\"); Thread.sleep(60000); } }",
+    )
+    .unwrap();
+    let mut java = Command::new("java")
+        .arg(&source)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting java (cargo xtask setup installs it)");
+    // Wait until the JVM runs the program (its libjvm.so is mapped by then).
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(java.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let observer = Observer::attach(java.id(), &[]).expect("attaching to java");
+    let (_, stderr) = observer.stop();
+    let _ = java.kill();
+    let _ = java.wait();
+    let _ = fs::remove_dir_all(&dir);
+    assert!(
+        stderr.contains("is a Java program: JSSE is not read"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("Java program").count(),
+        1,
+        "reported once: {stderr}"
     );
 }

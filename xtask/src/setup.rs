@@ -16,6 +16,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/openssl", "openssl"),
     ("/usr/bin/node", "nodejs"),
     ("/usr/bin/caddy", "caddy"),
+    ("/usr/bin/java", "openjdk-17-jre-headless"),
     ("/usr/bin/wrk", "wrk"),
 ];
 
