@@ -634,3 +634,34 @@ fn a_websocket_upgrade_completes_with_101_and_is_left_alone() {
     assert_eq!(s.of(EventKind::IncomingRequest).len(), 1);
     assert_eq!(s.pipeline.stats().opaque_connections, 2);
 }
+
+#[test]
+fn a_pairing_on_content_alone_is_marked_low_confidence() {
+    // The backend request goes out on a thread that read no client request, over a connection
+    // that existed before attach: only its content (method, query, path tail) links it.
+    let mut s = Script::new(CATALOG);
+    s.pipeline.add_existing(
+        (WORKER, 30),
+        Direction::Outbound,
+        Some(BACKEND.parse().unwrap()),
+    );
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"GET /orders/lc?q=7 HTTP/1.1\r\n\r\n");
+    let mut header = s.header(kind::DATA, 30, syscall::WRITEV);
+    header.tid = WORKER + 1;
+    let outbound = b"GET /v1/orders/lc?q=7 HTTP/1.1\r\n\r\n";
+    s.feed(Record::Data {
+        header,
+        moved: outbound.len() as i64,
+        captured: outbound,
+    });
+    s.data(
+        30,
+        syscall::RECVFROM,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1, "{:#?}", s.events);
+    assert_eq!(done[0].text("PairingConfidence"), Some("low"));
+    assert_eq!(s.pipeline.stats().low_confidence, 1);
+}
