@@ -499,26 +499,22 @@ impl Pipeline {
         };
         request.backend_answered = true;
         request.retryable_answer = None;
-        let event = report::complete(request, index, status, at, self.clock.wall(at));
-        if request.attempts[index].confidence == Confidence::Low {
-            self.stats.low_confidence += 1;
-        }
-        out.push(event);
-        self.stats.complete += 1;
+        push_complete(
+            &mut self.stats,
+            self.clock,
+            request,
+            (index, status, at),
+            out,
+        );
     }
 
     /// The request ends with the retryable answer it holds, if any (the gateway passed it on,
     /// or the client left): returns whether it did.
     fn complete_held(&mut self, request: &InboundRequest, out: &mut Vec<Event>) -> bool {
-        let Some((index, status, at)) = request.retryable_answer else {
+        let Some(answer) = request.retryable_answer else {
             return false;
         };
-        let event = report::complete(request, index, status, at, self.clock.wall(at));
-        if request.attempts[index].confidence == Confidence::Low {
-            self.stats.low_confidence += 1;
-        }
-        out.push(event);
-        self.stats.complete += 1;
+        push_complete(&mut self.stats, self.clock, request, answer, out);
         true
     }
 
@@ -650,6 +646,21 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// REQUEST_COMPLETE for the answer (attempt index, status, when) of `request`, counted.
+fn push_complete(
+    stats: &mut PipelineStats,
+    clock: Clock,
+    request: &InboundRequest,
+    (index, status, at): (usize, u16, u64),
+    out: &mut Vec<Event>,
+) {
+    out.push(report::complete(request, index, status, at, clock.wall(at)));
+    if request.attempts[index].confidence == Confidence::Low {
+        stats.low_confidence += 1;
+    }
+    stats.complete += 1;
 }
 
 /// Whether bytes start a TLS record (handshake, alert or application data, TLS 1.0 to 1.3).
