@@ -19,15 +19,21 @@ struct Setup {
     _inventory: Backend,
 }
 
+/// The demo's gateway (its config, with a port where nothing listens for /legacy/) in front of
+/// two fresh backends, orders and inventory.
+fn demo_gateway(name: &str, workers: u32) -> (Gateway, (Backend, Backend)) {
+    let backend = Backend::start().expect("starting a backend");
+    let inventory = Backend::start().expect("starting a backend");
+    let port = free_port();
+    let block = demo::nginx_http_block(port, backend.port(), inventory.port(), free_port());
+    let gateway = Gateway::nginx(name, workers, &block, port).expect("starting nginx");
+    (gateway, (backend, inventory))
+}
+
 impl Setup {
     fn start(name: &str) -> Setup {
         require_root();
-        let backend = Backend::start().expect("starting a backend");
-        let inventory = Backend::start().expect("starting a backend");
-        let port = free_port();
-        let dead = free_port();
-        let block = demo::nginx_http_block(port, backend.port(), inventory.port(), dead);
-        let gateway = Gateway::nginx(name, 2, &block, port).expect("starting nginx");
+        let (gateway, (backend, inventory)) = demo_gateway(name, 2);
         let catalog = demo::catalog_path();
         let observer = Observer::attach(
             gateway.master_pid(),
@@ -373,11 +379,8 @@ fn request_on(stream: &mut std::net::TcpStream, path: &str) -> u16 {
 #[test]
 fn a_client_connection_open_before_attach_is_followed() {
     require_root();
-    let backend = Backend::start().expect("starting a backend");
-    let inventory = Backend::start().expect("starting a backend");
-    let port = free_port();
-    let block = demo::nginx_http_block(port, backend.port(), inventory.port(), free_port());
-    let gateway = Gateway::nginx("early", 1, &block, port).expect("starting nginx");
+    let (gateway, _backends) = demo_gateway("early", 1);
+    let port = gateway.port;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
     assert_eq!(request_on(&mut stream, "/orders/before"), 200);
     let observer = Observer::attach(gateway.master_pid(), &[]).expect("attaching");
@@ -397,11 +400,8 @@ fn a_client_connection_open_before_attach_is_followed() {
 #[test]
 fn output_file_is_appended_in_kv_and_duration_ends_the_run() {
     require_root();
-    let backend = Backend::start().expect("starting a backend");
-    let inventory = Backend::start().expect("starting a backend");
-    let port = free_port();
-    let block = demo::nginx_http_block(port, backend.port(), inventory.port(), free_port());
-    let gateway = Gateway::nginx("output", 1, &block, port).expect("starting nginx");
+    let (gateway, _backends) = demo_gateway("output", 1);
+    let port = gateway.port;
     let file = gateway.path("events.log");
     std::fs::write(&file, "an earlier line\n").unwrap();
     for run in 1..=2 {

@@ -71,6 +71,12 @@ impl Script {
         });
     }
 
+    /// A bodiless answer (`status` is e.g. `200 OK`) moved on `fd` by `call`.
+    fn answer(&mut self, fd: i32, call: u32, status: &str) {
+        let head = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+        self.data(fd, call, head.as_bytes());
+    }
+
     fn hang_up(&mut self, fd: i32, errno: i64) {
         let header = self.header(kind::DATA, fd, syscall::RECVFROM);
         self.feed(Record::Data {
@@ -151,17 +157,9 @@ fn keep_alive_upstream_reuse_pairs_by_content() {
     s.data(6, syscall::RECVFROM, b"GET /orders/b HTTP/1.1\r\n\r\n");
     // The worker sends b's request first on the pooled connection, then a's.
     s.data(9, syscall::WRITEV, b"GET /v1/orders/b HTTP/1.1\r\n\r\n");
-    s.data(
-        9,
-        syscall::RECVFROM,
-        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(9, syscall::RECVFROM, "201 Created");
     s.data(9, syscall::WRITEV, b"GET /v1/orders/a HTTP/1.1\r\n\r\n");
-    s.data(
-        9,
-        syscall::RECVFROM,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(9, syscall::RECVFROM, "200 OK");
     let incoming = s.of(EventKind::IncomingRequest);
     let complete = s.of(EventKind::RequestComplete);
     assert_eq!(complete.len(), 2);
@@ -185,11 +183,7 @@ fn refused_backend_is_a_fault_with_the_connect_code() {
     s.data(5, syscall::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
     s.connect(9, -115);
     s.close(9);
-    s.data(
-        5,
-        syscall::WRITEV,
-        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(5, syscall::WRITEV, "502 Bad Gateway");
     let errors = s.of(EventKind::Error);
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].text("ErrorSource"), Some("fault"));
@@ -209,11 +203,7 @@ fn backend_closing_after_the_request_is_a_closed_connection() {
     s.data(9, syscall::WRITEV, b"GET /v1/orders/x HTTP/1.1\r\n\r\n");
     s.data(9, syscall::RECVFROM, b"");
     s.close(9);
-    s.data(
-        5,
-        syscall::WRITEV,
-        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(5, syscall::WRITEV, "502 Bad Gateway");
     assert_eq!(s.of(EventKind::Error)[0].text("ERROR_CODE"), Some("101505"));
 }
 
@@ -222,21 +212,13 @@ fn gateway_answers_without_backend_call_are_errors_by_status() {
     let mut s = Script::new(CATALOG);
     s.accept(5);
     s.data(5, syscall::RECVFROM, b"GET /nothing HTTP/1.1\r\n\r\n");
-    s.data(
-        5,
-        syscall::WRITEV,
-        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(5, syscall::WRITEV, "404 Not Found");
     s.data(
         5,
         syscall::RECVFROM,
         b"GET /orders/1 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n",
     );
-    s.data(
-        5,
-        syscall::WRITEV,
-        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(5, syscall::WRITEV, "401 Unauthorized");
     let errors = s.of(EventKind::Error);
     assert_eq!(errors.len(), 2);
     assert_eq!(errors[0].text("ErrorSource"), Some("main"));
@@ -296,16 +278,8 @@ fn interleaved_non_blocking_connects_pair_by_binding() {
         syscall::WRITEV,
         b"GET /v1/orders/a?k=1 HTTP/1.0\r\n\r\n",
     );
-    s.data(
-        21,
-        syscall::RECVFROM,
-        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
-    );
-    s.data(
-        20,
-        syscall::RECVFROM,
-        b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(21, syscall::RECVFROM, "201 Created");
+    s.answer(20, syscall::RECVFROM, "202 Accepted");
     assert_eq!(
         linked_urls(&s),
         vec![
@@ -346,16 +320,8 @@ fn a_body_read_after_other_requests_binds_the_connect_to_its_own_request() {
         b"POST /v1/orders/p HTTP/1.0\r\nContent-Length: 4\r\n\r\nbody",
     );
     s.data(20, syscall::WRITEV, b"GET /v1/orders/g HTTP/1.0\r\n\r\n");
-    s.data(
-        20,
-        syscall::RECVFROM,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    );
-    s.data(
-        21,
-        syscall::RECVFROM,
-        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(20, syscall::RECVFROM, "200 OK");
+    s.answer(21, syscall::RECVFROM, "201 Created");
     assert_eq!(
         linked_urls(&s),
         vec![
@@ -384,11 +350,7 @@ fn a_retry_after_a_backend_502_is_the_same_request_and_the_502_a_failed_attempt(
         syscall::WRITEV,
         b"GET /v1/orders/f?q=1 HTTP/1.1\r\n\r\n",
     );
-    s.data(
-        20,
-        syscall::RECVFROM,
-        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(20, syscall::RECVFROM, "502 Bad Gateway");
     assert!(s.of(EventKind::RequestComplete).is_empty(), "held back");
     s.connect(21, -115);
     s.data(
@@ -396,16 +358,8 @@ fn a_retry_after_a_backend_502_is_the_same_request_and_the_502_a_failed_attempt(
         syscall::WRITEV,
         b"GET /v1/orders/f?q=1 HTTP/1.1\r\n\r\n",
     );
-    s.data(
-        21,
-        syscall::RECVFROM,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    );
-    s.data(
-        5,
-        syscall::WRITEV,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(21, syscall::RECVFROM, "200 OK");
+    s.answer(5, syscall::WRITEV, "200 OK");
     let done = s.of(EventKind::RequestComplete);
     assert_eq!(done.len(), 1, "{:#?}", s.events);
     assert_eq!(done[0].get("StatusCode"), Some(&Value::Integer(200)));
@@ -422,16 +376,8 @@ fn a_backend_502_the_gateway_passes_on_completes_the_request() {
     s.data(5, syscall::RECVFROM, b"GET /orders/g HTTP/1.1\r\n\r\n");
     s.connect(20, -115);
     s.data(20, syscall::WRITEV, b"GET /v1/orders/g HTTP/1.1\r\n\r\n");
-    s.data(
-        20,
-        syscall::RECVFROM,
-        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
-    );
-    s.data(
-        5,
-        syscall::WRITEV,
-        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(20, syscall::RECVFROM, "502 Bad Gateway");
+    s.answer(5, syscall::WRITEV, "502 Bad Gateway");
     let done = s.of(EventKind::RequestComplete);
     assert_eq!(done.len(), 1, "{:#?}", s.events);
     assert_eq!(done[0].get("StatusCode"), Some(&Value::Integer(502)));
@@ -448,16 +394,8 @@ fn a_retry_after_a_refused_connect_is_the_same_request_and_counted() {
     s.close(20);
     s.connect(21, -115);
     s.data(21, syscall::WRITEV, b"GET /v1/orders/r HTTP/1.0\r\n\r\n");
-    s.data(
-        21,
-        syscall::RECVFROM,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    );
-    s.data(
-        5,
-        syscall::WRITEV,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(21, syscall::RECVFROM, "200 OK");
+    s.answer(5, syscall::WRITEV, "200 OK");
     let done = s.of(EventKind::RequestComplete);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].get("Attempts"), Some(&Value::Integer(2)));
@@ -491,11 +429,7 @@ fn a_reset_backend_is_a_closed_connection_fault() {
     s.data(20, syscall::WRITEV, b"GET /v1/orders/x HTTP/1.0\r\n\r\n");
     s.hang_up(20, -104);
     s.close(20);
-    s.data(
-        5,
-        syscall::WRITEV,
-        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(5, syscall::WRITEV, "502 Bad Gateway");
     let error = &s.of(EventKind::Error)[0];
     assert_eq!(error.text("ERROR_CODE"), Some("101505"));
     assert_eq!(
@@ -545,11 +479,7 @@ fn an_id_header_links_exactly_whatever_the_thread_did() {
         syscall::WRITEV,
         b"GET /v1/x HTTP/1.1\r\nX-Request-ID: one\r\n\r\n",
     );
-    s.data(
-        9,
-        syscall::RECVFROM,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(9, syscall::RECVFROM, "200 OK");
     assert_eq!(
         linked_urls(&s),
         vec![("/orders/a".into(), "http://127.0.0.1:8081/v1/x".into())]
@@ -655,11 +585,7 @@ fn a_pairing_on_content_alone_is_marked_low_confidence() {
         moved: outbound.len() as i64,
         captured: outbound,
     });
-    s.data(
-        30,
-        syscall::RECVFROM,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    );
+    s.answer(30, syscall::RECVFROM, "200 OK");
     let done = s.of(EventKind::RequestComplete);
     assert_eq!(done.len(), 1, "{:#?}", s.events);
     assert_eq!(done[0].text("PairingConfidence"), Some("low"));
