@@ -53,6 +53,28 @@ fn syscall_arguments() -> Result<[u64; 3], i64> {
     Ok([di, si, dx])
 }
 
+/// Offset in `struct pt_regs` of r10, which holds a syscall's fourth argument.
+const REG_R10: usize = 7 * 8;
+const MSG_PEEK: u64 = 2;
+
+/// Whether a receive only peeked (nginx peeks one byte to tell TLS from plaintext): the bytes
+/// stay queued and come again with the real read. recvfrom's flags are its fourth argument,
+/// recvmsg's its third.
+#[inline(always)]
+fn peeked(call_syscall: u32, third: u64) -> Result<bool, i64> {
+    let flags = match call_syscall {
+        syscall::RECVMSG => third,
+        // SAFETY: as in syscall_arguments.
+        syscall::RECVFROM => unsafe {
+            let task = bpf_get_current_task_btf();
+            let regs = bpf_task_pt_regs(task) as *const u8;
+            bpf_probe_read_kernel(regs.add(REG_R10) as *const u64).map_err(|e| e as i64)?
+        },
+        _ => return Ok(false),
+    };
+    Ok(flags & MSG_PEEK != 0)
+}
+
 #[inline(always)]
 fn exit(ctx: &TracePointContext, call_syscall: u32) -> Result<(), i64> {
     let Some(caller) = watched_caller() else {
@@ -80,7 +102,9 @@ fn exit(ctx: &TracePointContext, call_syscall: u32) -> Result<(), i64> {
     let Some(socket_role) = role_of(caller, fd) else {
         return Ok(());
     };
-    if !matches!(role::base(socket_role), role::INBOUND | role::OUTBOUND) {
+    if !matches!(role::base(socket_role), role::INBOUND | role::OUTBOUND)
+        || peeked(call_syscall, length)?
+    {
         return Ok(());
     }
     let ingress = syscall::is_ingress(call_syscall);
