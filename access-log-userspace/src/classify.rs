@@ -53,6 +53,21 @@ pub fn client_gone() -> Classification {
     )
 }
 
+/// The classification of a pipelined request the gateway dropped: an earlier answer ended the
+/// connection (nginx after an error or an HTTP/1.0 answer; nothing is logged by nginx).
+pub fn not_served() -> Classification {
+    class(
+        MAIN,
+        "0",
+        "Not served: the gateway ended the connection with an earlier answer",
+    )
+}
+
+/// The classification of a gateway's refusal of bytes that were no readable request.
+pub fn unreadable() -> Classification {
+    class(MAIN, "400", "Malformed request rejected by the gateway")
+}
+
 /// Classifies a gateway answer that no backend answer preceded. None when it is no error.
 pub fn classify(
     status: u16,

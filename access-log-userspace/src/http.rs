@@ -35,12 +35,25 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub status: u16,
     pub truncated: bool,
+    /// The answer ends the connection (`Connection: close`, or HTTP/1.0 without keep-alive):
+    /// requests pipelined after it are not served.
+    pub closes_connection: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Head {
     Request(RequestHead),
     Response(ResponseHead),
+    /// Bytes in a request's place that are no HTTP/1 request head (malformed, or larger than
+    /// any gateway takes): the gateway's answer to them, if any, is a refusal worth reporting.
+    Unreadable(Option<RequestLine>),
+}
+
+/// The method and target of a malformed head whose first line is a well-formed request line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestLine {
+    pub method: Text,
+    pub target: Arc<str>,
 }
 
 /// Which kind of heads a stream carries.
@@ -68,6 +81,9 @@ enum State {
     UntilClose,
     /// Lost track of framing: waiting for a read that starts with a head.
     Unsynced,
+    /// A request asked to switch protocols: what follows waits in `pending` for the answer
+    /// (a 101 makes the stream opaque; any other answer resumes HTTP/1 with those bytes).
+    Upgrading,
     /// Not HTTP/1 any more (upgrade, HTTP/2 preface): left alone.
     Opaque,
 }
@@ -123,6 +139,37 @@ impl Stream {
         self.state == State::Opaque
     }
 
+    pub fn is_upgrading(&self) -> bool {
+        self.state == State::Upgrading
+    }
+
+    /// The answer to the upgrade request came: a switch leaves the stream alone; a refusal
+    /// resumes HTTP/1 with the bytes held meanwhile, and returns the heads they complete.
+    pub fn upgrade_answered(&mut self, switched: bool) -> Vec<Head> {
+        if self.state != State::Upgrading {
+            return Vec::new();
+        }
+        let held = std::mem::take(&mut self.pending);
+        if switched {
+            self.state = State::Opaque;
+            return Vec::new();
+        }
+        self.state = State::Head;
+        self.feed(&held, 0)
+    }
+
+    /// The gateway answered while a head was still incomplete (it gave up on it, at end of
+    /// input or over a framing error): that head, as unreadable. None without one.
+    pub fn take_incomplete(&mut self) -> Option<Head> {
+        if self.side != Side::Requests || self.state != State::Head || self.pending.is_empty() {
+            return None;
+        }
+        let line = request_line(&self.pending);
+        self.pending.clear();
+        self.state = State::Unsynced;
+        Some(Head::Unreadable(line))
+    }
+
     /// Feeds one read or write: `captured` is the head of it, `missing` the bytes moved beyond
     /// the capture window. Returns the heads completed.
     pub fn feed(&mut self, captured: &[u8], missing: u64) -> Vec<Head> {
@@ -140,6 +187,13 @@ impl Stream {
         loop {
             match self.state {
                 State::Opaque | State::Unsynced | State::UntilClose => return heads,
+                State::Upgrading => {
+                    // Held only up to a head's worth: a refused upgrade is followed by heads.
+                    let room = MAX_HEAD.saturating_sub(self.pending.len());
+                    self.pending
+                        .extend_from_slice(&input[..input.len().min(room)]);
+                    return heads;
+                }
                 State::Head => {
                     if input.is_empty() {
                         if missing > 0 && !self.pending.is_empty() {
@@ -179,11 +233,17 @@ impl Stream {
                             } else if self.pending.len() > MAX_HEAD {
                                 self.pending.clear();
                                 self.state = State::Unsynced;
+                                if self.side == Side::Requests {
+                                    heads.push(Head::Unreadable(None));
+                                }
                             }
                             return heads;
                         }
                         Parsed::Invalid => {
                             let preface = is_http2_preface(&self.pending);
+                            if !preface && self.side == Side::Requests {
+                                heads.push(Head::Unreadable(request_line(&self.pending)));
+                            }
                             self.pending.clear();
                             self.state = if preface {
                                 State::Opaque
@@ -330,7 +390,8 @@ enum Parsed {
     Invalid,
 }
 
-/// The headers the observer reads, found in one pass (the first of each name counts).
+/// The headers the observer reads, found in one pass (the first of each name counts, but for
+/// Transfer-Encoding).
 #[derive(Default)]
 struct Known<'h> {
     user_agent: Option<&'h [u8]>,
@@ -360,8 +421,9 @@ impl<'h> Known<'h> {
                 14 if name.eq_ignore_ascii_case("content-length") => {
                     first(&mut known.content_length)
                 }
+                // Several Transfer-Encoding headers make one list: its last coding counts.
                 17 if name.eq_ignore_ascii_case("transfer-encoding") => {
-                    first(&mut known.transfer_encoding)
+                    known.transfer_encoding = Some(header.value)
                 }
                 7 if name.eq_ignore_ascii_case("upgrade") => known.upgrade = true,
                 _ => {}
@@ -471,7 +533,7 @@ fn parse_request(bytes: &[u8], id_headers: &[String]) -> Parsed {
                     .connection
                     .is_some_and(|c| text(c).to_ascii_lowercase().contains("upgrade"));
             let next = if upgrade {
-                State::Opaque
+                State::Upgrading
             } else {
                 known.body_framing().unwrap_or(State::Head)
             };
@@ -499,6 +561,16 @@ fn parse_response(bytes: &[u8], to_head_request: Option<bool>) -> Parsed {
     match response.parse(bytes) {
         Ok(httparse::Status::Complete(length)) => {
             let status = response.code.unwrap_or_default();
+            let known = Known::scan(response.headers, &[]);
+            let connection = known
+                .connection
+                .map(|c| text(c).to_ascii_lowercase())
+                .unwrap_or_default();
+            let closes_connection = if response.version == Some(0) {
+                !connection.contains("keep-alive")
+            } else {
+                connection.contains("close")
+            };
             let next = if status == 101 {
                 State::Opaque
             } else if status < 200
@@ -508,13 +580,12 @@ fn parse_response(bytes: &[u8], to_head_request: Option<bool>) -> Parsed {
             {
                 State::Head
             } else {
-                Known::scan(response.headers, &[])
-                    .body_framing()
-                    .unwrap_or(State::UntilClose)
+                known.body_framing().unwrap_or(State::UntilClose)
             };
             let head = ResponseHead {
                 status,
                 truncated: false,
+                closes_connection,
             };
             Parsed::Complete(Head::Response(head), length, next)
         }
@@ -546,6 +617,27 @@ fn looks_like_head(bytes: &[u8], side: Side) -> bool {
                     .is_none_or(|b| *b == b'/' || *b == b'*' || b.is_ascii_alphabetic())
         }
     }
+}
+
+/// The first line of a malformed head, when it is a request line of tokens: method, a target
+/// of visible characters, `HTTP/` and a version.
+fn request_line(bytes: &[u8]) -> Option<RequestLine> {
+    let line_end = bytes.iter().position(|&b| b == b'\n')?;
+    let line = trim_line(&bytes[..=line_end]);
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    let readable = parts.next().is_none()
+        && !method.is_empty()
+        && method.iter().all(token)
+        && !target.is_empty()
+        && target.iter().all(|b| b.is_ascii_graphic())
+        && matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit());
+    readable.then(|| RequestLine {
+        method: method_text(&text(method)),
+        target: shared_text(target),
+    })
 }
 
 /// What the first line of a head cut by the capture window says.
@@ -588,6 +680,7 @@ fn first_line_head(bytes: &[u8], side: Side) -> Option<Head> {
             Some(Head::Response(ResponseHead {
                 status,
                 truncated: true,
+                closes_connection: false,
             }))
         }
     }
@@ -613,6 +706,7 @@ mod tests {
         Head::Response(ResponseHead {
             status,
             truncated: false,
+            closes_connection: false,
         })
     }
 
@@ -763,7 +857,7 @@ mod tests {
             0,
         );
         assert_eq!(heads.len(), 1);
-        assert!(requests.is_opaque());
+        assert!(requests.is_upgrading());
         responses.expect_response_to("GET");
         let heads = responses.feed(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x82\x01x",
@@ -771,15 +865,107 @@ mod tests {
         );
         assert_eq!(heads, vec![response(101)]);
         assert!(responses.is_opaque());
+        assert!(requests.upgrade_answered(true).is_empty());
+        assert!(requests.is_opaque());
+        assert!(requests.feed(b"GET /x HTTP/1.1\r\n\r\n", 0).is_empty());
         assert!(responses.feed(b"HTTP/1.1 200 OK\r\n\r\n", 0).is_empty());
     }
 
     #[test]
-    fn non_http_and_http2_are_left_alone() {
+    fn a_refused_upgrade_goes_on_with_the_bytes_held_meanwhile() {
+        let mut requests = Stream::new(Side::Requests);
+        let heads = requests.feed(
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /a",
+            0,
+        );
+        assert_eq!(heads.len(), 1);
+        assert!(requests.feed(b" HTTP/1.1\r\n\r\n", 0).is_empty());
+        assert_eq!(requests.upgrade_answered(false), vec![request("GET", "/a")]);
+        assert_eq!(
+            requests.feed(b"GET /b HTTP/1.1\r\n\r\n", 0),
+            vec![request("GET", "/b")]
+        );
+    }
+
+    #[test]
+    fn an_answer_that_closes_says_so() {
+        let mut responses = Stream::new(Side::Responses);
+        for _ in 0..3 {
+            responses.expect_response_to("GET");
+        }
+        let heads = responses.feed(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n\
+              HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n\
+              HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            0,
+        );
+        let closes: Vec<bool> = heads
+            .iter()
+            .map(|h| matches!(h, Head::Response(r) if r.closes_connection))
+            .collect();
+        assert_eq!(closes, [false, true, true]);
+    }
+
+    #[test]
+    fn an_incomplete_head_the_gateway_answers_is_taken_as_unreadable() {
         let mut stream = Stream::new(Side::Requests);
-        assert!(stream.feed(b"\x16\x03\x01\x02\x00garbage", 0).is_empty());
+        assert!(stream.take_incomplete().is_none());
+        assert!(stream.feed(b"PUT /u HTTP/1.1\r\nContent-Le", 0).is_empty());
+        assert_eq!(
+            stream.take_incomplete(),
+            Some(Head::Unreadable(Some(RequestLine {
+                method: Text::Static("PUT"),
+                target: "/u".into()
+            })))
+        );
+        assert_eq!(stream.buffered(), 0);
+        assert!(stream.take_incomplete().is_none());
+    }
+
+    #[test]
+    fn non_http_is_unreadable_once_and_http2_is_left_alone() {
+        let mut stream = Stream::new(Side::Requests);
+        assert_eq!(
+            stream.feed(b"\x16\x03\x01\x02\x00garbage", 0),
+            vec![Head::Unreadable(None)]
+        );
+        assert!(stream.feed(b"more garbage", 0).is_empty());
         let mut h2 = Stream::new(Side::Requests);
         assert!(h2.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0).is_empty());
         assert!(h2.is_opaque());
+    }
+
+    #[test]
+    fn a_malformed_head_is_unreadable_and_the_next_one_is_read() {
+        let mut stream = Stream::new(Side::Requests);
+        assert_eq!(
+            stream.feed(b"GET /a?b HTTP/1.1\r\nBad Header\r\n\r\n", 0),
+            vec![Head::Unreadable(Some(RequestLine {
+                method: Text::Static("GET"),
+                target: "/a?b".into()
+            }))]
+        );
+        assert_eq!(
+            stream.feed(b"GET /x\x01 HTTP/1.1\r\nBad Header\r\n\r\n", 0),
+            vec![Head::Unreadable(None)],
+            "a control byte in the target: no request line"
+        );
+        assert_eq!(
+            stream.feed(b"GET /next HTTP/1.1\r\n\r\n", 0),
+            vec![request("GET", "/next")]
+        );
+    }
+
+    #[test]
+    fn a_head_larger_than_any_gateway_takes_is_unreadable() {
+        let mut stream = Stream::new(Side::Requests);
+        assert!(stream.feed(b"GET / HTTP/1.1\r\n", 0).is_empty());
+        let cookie = [b'c'; 1000];
+        let mut heads = Vec::new();
+        for _ in 0..70 {
+            heads.extend(stream.feed(&cookie, 0));
+        }
+        assert_eq!(heads, vec![Head::Unreadable(None)]);
+        assert_eq!(stream.buffered(), 0);
     }
 }

@@ -152,12 +152,13 @@ fn pipeline_summary(stats: &PipelineStats, undecodable: u64) -> String {
     format!(
         "undecodable records {undecodable}; outbound requests not linked {}; low-confidence \
          pairings {}; encrypted connections not read {}; reads drained by a closing gateway {}; \
-         connections left alone (not HTTP/1) {}",
+         connections left alone (not HTTP/1) {}; unreadable requests {}",
         stats.unlinked_outbound,
         stats.low_confidence,
         stats.tls_unreadable,
         stats.drained_reads,
-        stats.opaque_connections
+        stats.opaque_connections,
+        stats.unreadable_requests
     )
 }
 

@@ -10,6 +10,7 @@ fn describe(heads: &[Head]) -> Vec<String> {
         .map(|head| match head {
             Head::Request(request) => format!("{} {}", request.method, request.target),
             Head::Response(response) => response.status.to_string(),
+            Head::Unreadable(_) => "unreadable".to_owned(),
         })
         .collect()
 }

@@ -2,7 +2,8 @@
 //! server, one thread per connection, keep-alive as HTTP/1.1 says. Each request chooses its
 //! answer with headers the gateway forwards: `x-want-status` (default 200) and
 //! `x-want-delay-ms` (default 0), so a test can make backends slow, failing and out of order;
-//! `x-want-close` makes it close the connection instead of answering.
+//! `x-want-close` makes it close the connection instead of answering; `x-want-bytes: N`
+//! answers N bytes of body, chunked (with a trailer) when `x-want-chunked` is present.
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -61,6 +62,8 @@ struct Head {
     status: u16,
     delay_ms: u64,
     close_instead: bool,
+    body_bytes: Option<usize>,
+    chunked_answer: bool,
     path: String,
 }
 
@@ -114,6 +117,8 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
         close_instead: value("x-want-close").is_some(),
+        body_bytes: value("x-want-bytes").and_then(|v| v.parse().ok()),
+        chunked_answer: value("x-want-chunked").is_some(),
         path: request.path.unwrap_or("/").to_owned(),
     }))
 }
@@ -135,6 +140,13 @@ fn serve(stream: TcpStream) -> io::Result<()> {
         }
         if head.close_instead {
             break;
+        }
+        if let Some(size) = head.body_bytes {
+            write_large(&mut writer, size, head.chunked_answer, head.keep_alive)?;
+            if !head.keep_alive {
+                break;
+            }
+            continue;
         }
         let body = if head.status == 204 || head.status == 304 {
             String::new()
@@ -158,4 +170,45 @@ fn serve(stream: TcpStream) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A 200 with `size` bytes of body, in 16 KiB pieces: plain with Content-Length, or chunked
+/// with a trailer.
+fn write_large(
+    writer: &mut impl Write,
+    size: usize,
+    chunked: bool,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let framing = if chunked {
+        "Transfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n".to_owned()
+    } else {
+        format!("Content-Length: {size}\r\n")
+    };
+    let connection = if keep_alive {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
+    write!(
+        writer,
+        "HTTP/1.1 200 Test\r\nContent-Type: application/octet-stream\r\n{framing}{connection}\r\n"
+    )?;
+    let piece = [b'r'; 16 * 1024];
+    let mut left = size;
+    while left > 0 {
+        let take = left.min(piece.len());
+        if chunked {
+            write!(writer, "{take:x}\r\n")?;
+        }
+        writer.write_all(&piece[..take])?;
+        if chunked {
+            writer.write_all(b"\r\n")?;
+        }
+        left -= take;
+    }
+    if chunked {
+        writer.write_all(b"0\r\nX-Checksum: none\r\n\r\n")?;
+    }
+    writer.flush()
 }

@@ -22,6 +22,10 @@ pub struct Case {
     pub raw: Vec<u8>,
     /// (method, url) for requests, status for responses, in order.
     pub expected: Vec<String>,
+    /// llhttp's strict mode (no lenient flags) applies.
+    pub strict: bool,
+    /// llhttp reports an error: the bytes are malformed (in its mode).
+    pub rejected: bool,
 }
 
 /// Lines join with CRLF, as on the wire, except after a line ending in `\` (a continuation);
@@ -86,14 +90,18 @@ fn parse_file(path: &Path) -> Vec<Case> {
         if let Some(heading) = line.strip_prefix("## ") {
             title = heading.to_owned();
         } else if line.starts_with("<!-- meta=") {
-            // Strict cases only: lenient modes and special harness types are llhttp options.
+            // Lenient modes and special harness types are llhttp options: not strict.
             let meta: String = line.chars().filter(|c| !c.is_whitespace()).collect();
-            side = if meta.contains("skipBody") {
-                None
-            } else if meta.contains("\"type\":\"request\"") {
-                Some(Kind::Request)
-            } else if meta.contains("\"type\":\"response\"") {
-                Some(Kind::Response)
+            let kind = meta
+                .split("\"type\":\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("");
+            let strict = !meta.contains("skipBody") && (kind == "request" || kind == "response");
+            side = if kind.starts_with("request") {
+                Some((Kind::Request, strict))
+            } else if kind.starts_with("response") {
+                Some((Kind::Response, strict))
             } else {
                 None
             };
@@ -116,10 +124,10 @@ fn parse_file(path: &Path) -> Vec<Case> {
                 }
                 log.push(entry.to_owned());
             }
-            let Some(case_side) = side.take() else {
+            let Some((case_side, strict)) = side.take() else {
                 continue;
             };
-            let errors = log.iter().any(|l| l.contains(" error code="));
+            let rejected = log.iter().any(|l| l.contains(" error code="));
             let not_http = log
                 .iter()
                 .filter_map(|l| span(l, "protocol"))
@@ -128,7 +136,7 @@ fn parse_file(path: &Path) -> Vec<Case> {
             let http09 = !log
                 .iter()
                 .any(|l| span(l, "version").is_some_and(|v| !v.starts_with("0.")));
-            if errors || not_http || http09 {
+            if not_http || (http09 && !rejected) {
                 continue;
             }
             let mut expected = Vec::new();
@@ -161,14 +169,25 @@ fn parse_file(path: &Path) -> Vec<Case> {
                 side: case_side,
                 raw: wire_bytes(&block.join("\n")),
                 expected,
+                strict,
+                rejected,
             });
         }
     }
     cases
 }
 
-/// Every strict case, requests then responses; an error naming the folder when it is absent.
+/// Every strict case llhttp accepts, requests then responses; an error naming the folder when
+/// it is absent.
 pub fn load() -> Result<Vec<Case>, String> {
+    Ok(load_all()?
+        .into_iter()
+        .filter(|c| c.strict && !c.rejected)
+        .collect())
+}
+
+/// Every HTTP/1 case, lenient and malformed ones too (for a real gateway to judge).
+pub fn load_all() -> Result<Vec<Case>, String> {
     let dir = vectors_dir();
     if !dir.is_dir() {
         return Err(format!(

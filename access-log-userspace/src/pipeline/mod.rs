@@ -18,7 +18,7 @@ use crate::{
     catalog::{ApiMatch, Catalog},
     classify::AttemptOutcome,
     event::{Event, Text},
-    http::{is_final, Head, RequestHead, ResponseHead, Side, Stream},
+    http::{is_final, Head, RequestHead, RequestLine, ResponseHead, Side, Stream},
     record::Record,
 };
 
@@ -69,6 +69,8 @@ pub struct PipelineStats {
     /// Connections left alone after they stopped being HTTP/1 (HTTP/2, upgrades, other
     /// protocols).
     pub opaque_connections: u64,
+    /// Bytes from clients in a request's place that were no readable request head.
+    pub unreadable_requests: u64,
 }
 
 struct Connection {
@@ -80,9 +82,12 @@ struct Connection {
     requests: Stream,
     responses: Stream,
     /// Requests on this connection still waiting for their response, oldest first: inbound
-    /// request ids on an inbound connection; on an outbound one, the inbound request each
-    /// outbound request serves (None when it could not be linked).
+    /// request ids on an inbound connection (None for bytes that were no readable request);
+    /// on an outbound one, the inbound request each outbound request serves (None when it
+    /// could not be linked).
     awaiting: VecDeque<Option<u64>>,
+    /// Inbound: what each unreadable request (a None in `awaiting`) said, oldest first.
+    unreadable: VecDeque<Option<RequestLine>>,
     /// Outbound: the inbound request this connection was opened for (connect-time binding).
     bound: Option<(u64, Confidence)>,
     /// Outbound: the backend ended the connection (EOF or error) before the gateway closed it.
@@ -93,6 +98,9 @@ struct Connection {
     encrypted_unread: bool,
     /// Inbound: the gateway shut down its sending side; what it reads now is drained.
     closing: bool,
+    /// Inbound: the gateway's last answer ended the connection (`Connection: close`): the
+    /// requests after it were not served.
+    answer_closed: bool,
 }
 
 struct Attempt {
@@ -209,11 +217,13 @@ impl Pipeline {
             requests: Stream::with_id_headers(Side::Requests, self.id_headers.clone()),
             responses: Stream::with_id_headers(Side::Responses, self.id_headers.clone()),
             awaiting: VecDeque::new(),
+            unreadable: VecDeque::new(),
             bound: None,
             hung_up: None,
             tls: false,
             encrypted_unread: false,
             closing: false,
+            answer_closed: false,
         }
     }
 
@@ -316,7 +326,47 @@ impl Pipeline {
             &mut connection.responses
         };
         let at = header.timestamp_ns;
-        for head in stream.feed(captured, missing) {
+        let heads = stream.feed(captured, missing);
+        let answered = heads
+            .iter()
+            .any(|h| matches!(h, Head::Response(r) if is_final(r.status)));
+        self.heads(key, thread, direction, heads, at, out);
+        if answered {
+            self.upgrade_answered(key, thread, direction, at, out);
+        }
+    }
+
+    /// The answer to a request that asked to switch protocols came (nothing else waits): the
+    /// request stream goes opaque on a switch, or reads on with what it held.
+    fn upgrade_answered(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        direction: Direction,
+        at: u64,
+        out: &mut Vec<Event>,
+    ) {
+        let Some(connection) = self.connections.get_mut(&key) else {
+            return;
+        };
+        if !connection.requests.is_upgrading() || !connection.awaiting.is_empty() {
+            return;
+        }
+        let switched = connection.responses.is_opaque();
+        let resumed = connection.requests.upgrade_answered(switched);
+        self.heads(key, thread, direction, resumed, at, out);
+    }
+
+    fn heads(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        direction: Direction,
+        heads: Vec<Head>,
+        at: u64,
+        out: &mut Vec<Event>,
+    ) {
+        for head in heads {
             match (direction, head) {
                 (Direction::Inbound, Head::Request(request)) => {
                     self.inbound_request(key, thread, request, at, out)
@@ -330,6 +380,9 @@ impl Pipeline {
                 (Direction::Outbound, Head::Response(response)) => {
                     self.backend_response(key, thread, response, at, out)
                 }
+                (Direction::Inbound, Head::Unreadable(line)) => self.unreadable_request(key, line),
+                // The gateway itself wrote it: nothing a client did.
+                (Direction::Outbound, Head::Unreadable(_)) => {}
             }
         }
     }
@@ -408,6 +461,17 @@ impl Pipeline {
         self.stats.incoming += 1;
         self.requests.insert(id, request);
         self.thread(thread).last_request = Some(id);
+    }
+
+    /// A client sent what no parser can read: it waits for the gateway's answer like a
+    /// request, so the refusal is reported and the answers after it stay in order.
+    fn unreadable_request(&mut self, key: ConnectionKey, line: Option<RequestLine>) {
+        self.stats.unreadable_requests += 1;
+        if let Some(connection) = self.connections.get_mut(&key) {
+            connection.responses.expect_response_to("GET");
+            connection.awaiting.push_back(None);
+            connection.unreadable.push_back(line);
+        }
     }
 
     fn outbound_request(&mut self, key: ConnectionKey, thread: ThreadKey, head: RequestHead) {
@@ -525,7 +589,40 @@ impl Pipeline {
         at: u64,
         out: &mut Vec<Event>,
     ) {
-        let Some(id) = self.answered(key, &response) else {
+        if !is_final(response.status) {
+            return;
+        }
+        let Some(connection) = self.connections.get_mut(&key) else {
+            return;
+        };
+        if response.closes_connection {
+            connection.answer_closed = true;
+        }
+        let waiting = match connection.awaiting.pop_front() {
+            Some(waiting) => waiting,
+            // Nothing complete waits: an answer to a head the gateway gave up on.
+            None => match connection.requests.take_incomplete() {
+                Some(Head::Unreadable(line)) => {
+                    self.stats.unreadable_requests += 1;
+                    connection.unreadable.push_back(line);
+                    None
+                }
+                _ => return,
+            },
+        };
+        let Some(id) = waiting else {
+            // The gateway's answer to bytes that were no request: a refusal is an error.
+            let line = connection.unreadable.pop_front().flatten();
+            if response.status >= 400 {
+                out.push(report::unreadable(
+                    line.as_ref(),
+                    connection.remote_ip.as_ref(),
+                    connection.tls,
+                    response.status,
+                    self.clock.wall(at),
+                ));
+                self.stats.errors += 1;
+            }
             return;
         };
         let Some(request) = self.forget(id) else {
@@ -630,7 +727,8 @@ impl Pipeline {
                 }
             }
             Direction::Inbound => {
-                // Requests the gateway never answered: the client left first (nginx's 499).
+                // Requests the gateway never answered: the client left first (nginx's 499),
+                // or the gateway ended the connection with an earlier answer.
                 for id in connection.awaiting.into_iter().flatten() {
                     let Some(request) = self.forget(id) else {
                         continue;
@@ -638,10 +736,14 @@ impl Pipeline {
                     if request.backend_answered || self.complete_held(&request, out) {
                         continue;
                     }
-                    if let Some(event) = report::client_gone(&request, self.clock.wall(at)) {
-                        self.count_error(&request);
-                        out.push(event);
-                    }
+                    let wall = self.clock.wall(at);
+                    let event = if connection.answer_closed {
+                        report::not_served(&request, wall)
+                    } else {
+                        report::client_gone(&request, wall)
+                    };
+                    self.count_error(&request);
+                    out.push(event);
                 }
             }
         }

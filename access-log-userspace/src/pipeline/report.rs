@@ -6,6 +6,7 @@ use crate::{
     catalog::ApiMatch,
     classify::{self, AttemptOutcome, Classification},
     event::{Event, EventKind, Fields},
+    http::RequestLine,
 };
 
 /// A fresh `urn:uuid:...` MessageID, shared by every event that names it.
@@ -129,7 +130,7 @@ pub fn complete(
 
 fn error_event(
     request: &InboundRequest,
-    status: u16,
+    status: Option<u16>,
     class: Classification,
     unix_nanos: i128,
 ) -> Event {
@@ -140,8 +141,10 @@ fn error_event(
     if !matches!(request.api, ApiMatch::Unknown) {
         fields = fields.text("API", request.api.name());
     }
+    if let Some(status) = status {
+        fields = fields.integer("StatusCode", status.into());
+    }
     fields = fields
-        .integer("StatusCode", status.into())
         .text("ERROR_CODE", class.code)
         .text("ERROR_MESSAGE", class.message)
         .text("ResponseTo", &request.message_id);
@@ -166,15 +169,49 @@ pub fn error(request: &InboundRequest, status: u16, unix_nanos: i128) -> Option<
         request.head.has_credentials,
         matches!(request.api, ApiMatch::Known(_)),
     )?;
-    Some(error_event(request, status, class, unix_nanos))
+    Some(error_event(request, Some(status), class, unix_nanos))
 }
 
 /// ERROR for a request whose client closed the connection before any answer (nginx's 499).
-pub fn client_gone(request: &InboundRequest, unix_nanos: i128) -> Option<Event> {
-    Some(error_event(
+pub fn client_gone(request: &InboundRequest, unix_nanos: i128) -> Event {
+    error_event(
         request,
-        classify::CLIENT_CLOSED,
+        Some(classify::CLIENT_CLOSED),
         classify::client_gone(),
         unix_nanos,
-    ))
+    )
+}
+
+/// ERROR for a pipelined request the gateway never served: an earlier answer ended the
+/// connection. Nothing was answered, so there is no StatusCode.
+pub fn not_served(request: &InboundRequest, unix_nanos: i128) -> Event {
+    error_event(request, None, classify::not_served(), unix_nanos)
+}
+
+/// ERROR for a gateway's refusal of bytes that were no readable request: who sent them, what
+/// the gateway answered, and the method and URL when the first line was a request line.
+pub fn unreadable(
+    line: Option<&RequestLine>,
+    remote_ip: Option<&Arc<str>>,
+    tls: bool,
+    status: u16,
+    unix_nanos: i128,
+) -> Event {
+    let class = classify::unreadable();
+    let fields = Fields::new()
+        .text("ErrorSource", class.source)
+        .text("Event", EventKind::Error.as_str())
+        .text("MessageID", new_message_id())
+        .integer("StatusCode", status.into())
+        .text("ERROR_CODE", class.code)
+        .text("ERROR_MESSAGE", class.message)
+        .optional_text("RequestInURL", line.map(|l| &l.target))
+        .optional_text("RequestInMethod", line.map(|l| l.method.clone()))
+        .optional_text("RemoteIP", remote_ip)
+        .text("ClientTLS", if tls { "true" } else { "false" });
+    Event {
+        unix_nanos,
+        kind: EventKind::Error,
+        fields: fields.build(),
+    }
 }

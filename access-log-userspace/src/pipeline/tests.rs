@@ -591,3 +591,98 @@ fn a_pairing_on_content_alone_is_marked_low_confidence() {
     assert_eq!(done[0].text("PairingConfidence"), Some("low"));
     assert_eq!(s.pipeline.stats().low_confidence, 1);
 }
+
+#[test]
+fn a_refused_unreadable_request_is_an_error_in_its_place() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        syscall::RECVFROM,
+        b"GET /nothing HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    );
+    s.answer(5, syscall::WRITEV, "404 Not Found");
+    s.answer(5, syscall::WRITEV, "400 Bad Request");
+    s.close(5);
+    assert_eq!(s.of(EventKind::IncomingRequest).len(), 1);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 2, "{:?}", s.events);
+    assert_eq!(errors[0].text("RequestInURL"), Some("/nothing"));
+    let refused = errors[1];
+    assert_eq!(
+        refused.text("ERROR_MESSAGE"),
+        Some("Malformed request rejected by the gateway")
+    );
+    assert_eq!(refused.text("RemoteIP"), Some("10.0.0.7"));
+    assert_eq!(refused.text("RequestInURL"), Some("/"));
+    assert_eq!(refused.text("RequestInMethod"), Some("GET"));
+    assert_eq!(refused.text("ResponseTo"), None);
+    assert_eq!(s.pipeline.stats().unreadable_requests, 1);
+    assert_eq!(s.pipeline.stats().errors, 2);
+}
+
+#[test]
+fn unreadable_bytes_the_gateway_does_not_refuse_are_no_event() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, syscall::RECVFROM, b"\x00\x01binary protocol");
+    s.close(5);
+    assert!(s.events.is_empty(), "{:?}", s.events);
+    assert_eq!(s.pipeline.stats().unreadable_requests, 1);
+}
+
+#[test]
+fn requests_pipelined_after_an_answer_that_closes_are_not_served() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        syscall::RECVFROM,
+        b"GET /bad HTTP/1.1\r\n\r\nGET /dropped HTTP/1.1\r\n\r\n",
+    );
+    s.answer(5, syscall::WRITEV, "400 Bad Request\r\nConnection: close");
+    s.close(5);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 2, "{:?}", s.events);
+    assert_eq!(errors[1].text("RequestInURL"), Some("/dropped"));
+    assert_eq!(errors[1].text("ERROR_CODE"), Some("0"));
+    assert_eq!(errors[1].get("StatusCode"), None);
+}
+
+#[test]
+fn after_a_refused_upgrade_the_connection_carries_requests_again() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        syscall::RECVFROM,
+        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /after HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(s.of(EventKind::IncomingRequest).len(), 1);
+    s.answer(5, syscall::WRITEV, "404 Not Found");
+    s.answer(5, syscall::WRITEV, "404 Not Found");
+    let urls: Vec<_> = s
+        .of(EventKind::Error)
+        .iter()
+        .map(|e| e.text("RequestInURL").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(urls, ["/ws", "/after"]);
+}
+
+#[test]
+fn a_head_the_gateway_gave_up_on_is_a_refused_unreadable_request() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        syscall::RECVFROM,
+        b"PUT /orders/1 HTTP/1.1\r\nContent-Le",
+    );
+    s.answer(5, syscall::WRITEV, "400 Bad Request\r\nConnection: close");
+    s.close(5);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 1, "{:?}", s.events);
+    assert_eq!(errors[0].text("RequestInURL"), Some("/orders/1"));
+    assert_eq!(errors[0].get("StatusCode"), Some(&Value::Integer(400)));
+    assert!(s.of(EventKind::IncomingRequest).is_empty());
+}
