@@ -36,43 +36,35 @@ fn connection_error(result: i64) -> bool {
     )
 }
 
-/// Offset in x86-64's `struct pt_regs` of dx; si and di follow it (the first three syscall
-/// arguments are di, si, dx).
-const REG_DX: usize = 12 * 8;
-
-/// The first three arguments of the current syscall, from the task's saved registers.
-#[inline(always)]
-fn syscall_arguments() -> Result<[u64; 3], i64> {
-    // SAFETY: helpers on the current task; the read goes through bpf_probe_read_kernel, which
-    // fails cleanly.
-    let [dx, si, di] = unsafe {
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const u8;
-        bpf_probe_read_kernel(regs.add(REG_DX) as *const [u64; 3]).map_err(|e| e as i64)?
-    };
-    Ok([di, si, dx])
-}
-
-/// Offset in `struct pt_regs` of r10, which holds a syscall's fourth argument.
+/// Offset in x86-64's `struct pt_regs` of r10; r9, r8, ax, cx, dx, si and di follow it. The
+/// first four syscall arguments are di, si, dx and r10: one read gets them all.
 const REG_R10: usize = 7 * 8;
 const MSG_PEEK: u64 = 2;
+
+/// The first four arguments of the current syscall, from the task's saved registers.
+#[inline(always)]
+fn syscall_arguments() -> Result<[u64; 4], i64> {
+    // SAFETY: helpers on the current task; the read goes through bpf_probe_read_kernel, which
+    // fails cleanly.
+    let [r10, _r9, _r8, _ax, _cx, dx, si, di] = unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const u8;
+        bpf_probe_read_kernel(regs.add(REG_R10) as *const [u64; 8]).map_err(|e| e as i64)?
+    };
+    Ok([di, si, dx, r10])
+}
 
 /// Whether a receive only peeked (nginx peeks one byte to tell TLS from plaintext): the bytes
 /// stay queued and come again with the real read. recvfrom's flags are its fourth argument,
 /// recvmsg's its third.
 #[inline(always)]
-fn peeked(call_syscall: u32, third: u64) -> Result<bool, i64> {
+fn peeked(call_syscall: u32, [_, _, third, fourth]: [u64; 4]) -> bool {
     let flags = match call_syscall {
         syscall::RECVMSG => third,
-        // SAFETY: as in syscall_arguments.
-        syscall::RECVFROM => unsafe {
-            let task = bpf_get_current_task_btf();
-            let regs = bpf_task_pt_regs(task) as *const u8;
-            bpf_probe_read_kernel(regs.add(REG_R10) as *const u64).map_err(|e| e as i64)?
-        },
-        _ => return Ok(false),
+        syscall::RECVFROM => fourth,
+        _ => return false,
     };
-    Ok(flags & MSG_PEEK != 0)
+    flags & MSG_PEEK != 0
 }
 
 #[inline(always)]
@@ -87,7 +79,8 @@ fn exit(ctx: &TracePointContext, call_syscall: u32) -> Result<(), i64> {
     {
         return Ok(());
     }
-    let [first, pointer, length] = syscall_arguments()?;
+    let arguments = syscall_arguments()?;
+    let [first, pointer, length, _] = arguments;
     let (fd, call_syscall) = match call_syscall {
         // splice(fd_in, off_in, fd_out, ...): either end may be the socket.
         syscall::SPLICE_OUT => {
@@ -103,7 +96,7 @@ fn exit(ctx: &TracePointContext, call_syscall: u32) -> Result<(), i64> {
         return Ok(());
     };
     if !matches!(role::base(socket_role), role::INBOUND | role::OUTBOUND)
-        || peeked(call_syscall, length)?
+        || peeked(call_syscall, arguments)
     {
         return Ok(());
     }

@@ -46,6 +46,9 @@ pub trait Consumer {
 }
 
 pub struct Session {
+    /// Made before the probes attach, with the stop signals already caught, so a SIGTERM
+    /// right after `attached:` still ends the session cleanly (summary, flushed output).
+    event_loop: Option<EventLoop>,
     probes: Probes,
     run_time: Option<probe::RunTimeStats>,
     pub clock: Clock,
@@ -85,6 +88,30 @@ fn now_clock() -> Clock {
     }
 }
 
+/// The event loop and the signals that stop it.
+struct EventLoop {
+    runtime: tokio::runtime::Runtime,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl EventLoop {
+    fn new() -> anyhow::Result<EventLoop> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the event loop")?;
+        let _context = runtime.enter();
+        let terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+        Ok(EventLoop {
+            runtime,
+            terminate,
+            interrupt,
+        })
+    }
+}
+
 impl Session {
     pub fn start(args: &TargetArgs) -> anyhow::Result<Session> {
         if !args.ring_bytes.is_power_of_two() || args.ring_bytes < 4096 {
@@ -93,6 +120,7 @@ impl Session {
                 args.ring_bytes
             );
         }
+        let event_loop = EventLoop::new()?;
         procfs::check_process(args.pid)?;
         probe::check_privileges()?;
         if procfs::ensure_tracefs()? {
@@ -177,6 +205,7 @@ impl Session {
             None
         };
         Ok(Session {
+            event_loop: Some(event_loop),
             probes,
             run_time,
             clock: now_clock(),
@@ -214,16 +243,25 @@ impl Session {
 
     /// Drains the ring buffer into `consumer` until told to stop.
     pub fn run(&mut self, consumer: &mut dyn Consumer) -> anyhow::Result<Outcome> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the event loop")?;
-        runtime.block_on(self.run_loop(consumer))
+        let mut event_loop = self
+            .event_loop
+            .take()
+            .context("the session has already run")?;
+        let outcome = event_loop.runtime.block_on(self.run_loop(
+            consumer,
+            &mut event_loop.terminate,
+            &mut event_loop.interrupt,
+        ));
+        self.event_loop = Some(event_loop);
+        outcome
     }
 
-    async fn run_loop(&mut self, consumer: &mut dyn Consumer) -> anyhow::Result<Outcome> {
-        let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    async fn run_loop(
+        &mut self,
+        consumer: &mut dyn Consumer,
+        terminate: &mut tokio::signal::unix::Signal,
+        interrupt: &mut tokio::signal::unix::Signal,
+    ) -> anyhow::Result<Outcome> {
         let deadline = tokio::time::sleep(Duration::from_secs_f64(self.duration.unwrap_or(1e9)));
         tokio::pin!(deadline);
         // The kernel side does not wake us per record; a short tick batches the ring's records.

@@ -218,6 +218,8 @@ fn llhttp_request_fixtures_through_nginx_give_what_nginx_saw() {
     for (index, case) in cases.iter().enumerate() {
         send_from(source(index), setup.gateway.port, &case.raw);
     }
+    // nginx may log a refusal just after it closed the connection.
+    std::thread::sleep(Duration::from_millis(500));
     let seen = loop {
         let log = setup.gateway.read("logs/seen.log");
         if !log.is_empty() {

@@ -442,3 +442,29 @@ fn output_file_is_appended_in_kv_and_duration_ends_the_run() {
         lines[2]
     );
 }
+
+#[test]
+fn a_stop_while_attaching_still_ends_with_the_summary() {
+    require_root();
+    let (gateway, _backends) = demo_gateway("early-stop", 1);
+    // Attaching takes tens of milliseconds; the signal comes in the middle of it.
+    for delay_ms in [15, 30, 45] {
+        let observer = std::process::Command::new(tests::observer::binary())
+            .args(["attach", "--pid", &gateway.master_pid().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting access-log");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: signalling a child we own.
+        unsafe { libc::kill(observer.id() as i32, libc::SIGTERM) };
+        let output = observer.wait_with_output().expect("waiting for access-log");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "SIGTERM after {delay_ms} ms: {:?}: {stderr}",
+            output.status
+        );
+        assert!(stderr.contains("summary: "), "{stderr}");
+    }
+}
