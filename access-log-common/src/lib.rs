@@ -2,7 +2,7 @@
 //!
 //! Every record in the ring buffer starts with a [`RecordHeader`]; its `kind` says what follows:
 //! captured bytes for [`kind::DATA`], a [`SocketAddress`] for [`kind::ACCEPT`] and
-//! [`kind::CONNECT`], nothing for the others. Layouts are fixed (`#[repr(C)]`, explicit padding,
+//! [`kind::CONNECT`], a unix socket path for [`kind::CONNECT_UNIX`], nothing for the others. Layouts are fixed (`#[repr(C)]`, explicit padding,
 //! size asserted) because both sides read the same bytes.
 #![no_std]
 
@@ -13,6 +13,14 @@ pub const MAX_CAPTURE: usize = 4096;
 pub const DEFAULT_CAPTURE: u32 = 1024;
 /// The default capture window for responses: a status line and the framing headers.
 pub const DEFAULT_RESPONSE_CAPTURE: u32 = 512;
+/// The most bytes copied from one read carrying requests: the first window, then continuation
+/// records of up to [`MAX_CAPTURE`] bytes each, so that many pipelined requests read at once
+/// are all seen. Bytes beyond it are counted, not copied.
+pub const MAX_REQUEST_READ: u32 = 16384;
+/// Continuation records one read can add after its first record.
+pub const MAX_CONTINUATIONS: u32 = MAX_REQUEST_READ / MAX_CAPTURE as u32;
+/// The longest unix socket path (`sun_path`).
+pub const UNIX_PATH_MAX: usize = 108;
 
 /// What a record reports.
 pub mod kind {
@@ -22,19 +30,33 @@ pub mod kind {
     pub const ACCEPT: u32 = 2;
     /// A watched process connected a socket: an outbound connection (`result` is connect's).
     pub const CONNECT: u32 = 3;
-    /// A followed socket was closed.
+    /// A followed socket was closed (`result` holds its TCP state just before, 0 when it
+    /// could not be read).
     pub const CLOSE: u32 = 4;
     /// A watched process (a whole thread group) exited.
     pub const EXIT: u32 = 5;
     /// The process shut down the sending side of an inbound socket (`result` holds `how`):
     /// whatever it reads afterwards is drained, not served (Apache's lingering close).
     pub const SHUTDOWN: u32 = 7;
-    /// A watched process forked a child that is now watched too (`fd` holds the child pid).
-    pub const FORK: u32 = 6;
+    /// A watched process connected a unix stream socket: an outbound connection to a local
+    /// backend (`result` is connect's); a [`super::UnixConnectRecord`].
+    pub const CONNECT_UNIX: u32 = 8;
 }
 
-/// Which syscall produced a data record (kept for diagnostics and for counted-only calls).
-pub mod syscall {
+/// Bits of [`RecordHeader::flags`].
+pub mod flags {
+    /// A data record whose call moved more bytes than it carries, and whose next bytes follow
+    /// in a continuation record of the same call (same timestamp, tid and fd; a larger
+    /// `offset`).
+    pub const MORE: u32 = 1;
+    /// A connect record for a socket already connecting or connected: HAProxy, among others,
+    /// calls connect() again to learn how a non-blocking connect ended. Only failures are
+    /// sent; the connection is the same.
+    pub const REPEATED: u32 = 2;
+}
+
+/// Which call produced a data record: a syscall, or a TLS library's read or write.
+pub mod call {
     pub const READ: u32 = 1;
     pub const READV: u32 = 2;
     pub const RECVFROM: u32 = 3;
@@ -47,27 +69,27 @@ pub mod syscall {
     pub const SPLICE_IN: u32 = 10;
     pub const SPLICE_OUT: u32 = 11;
     /// Plaintext returned by SSL_read / SSL_read_ex (a uretprobe, not a syscall).
-    pub const SSL_READ: u32 = 12;
+    pub const TLS_READ: u32 = 12;
     /// Plaintext passed to SSL_write / SSL_write_ex.
-    pub const SSL_WRITE: u32 = 13;
+    pub const TLS_WRITE: u32 = 13;
 
     /// True for calls that move bytes from the socket to the process.
-    pub const fn is_ingress(syscall: u32) -> bool {
+    pub const fn is_ingress(call: u32) -> bool {
         matches!(
-            syscall,
-            READ | READV | RECVFROM | RECVMSG | SPLICE_IN | SSL_READ
+            call,
+            READ | READV | RECVFROM | RECVMSG | SPLICE_IN | TLS_READ
         )
     }
 
     /// True for plaintext read through the process's TLS library.
-    pub const fn is_tls(syscall: u32) -> bool {
-        matches!(syscall, SSL_READ | SSL_WRITE)
+    pub const fn is_tls(call: u32) -> bool {
+        matches!(call, TLS_READ | TLS_WRITE)
     }
 }
 
 /// Role of a followed socket in the kernel's socket table.
 pub mod role {
-    /// Created by socket(AF_INET*, SOCK_STREAM) but not yet connected.
+    /// Created by socket(AF_INET*/AF_UNIX, SOCK_STREAM) but not yet connected.
     pub const CREATED: u32 = 1;
     /// Accepted from a listening socket: a client talks to the gateway.
     pub const INBOUND: u32 = 2;
@@ -109,14 +131,22 @@ pub struct RecordHeader {
     pub tgid: u32,
     pub tid: u32,
     pub fd: i32,
-    /// One of [`syscall`] for data records, 0 otherwise.
-    pub syscall: u32,
+    /// One of [`call`] for data records, 0 otherwise.
+    pub call: u32,
     /// Bytes of payload that follow this header in a data record.
     pub captured_len: u32,
     /// The syscall's return value: bytes moved, or a negative errno.
     pub result: i64,
+    /// Where the captured bytes start within the call's bytes: 0, or the offset of a
+    /// continuation record's slice.
+    pub offset: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// Records the kernel had failed to deliver (ring buffer full), over the whole session,
+    /// when it made this one: a rise from one record to the next says a gap lies between them.
+    pub lost_before: u64,
 }
-const _: () = assert!(core::mem::size_of::<RecordHeader>() == 40);
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == 56);
 
 /// A socket address as the kernel gave it; `family` is AF_INET (2) or AF_INET6 (10), or 0 when
 /// unknown. `port` is in host byte order; IPv4 addresses use the first four bytes of `addr`.
@@ -137,7 +167,66 @@ pub struct ConnectionRecord {
     pub header: RecordHeader,
     pub remote: SocketAddress,
 }
-const _: () = assert!(core::mem::size_of::<ConnectionRecord>() == 64);
+const _: () = assert!(core::mem::size_of::<ConnectionRecord>() == 80);
+
+/// The record for a connect on a unix stream socket: the header, then the path as given to
+/// connect() (NUL-terminated when shorter; an abstract socket starts with a NUL byte).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixConnectRecord {
+    pub header: RecordHeader,
+    pub path: [u8; UNIX_PATH_MAX],
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<UnixConnectRecord>() == 168);
+
+/// Offsets (bytes) of the kernel structure members the programs walk from the current task to
+/// a socket's state and peer, read from the kernel's BTF at load time. A zero `task_files`
+/// means the walk is not possible on this kernel and is skipped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// task_struct.files
+    pub task_files: u32,
+    /// files_struct.fdt
+    pub files_fdt: u32,
+    /// fdtable.max_fds
+    pub fdtable_max_fds: u32,
+    /// fdtable.fd
+    pub fdtable_fd: u32,
+    /// file.private_data (a struct socket for a socket file)
+    pub file_private_data: u32,
+    /// socket.sk
+    pub socket_sk: u32,
+    /// sock_common.skc_state (sock_common starts struct sock)
+    pub skc_state: u32,
+    /// sock_common.skc_family
+    pub skc_family: u32,
+    /// sock_common.skc_daddr
+    pub skc_daddr: u32,
+    /// sock_common.skc_dport
+    pub skc_dport: u32,
+    /// sock_common.skc_v6_daddr
+    pub skc_v6_daddr: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h), for a socket's state at
+/// close: whether the peer had ended the connection first.
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const CLOSING: u8 = 11;
+
+    /// The peer sent its FIN or a reset before this side closed.
+    pub const fn peer_ended(state: u8) -> bool {
+        matches!(state, TIME_WAIT | CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING)
+    }
+}
 
 /// Key of the kernel's table of followed sockets.
 #[repr(C)]
@@ -153,4 +242,5 @@ mod pod {
     // SAFETY: plain old data: repr(C), every field an integer, no implicit padding.
     unsafe impl aya::Pod for super::SocketKey {}
     unsafe impl aya::Pod for super::RecordHeader {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
 }

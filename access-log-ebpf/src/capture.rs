@@ -1,11 +1,13 @@
-//! Copying a bounded head of a call's bytes from user memory into a ring-buffer record.
+//! Copying a bounded head of a call's bytes from user memory into ring-buffer records.
 //!
 //! The verifier must see every copy offset and length bounded; the masks are applied in inline
 //! asm right before each helper call, because LLVM may drop a Rust `min()` when it spills.
-use access_log_common::{counter, kind, RecordHeader, MAX_CAPTURE};
+use access_log_common::{
+    counter, flags, kind, RecordHeader, MAX_CAPTURE, MAX_CONTINUATIONS, MAX_REQUEST_READ,
+};
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_user};
 
-use crate::maps::{count, header, Caller, COPY_MASK, EVENTS, NO_WAKEUP, SCRATCH};
+use crate::maps::{count, header, lose_record, Caller, DataRecord, COPY_MASK, EVENTS, SCRATCH};
 
 /// Most iovecs looked at in one readv/writev/sendmsg/recvmsg; heads sit in the first few.
 const MAX_IOVECS: usize = 8;
@@ -26,7 +28,7 @@ pub enum Source {
     /// An iovec array (readv, writev, and the msghdr of recvmsg/sendmsg).
     Vector { iov: u64, count: u64 },
     /// Bytes moved without passing through the process (sendfile, splice): counted only.
-    Counted,
+    CountOnly,
 }
 
 #[repr(C)]
@@ -36,9 +38,20 @@ struct IoVec {
     len: u64,
 }
 
-/// Emits one data record for a call on `fd` that moved `moved` bytes (or failed with it).
+/// Emits the records of a call on `fd` that moved `moved` bytes (or failed with it): one
+/// record with the first `window` bytes; for a read carrying requests from one buffer
+/// (`continues`), continuation records with the bytes after the window, up to
+/// [`MAX_REQUEST_READ`] in all, so that pipelined requests read at once are all seen.
 #[inline(always)]
-pub fn emit(caller: Caller, fd: i32, syscall: u32, moved: i64, window: u32, source: Source) {
+pub fn emit(
+    caller: Caller,
+    fd: i32,
+    call: u32,
+    moved: i64,
+    window: u32,
+    source: Source,
+    continues: bool,
+) {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -57,25 +70,102 @@ pub fn emit(caller: Caller, fd: i32, syscall: u32, moved: i64, window: u32, sour
     let captured = match source {
         Source::Buffer { pointer } => copy(record, 0, pointer, wanted),
         Source::Vector { iov, count } => copy_vector(record, iov, count, wanted),
-        Source::Counted => 0,
+        Source::CountOnly => 0,
     };
     let mut head: RecordHeader = header(caller, kind::DATA, fd);
-    head.syscall = syscall;
+    head.call = call;
     head.result = moved;
     head.captured_len = captured as u32;
+    let Source::Buffer { pointer } = source else {
+        let _ = send(record, head, captured);
+        return;
+    };
+    // Continuation: only a read carrying requests that starts with a request line (pipelined
+    // requests, a long URL), only when the whole first window came. A read inside a body
+    // (an upload) is not copied further.
+    let last = if continues && captured == wanted && moved > 0 && starts_like_request(record) {
+        let moved = moved as u64;
+        if moved < MAX_REQUEST_READ as u64 {
+            moved
+        } else {
+            MAX_REQUEST_READ as u64
+        }
+    } else {
+        0
+    };
+    let mut offset = captured;
+    if offset < last {
+        head.flags = flags::MORE;
+    }
+    // After a record the ring could not take, the rest of the call is not worth sending: the
+    // next record user space sees carries the loss.
+    if !send(record, head, captured) {
+        return;
+    }
+    for _ in 0..MAX_CONTINUATIONS {
+        if offset >= last {
+            break;
+        }
+        let mut length = last - offset;
+        if length > MAX_CAPTURE as u64 {
+            length = MAX_CAPTURE as u64;
+        }
+        let copied = copy(record, 0, pointer + offset, length);
+        if copied != length {
+            // The rest is counted as moved beyond capture.
+            head.flags = 0;
+            head.offset = offset as u32;
+            head.captured_len = 0;
+            let _ = send(record, head, 0);
+            return;
+        }
+        head.offset = offset as u32;
+        head.captured_len = copied as u32;
+        offset += copied;
+        head.flags = if offset < last { flags::MORE } else { 0 };
+        if !send(record, head, copied) {
+            return;
+        }
+    }
+}
+
+/// Whether the captured bytes start with a method and a space (`GET `, `OPTIONS `).
+#[inline(always)]
+fn starts_like_request(record: &DataRecord) -> bool {
+    for index in 0..8 {
+        let byte = record.data[index];
+        if byte == b' ' {
+            return index >= 3;
+        }
+        if !byte.is_ascii_uppercase() {
+            return false;
+        }
+    }
+    false
+}
+
+/// Sends the header and the first `captured` bytes of the scratch record; false when the ring
+/// buffer was full (the loss is counted).
+#[inline(always)]
+fn send(record: &mut DataRecord, head: RecordHeader, captured: u64) -> bool {
     record.header = head;
     let size = bounded(captured) + core::mem::size_of::<RecordHeader>() as u64;
     // SAFETY: `size` is at most the header plus COPY_MASK bytes, inside the scratch record.
     let bytes =
         unsafe { core::slice::from_raw_parts(record as *const _ as *const u8, size as usize) };
-    if EVENTS.output::<[u8]>(bytes, NO_WAKEUP).is_err() {
-        count(counter::RING_FULL);
+    if EVENTS
+        .output::<[u8]>(bytes, crate::maps::NO_WAKEUP)
+        .is_err()
+    {
+        lose_record();
+        return false;
     }
+    true
 }
 
 /// Copies `length` bytes from `source` to the record at `offset`; returns the new end offset.
 #[inline(always)]
-fn copy(record: &mut crate::maps::DataRecord, offset: u64, source: u64, length: u64) -> u64 {
+fn copy(record: &mut DataRecord, offset: u64, source: u64, length: u64) -> u64 {
     if length == 0 {
         return offset;
     }
@@ -96,8 +186,10 @@ fn copy(record: &mut crate::maps::DataRecord, offset: u64, source: u64, length: 
     offset + length
 }
 
+/// Copies the first `wanted` bytes of an iovec array; stops at the first vector it cannot
+/// read, so the bytes it returns are contiguous from the start of the call.
 #[inline(always)]
-fn copy_vector(record: &mut crate::maps::DataRecord, iov: u64, count: u64, wanted: u64) -> u64 {
+fn copy_vector(record: &mut DataRecord, iov: u64, count: u64, wanted: u64) -> u64 {
     let mut offset = 0u64;
     for index in 0..MAX_IOVECS {
         if index as u64 >= count || offset >= wanted {
@@ -114,7 +206,11 @@ fn copy_vector(record: &mut crate::maps::DataRecord, iov: u64, count: u64, wante
         if length > wanted - offset {
             length = wanted - offset;
         }
-        offset = copy(record, offset, vector.base, length);
+        let end = copy(record, offset, vector.base, length);
+        if end != offset + length {
+            break;
+        }
+        offset = end;
     }
     offset
 }

@@ -1,11 +1,15 @@
-//! Socket lifecycle: socket() marks TCP sockets, accept() follows inbound connections, connect()
-//! follows outbound ones, close() stops following. Only these calls add or remove followed
-//! sockets; data calls look them up.
-use access_log_common::{counter, kind, role, ConnectionRecord, SocketAddress, SocketKey};
+//! Socket lifecycle: socket() marks TCP and unix stream sockets, accept() follows inbound
+//! connections, connect() follows outbound ones (to a TCP or a unix-socket backend), close()
+//! stops following. Only these calls add or remove followed sockets; data calls look them up.
+use access_log_common::{
+    counter, flags, kind, role, ConnectionRecord, SocketAddress, SocketKey, UnixConnectRecord,
+    UNIX_PATH_MAX,
+};
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 
 use crate::maps::{count, header, submit, watched_caller, Caller, PendingCall, CALLS, SOCKETS};
 
+const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u64 = 1;
@@ -30,6 +34,7 @@ pub fn ret(ctx: &TracePointContext) -> Result<i64, i64> {
     unsafe { ctx.read_at::<i64>(RET) }.map_err(|e| e as i64)
 }
 
+#[inline(always)]
 fn save(caller: Caller, call: PendingCall) {
     if CALLS.insert(caller.pid_tgid, call, 0).is_err() {
         count(counter::CALL_TABLE_FULL);
@@ -105,7 +110,7 @@ fn try_socket_enter(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let domain = arg(ctx, 0)? as u16;
     let socket_type = arg(ctx, 1)?;
-    if (domain == AF_INET || domain == AF_INET6) && socket_type & 0xf == SOCK_STREAM {
+    if matches!(domain, AF_INET | AF_INET6 | AF_UNIX) && socket_type & 0xf == SOCK_STREAM {
         save(
             caller,
             PendingCall {
@@ -183,10 +188,14 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if fd < 0 {
         return Ok(());
     }
-    let remote = read_address(call.pointer);
+    let mut remote = read_address(call.pointer);
     // A unix-socket accept (nginx's own channels) is not a client connection.
     if remote.family == 0 && call.pointer != 0 {
         return Ok(());
+    }
+    if call.pointer == 0 {
+        // No address buffer (libuv): the peer comes from the socket itself.
+        remote = crate::socket::peer(fd as i32);
     }
     follow(caller, fd as i32, role::INBOUND);
     submit(ConnectionRecord {
@@ -207,21 +216,35 @@ fn try_connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let fd = arg(ctx, 0)? as i32;
-    match role_of(caller, fd).map(role::base) {
-        Some(role::CREATED) | Some(role::OUTBOUND) => save(
-            caller,
-            PendingCall {
-                pointer: arg(ctx, 1)?,
-                length: 0,
-                fd,
-                syscall: CALL_CONNECT,
-                window: 0,
-                _pad: 0,
-            },
-        ),
-        _ => {}
-    }
+    // A connect on a socket already followed as outbound is a repeat (HAProxy confirms a
+    // non-blocking connect this way): the same connection, not a new one.
+    let repeated = match role_of(caller, fd).map(role::base) {
+        Some(role::CREATED) => 0,
+        Some(role::OUTBOUND) => 1,
+        _ => return Ok(()),
+    };
+    save(
+        caller,
+        PendingCall {
+            pointer: arg(ctx, 1)?,
+            length: repeated,
+            fd,
+            syscall: CALL_CONNECT,
+            window: 0,
+            _pad: 0,
+        },
+    );
     Ok(())
+}
+
+/// Whether a connect result says nothing new about a connection already under way: done
+/// (0, EISCONN), or still going (EALREADY, EINPROGRESS).
+#[inline(always)]
+fn connect_goes_on(result: i64) -> bool {
+    const EISCONN: i64 = -106;
+    const EALREADY: i64 = -114;
+    const EINPROGRESS: i64 = -115;
+    matches!(result, 0 | EISCONN | EALREADY | EINPROGRESS)
 }
 
 #[tracepoint]
@@ -238,14 +261,61 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let result = ret(ctx)?;
-    follow(caller, call.fd, role::OUTBOUND);
+    let repeated = call.length != 0;
+    if repeated && connect_goes_on(result) {
+        return Ok(());
+    }
+    if !repeated {
+        follow(caller, call.fd, role::OUTBOUND);
+    }
+    let family = if call.pointer == 0 {
+        0
+    } else {
+        // SAFETY: the helper fails cleanly on a bad pointer.
+        unsafe { bpf_probe_read_user(call.pointer as *const u16) }.unwrap_or(0)
+    };
     let mut head = header(caller, kind::CONNECT, call.fd);
     head.result = result;
+    if repeated {
+        head.flags = flags::REPEATED;
+    }
+    if family == AF_UNIX {
+        head.kind = kind::CONNECT_UNIX;
+        submit_unix(head, call.pointer);
+        return Ok(());
+    }
     submit(ConnectionRecord {
         header: head,
         remote: read_address(call.pointer),
     });
     Ok(())
+}
+
+/// Sends a unix connect record with the path written straight into the ring buffer (the
+/// record is larger than is wise on the stack).
+#[inline(always)]
+fn submit_unix(head: access_log_common::RecordHeader, pointer: u64) {
+    let Some(mut entry) = crate::maps::EVENTS.reserve::<UnixConnectRecord>(0) else {
+        crate::maps::lose_record();
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: the entry is reserved for this record; every field is written before submit.
+    unsafe {
+        (*record).header = head;
+        (*record)._pad = 0;
+        let path = (*record).path.as_mut_ptr();
+        // sockaddr_un: family (2 bytes), then sun_path.
+        if aya_ebpf::helpers::generated::bpf_probe_read_user(
+            path as *mut aya_ebpf::cty::c_void,
+            UNIX_PATH_MAX as u32,
+            (pointer + 2) as *const aya_ebpf::cty::c_void,
+        ) != 0
+        {
+            core::ptr::write_bytes(path, 0, UNIX_PATH_MAX);
+        }
+    }
+    entry.submit(crate::maps::NO_WAKEUP);
 }
 
 #[tracepoint]
@@ -267,7 +337,11 @@ fn try_close_enter(ctx: &TracePointContext) -> Result<(), i64> {
         fd,
     });
     if role::base(socket_role) != role::CREATED {
-        submit(header(caller, kind::CLOSE, fd));
+        // The state tells whether the peer ended the connection first (a client that left,
+        // a backend that hung up) when no read of ours saw it.
+        let mut head = header(caller, kind::CLOSE, fd);
+        head.result = crate::socket::state(fd) as i64;
+        submit(head);
     }
     Ok(())
 }

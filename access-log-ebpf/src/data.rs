@@ -2,7 +2,7 @@
 //! registers the task saved at syscall entry (x86-64 keeps them intact through the call), so
 //! no enter program and no per-call map entry are needed. A bounded head of the bytes actually
 //! moved is copied. Calls on anything that is not a followed socket return after two lookups.
-use access_log_common::{role, syscall};
+use access_log_common::{call, role};
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
@@ -58,49 +58,50 @@ fn syscall_arguments() -> Result<[u64; 4], i64> {
 /// stay queued and come again with the real read. recvfrom's flags are its fourth argument,
 /// recvmsg's its third.
 #[inline(always)]
-fn peeked(call_syscall: u32, [_, _, third, fourth]: [u64; 4]) -> bool {
-    let flags = match call_syscall {
-        syscall::RECVMSG => third,
-        syscall::RECVFROM => fourth,
+fn peeked(data_call: u32, [_, _, third, fourth]: [u64; 4]) -> bool {
+    let flags = match data_call {
+        call::RECVMSG => third,
+        call::RECVFROM => fourth,
         _ => return false,
     };
     flags & MSG_PEEK != 0
 }
 
 #[inline(always)]
-fn exit(ctx: &TracePointContext, call_syscall: u32) -> Result<(), i64> {
+fn exit(ctx: &TracePointContext, data_call: u32) -> Result<(), i64> {
     let Some(caller) = watched_caller() else {
         return Ok(());
     };
     let moved = ret(ctx)?;
     // An end of stream (0 on a read) and connection errors are facts user space classifies;
     // would-block, interrupted and other failed calls moved nothing and mean nothing.
-    if (moved < 0 && !connection_error(moved)) || (moved == 0 && !syscall::is_ingress(call_syscall))
-    {
+    if (moved < 0 && !connection_error(moved)) || (moved == 0 && !call::is_ingress(data_call)) {
         return Ok(());
     }
     let arguments = syscall_arguments()?;
     let [first, pointer, length, _] = arguments;
-    let (fd, call_syscall) = match call_syscall {
+    let (fd, data_call) = match data_call {
         // splice(fd_in, off_in, fd_out, ...): either end may be the socket.
-        syscall::SPLICE_OUT => {
+        call::SPLICE_OUT => {
             if followed(caller, length as i32) {
-                (length as i32, syscall::SPLICE_OUT)
+                (length as i32, call::SPLICE_OUT)
             } else {
-                (first as i32, syscall::SPLICE_IN)
+                (first as i32, call::SPLICE_IN)
             }
         }
-        _ => (first as i32, call_syscall),
+        _ => (first as i32, data_call),
     };
     let Some(socket_role) = role_of(caller, fd) else {
         return Ok(());
     };
+    // A peek's bytes come again with the real read; its end of stream or error is news (nginx
+    // peeks to learn that a client waiting for a backend went away).
     if !matches!(role::base(socket_role), role::INBOUND | role::OUTBOUND)
-        || peeked(call_syscall, arguments)
+        || (moved > 0 && peeked(data_call, arguments))
     {
         return Ok(());
     }
-    let ingress = syscall::is_ingress(call_syscall);
+    let ingress = call::is_ingress(data_call);
     // Bytes on a TLS socket are ciphertext, skipped: their plaintext comes from the TLS
     // library's probes. An end of stream or a connection error is a fact of the socket either
     // way, and goes through.
@@ -116,12 +117,12 @@ fn exit(ctx: &TracePointContext, call_syscall: u32) -> Result<(), i64> {
     if socket_role & role::TLS != 0 && ciphertext {
         return Ok(());
     }
-    let source = match call_syscall {
-        syscall::READV | syscall::WRITEV => Source::Vector {
+    let source = match data_call {
+        call::READV | call::WRITEV => Source::Vector {
             iov: pointer,
             count: length,
         },
-        syscall::RECVMSG | syscall::SENDMSG => {
+        call::RECVMSG | call::SENDMSG => {
             // struct msghdr: name, namelen, iov at 16, iovlen at 24.
             // SAFETY: the helper fails cleanly on a bad pointer.
             let header = unsafe { bpf_probe_read_user((pointer + 16) as *const [u64; 2]) }
@@ -131,12 +132,20 @@ fn exit(ctx: &TracePointContext, call_syscall: u32) -> Result<(), i64> {
                 count: header[1],
             }
         }
-        syscall::SENDFILE | syscall::SPLICE_IN | syscall::SPLICE_OUT => Source::Counted,
+        call::SENDFILE | call::SPLICE_IN | call::SPLICE_OUT => Source::CountOnly,
         _ => Source::Buffer { pointer },
     };
     let inbound = role::base(socket_role) == role::INBOUND;
     let window = capture_bytes(ingress == inbound);
-    emit(caller, fd, call_syscall, moved, window, source);
+    emit(
+        caller,
+        fd,
+        data_call,
+        moved,
+        window,
+        source,
+        ingress && inbound,
+    );
     Ok(())
 }
 
@@ -146,23 +155,23 @@ fn followed(caller: crate::maps::Caller, fd: i32) -> bool {
 }
 
 macro_rules! data_call {
-    ($exit:ident, $syscall:expr) => {
+    ($exit:ident, $call:expr) => {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            let _ = exit(&ctx, $syscall);
+            let _ = exit(&ctx, $call);
             0
         }
     };
 }
 
-data_call!(read_exit, syscall::READ);
-data_call!(readv_exit, syscall::READV);
-data_call!(recvfrom_exit, syscall::RECVFROM);
-data_call!(recvmsg_exit, syscall::RECVMSG);
-data_call!(write_exit, syscall::WRITE);
-data_call!(writev_exit, syscall::WRITEV);
-data_call!(sendto_exit, syscall::SENDTO);
-data_call!(sendmsg_exit, syscall::SENDMSG);
+data_call!(read_exit, call::READ);
+data_call!(readv_exit, call::READV);
+data_call!(recvfrom_exit, call::RECVFROM);
+data_call!(recvmsg_exit, call::RECVMSG);
+data_call!(write_exit, call::WRITE);
+data_call!(writev_exit, call::WRITEV);
+data_call!(sendto_exit, call::SENDTO);
+data_call!(sendmsg_exit, call::SENDMSG);
 // sendfile(out_fd, in_fd, ...): the socket is the destination; counted, never copied.
-data_call!(sendfile_exit, syscall::SENDFILE);
-data_call!(splice_exit, syscall::SPLICE_OUT);
+data_call!(sendfile_exit, call::SENDFILE);
+data_call!(splice_exit, call::SPLICE_OUT);

@@ -11,6 +11,7 @@ mod connection;
 mod data;
 mod maps;
 mod process;
+mod socket;
 mod ssl;
 
 #[cfg(not(test))]

@@ -4,7 +4,7 @@ use access_log_common::{counter, RecordHeader, SocketKey, MAX_CAPTURE};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 
 /// Bytes of each request-carrying call to copy; set by user space at load time
@@ -71,6 +71,11 @@ pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// Records the ring buffer could not take, over the session and every CPU: each record carries
+/// the count as it was when the record was made, so user space sees where a gap lies.
+#[map]
+pub static LOST: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Every record for user space. User space sets the size at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
@@ -134,6 +139,32 @@ pub fn count(index: u32) {
     }
 }
 
+/// The session's count of records lost so far.
+#[inline(always)]
+fn lost_so_far() -> u64 {
+    // SAFETY: a plain read of an array slot; a racing increment is seen by the next record.
+    LOST.get(0)
+        .map_or(0, |lost| unsafe { core::ptr::read_volatile(lost) })
+}
+
+/// Counts a record the ring buffer could not take: per CPU for the summary, and in the
+/// session-wide count the next records carry.
+#[inline(always)]
+pub fn lose_record() {
+    count(counter::RING_FULL);
+    if let Some(lost) = LOST.get_ptr_mut(0) {
+        // An atomic add across CPUs (BPF_ATOMIC | BPF_ADD); the BPF target has no Rust atomics.
+        // SAFETY: the slot lives as long as the map and is 8-byte aligned.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({slot} + 0) += {one}",
+                slot = in(reg) lost,
+                one = in(reg) 1u64,
+            )
+        };
+    }
+}
+
 #[inline(always)]
 pub fn header(caller: Caller, kind: u32, fd: i32) -> RecordHeader {
     RecordHeader {
@@ -143,9 +174,12 @@ pub fn header(caller: Caller, kind: u32, fd: i32) -> RecordHeader {
         tgid: caller.tgid,
         tid: caller.tid,
         fd,
-        syscall: 0,
+        call: 0,
         captured_len: 0,
         result: 0,
+        offset: 0,
+        flags: 0,
+        lost_before: lost_so_far(),
     }
 }
 
@@ -157,6 +191,6 @@ pub fn submit<T: 'static>(record: T) {
             entry.write(record);
             entry.submit(NO_WAKEUP);
         }
-        None => count(counter::RING_FULL),
+        None => lose_record(),
     }
 }

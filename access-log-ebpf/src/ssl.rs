@@ -5,7 +5,7 @@
 //! tracepoints, which then skip the ciphertext), remembered per SSL object for calls OpenSSL
 //! serves from its own buffer. Attached for every process that maps the library; the tgid
 //! filter runs first.
-use access_log_common::{counter, role, syscall, SocketKey};
+use access_log_common::{call, counter, role, SocketKey};
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
     macros::{map, uprobe, uretprobe},
@@ -28,7 +28,8 @@ pub struct SslCall {
     pub length_out: u64,
     /// The socket, once the call's syscall (or an earlier call on this SSL object) showed it.
     pub fd: i32,
-    pub syscall: u32,
+    /// [`call::TLS_READ`], [`call::TLS_WRITE`] or [`HANDSHAKE`].
+    pub function: u32,
 }
 
 #[repr(C)]
@@ -39,7 +40,7 @@ pub struct SslKey {
     pub _pad: u32,
 }
 
-/// Marks a handshake call (SSL_do_handshake, SSL_accept, SSL_connect) in [`SslCall::syscall`].
+/// Marks a handshake call (SSL_do_handshake, SSL_accept, SSL_connect) in [`SslCall::function`].
 const HANDSHAKE: u32 = 0;
 
 /// How a probed function reports the bytes it moved.
@@ -135,7 +136,7 @@ pub fn inside_ssl_call(pid_tgid: u64, tgid: u32, fd: i32) -> bool {
 }
 
 #[inline(always)]
-fn enter(ctx: &ProbeContext, call_syscall: u32, form: Form) -> Result<(), i64> {
+fn enter(ctx: &ProbeContext, function: u32, form: Form) -> Result<(), i64> {
     let Some(caller) = watched_caller() else {
         return Ok(());
     };
@@ -157,15 +158,11 @@ fn enter(ctx: &ProbeContext, call_syscall: u32, form: Form) -> Result<(), i64> {
         buffer,
         length_out,
         fd,
-        syscall: call_syscall,
+        function,
     };
     // A handshake run from inside SSL_read/SSL_write must not replace the outer call.
     const NO_EXIST: u64 = 1;
-    let flags = if call_syscall == HANDSHAKE {
-        NO_EXIST
-    } else {
-        0
-    };
+    let flags = if function == HANDSHAKE { NO_EXIST } else { 0 };
     if SSL_CALLS.insert(caller.pid_tgid, call, flags).is_err() && flags == 0 {
         count(counter::CALL_TABLE_FULL);
     }
@@ -173,7 +170,7 @@ fn enter(ctx: &ProbeContext, call_syscall: u32, form: Form) -> Result<(), i64> {
 }
 
 #[inline(always)]
-fn exit(ctx: &RetProbeContext, call_syscall: u32, form: Form) -> Result<(), i64> {
+fn exit(ctx: &RetProbeContext, function: u32, form: Form) -> Result<(), i64> {
     let Some(caller) = watched_caller() else {
         return Ok(());
     };
@@ -181,7 +178,7 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, form: Form) -> Result<(), i64>
     let Some(call) = (unsafe { SSL_CALLS.get(caller.pid_tgid) }).copied() else {
         return Ok(());
     };
-    if call.syscall != call_syscall {
+    if call.function != function {
         // The return of a nested call; the entry is the outer call's.
         return Ok(());
     }
@@ -189,7 +186,7 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, form: Form) -> Result<(), i64>
     let mut call = call;
     // The socket is known from this call's own syscall or the SSL object, not guessed.
     let socket_known = call.fd >= 0;
-    if call.fd < 0 && call.syscall != syscall::SSL_WRITE {
+    if call.fd < 0 && call.function != call::TLS_WRITE {
         // No syscall inside the call and none remembered: a memory-BIO library; the
         // ciphertext it decrypts is what this thread read last.
         if let Some(fd) = last_socket_read(caller.pid_tgid) {
@@ -202,7 +199,7 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, form: Form) -> Result<(), i64>
         tgid: caller.tgid,
         _pad: 0,
     };
-    if call.syscall == HANDSHAKE {
+    if call.function == HANDSHAKE {
         // The handshake's syscalls named the socket: later reads served from OpenSSL's
         // buffer (a request that arrived with the handshake's last flight) need it.
         if call.fd >= 0 {
@@ -211,10 +208,18 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, form: Form) -> Result<(), i64>
         return Ok(());
     }
     let result: i32 = ctx.ret();
-    if call.syscall == syscall::SSL_READ && socket_known && form.end_of_stream(result) {
+    if call.function == call::TLS_READ && socket_known && form.end_of_stream(result) {
         // The peer closed the TLS stream (close_notify or EOF), perhaps with no read() of ours
         // seeing it: a fact user space needs (a backend that hung up before answering).
-        emit(caller, call.fd, call.syscall, 0, 0, Source::Counted);
+        emit(
+            caller,
+            call.fd,
+            call.function,
+            0,
+            0,
+            Source::CountOnly,
+            false,
+        );
         return Ok(());
     }
     let moved: i64 = if form.count_argument().is_some() {
@@ -235,25 +240,32 @@ fn exit(ctx: &RetProbeContext, call_syscall: u32, form: Form) -> Result<(), i64>
     }
     let _ = SSL_SOCKETS.insert(key, call.fd, 0);
     // SAFETY: the value is copied.
-    let socket_role = unsafe {
+    let Some(socket_role) = (unsafe {
         SOCKETS.get(SocketKey {
             tgid: caller.tgid,
             fd: call.fd,
         })
-    }
+    })
     .copied()
-    .unwrap_or(role::INBOUND);
+    .filter(|r| matches!(role::base(*r), role::INBOUND | role::OUTBOUND)) else {
+        // Not a followed connection (a socket the observer never saw open): its direction is
+        // unknown, and guessing one would make requests of responses.
+        count(counter::TLS_SOCKET_UNKNOWN);
+        return Ok(());
+    };
     let inbound = role::base(socket_role) == role::INBOUND;
-    let window = capture_bytes((call.syscall == syscall::SSL_READ) == inbound);
+    let reads = call.function == call::TLS_READ;
+    let window = capture_bytes(reads == inbound);
     emit(
         caller,
         call.fd,
-        call.syscall,
+        call.function,
         moved,
         window,
         Source::Buffer {
             pointer: call.buffer,
         },
+        reads && inbound,
     );
     Ok(())
 }
@@ -275,28 +287,23 @@ macro_rules! ssl_probes {
     };
 }
 
-ssl_probes!(
-    ssl_read_enter,
-    ssl_read_exit,
-    syscall::SSL_READ,
-    Form::Counted
-);
+ssl_probes!(ssl_read_enter, ssl_read_exit, call::TLS_READ, Form::Counted);
 ssl_probes!(
     ssl_read_ex_enter,
     ssl_read_ex_exit,
-    syscall::SSL_READ,
+    call::TLS_READ,
     Form::CountOut(3)
 );
 ssl_probes!(
     ssl_write_enter,
     ssl_write_exit,
-    syscall::SSL_WRITE,
+    call::TLS_WRITE,
     Form::Counted
 );
 ssl_probes!(
     ssl_write_ex_enter,
     ssl_write_ex_exit,
-    syscall::SSL_WRITE,
+    call::TLS_WRITE,
     Form::CountOut(3)
 );
 // OpenSSL's internal functions behind SSL_read/SSL_read_ex and SSL_write/SSL_write_ex; 3.2's
@@ -304,19 +311,19 @@ ssl_probes!(
 ssl_probes!(
     ssl_read_internal_enter,
     ssl_read_internal_exit,
-    syscall::SSL_READ,
+    call::TLS_READ,
     Form::Internal(3)
 );
 ssl_probes!(
     ssl_write_internal_enter,
     ssl_write_internal_exit,
-    syscall::SSL_WRITE,
+    call::TLS_WRITE,
     Form::Internal(3)
 );
 ssl_probes!(
     ssl_write_flags_enter,
     ssl_write_flags_exit,
-    syscall::SSL_WRITE,
+    call::TLS_WRITE,
     Form::Internal(4)
 );
 // SSL_do_handshake, SSL_accept and SSL_connect: only to learn the SSL object's socket.

@@ -1,16 +1,12 @@
-//! access-log's user-space library: the pipeline from kernel records to access-log events
-//! (decode, reassemble, parse, pair, classify, format) and the seams to the kernel and /proc.
-//! The `access-log` binary (src/main.rs) is the command line around it.
-pub mod catalog;
-pub mod classify;
+//! access-log's user-space library, laid out as the pipeline a byte travels: `kernel` (load,
+//! attach, drain, decode; capture files) → `protocol` (one direction of a connection's bytes
+//! to heads) → `pipeline` (heads to requests and their outcomes) → `event` (outcomes to
+//! events) → `sink` (events to the world). `command` holds the subcommands around it; the
+//! `access-log` binary (src/main.rs) is the command line.
+pub mod command;
 pub mod event;
-pub mod format;
-pub mod http;
+pub mod kernel;
 pub mod pipeline;
-#[cfg(feature = "kernel")]
-pub mod probe;
-pub mod procfs;
-pub mod record;
-pub mod recording;
-pub mod tls;
-pub mod tls_sites;
+pub mod protocol;
+pub mod sink;
+pub mod text;

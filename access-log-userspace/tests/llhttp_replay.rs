@@ -5,8 +5,8 @@
 //! well-formed heads or nothing. Runs without privileges: replay needs none.
 use std::{collections::HashMap, process::Command};
 
-use access_log::{pipeline::Clock, recording::Writer};
-use access_log_common::{kind, syscall, ConnectionRecord, RecordHeader, DEFAULT_CAPTURE};
+use access_log::kernel::{capture_file::Writer, Clock};
+use access_log_common::{call, kind, ConnectionRecord, RecordHeader, DEFAULT_CAPTURE};
 use tests::vectors::{self, Kind};
 
 const GATEWAY: u32 = 4242;
@@ -56,7 +56,7 @@ fn llhttp_request_fixtures_replay_to_their_heads() {
         for chunk in case.raw.chunks(DEFAULT_CAPTURE as usize) {
             at += 1000;
             let mut data = header(kind::DATA, fd, at);
-            data.syscall = syscall::RECVFROM;
+            data.call = call::RECVFROM;
             data.result = chunk.len() as i64;
             data.captured_len = chunk.len() as u32;
             let mut record = bytes_of(&data);

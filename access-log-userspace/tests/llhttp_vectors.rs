@@ -1,7 +1,7 @@
 //! Feeds llhttp's HTTP/1 fixtures through the stream reassembler, whole and one byte per read,
 //! and checks every head llhttp reports in strict mode: method and URL of requests, status of
 //! responses.
-use access_log::http::{Head, Side, Stream};
+use access_log::protocol::http1::{Head, Side, Stream};
 use tests::vectors::{self, Case, Kind};
 
 fn describe(heads: &[Head]) -> Vec<String> {

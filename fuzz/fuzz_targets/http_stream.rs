@@ -2,7 +2,7 @@
 //! bytes missing beyond the capture window: no panic, and the bytes it holds stay bounded.
 #![no_main]
 
-use access_log::http::{Side, Stream};
+use access_log::protocol::http1::{Side, Stream};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,39 +1,67 @@
 //! Arbitrary bytes as a stream of kernel records (u16 length, then the record), decoded and run
-//! through the whole pipeline and every output format: no panic, no output line broken.
+//! through the whole pipeline, the event builder and every output format: no panic, no output
+//! line broken, and the pipeline's invariant kept (each request ends exactly once).
 #![no_main]
 
+use std::collections::HashMap;
+
 use access_log::{
-    catalog::Catalog,
-    format::{json_line, kv_line},
-    pipeline::{Clock, Pipeline, PipelineConfig},
-    record,
+    event::{catalog::Catalog, redact::Redactor, EventBuilder},
+    kernel::{record, Clock},
+    pipeline::{Outcome, Pipeline, PipelineConfig},
+    sink::{json, kv, pretty},
 };
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut pipeline = Pipeline::new(PipelineConfig {
-        catalog: Catalog::default(),
-        clock: Clock { offset_ns: 0 },
         id_headers: vec!["x-request-id".into()],
+        noted_headers: vec!["authorization".into()],
     });
-    let mut events = Vec::new();
+    let mut outcomes = Vec::new();
     let mut rest = data;
     while rest.len() >= 2 {
         let length = u16::from_le_bytes([rest[0], rest[1]]) as usize;
         let body = &rest[2..];
         let take = length.min(body.len());
         if let Ok(record) = record::decode(&body[..take]) {
-            pipeline.process(&record, &mut events);
+            pipeline.process(&record, &mut outcomes);
         }
         rest = &body[take..];
     }
+    pipeline.finish(&mut outcomes);
+    let mut ends: HashMap<u64, u32> = HashMap::new();
+    let mut incoming = 0;
+    for outcome in &outcomes {
+        match outcome {
+            Outcome::Incoming(_) => incoming += 1,
+            Outcome::Ended(ended) => *ends.entry(ended.request.number).or_default() += 1,
+            Outcome::Lost(loss) => {
+                for number in &loss.requests {
+                    *ends.entry(*number).or_default() += 1;
+                }
+            }
+            Outcome::Unreadable { .. } => {}
+        }
+    }
+    assert_eq!(ends.len(), incoming);
+    assert!(ends.values().all(|count| *count == 1));
+    let mut builder = EventBuilder::new(
+        Catalog::default(),
+        Clock { offset_ns: 0 },
+        Redactor::new(true, &[]),
+    );
     let mut line = String::new();
-    for event in &events {
+    for outcome in &outcomes {
+        let event = builder.event(outcome);
         line.clear();
-        kv_line(event, &mut line);
+        kv::line(&event, &mut line);
         assert!(!line.contains('\n') && !line.contains('\r'), "{line}");
         line.clear();
-        json_line(event, &mut line);
+        json::line(&event, &mut line);
+        assert!(!line.contains('\n'), "{line}");
+        line.clear();
+        pretty::line(&event, false, &mut line);
         assert!(!line.contains('\n'), "{line}");
     }
 });

@@ -248,10 +248,15 @@ fn summary_counts_the_events() {
         .find(|l| l.starts_with("summary:"))
         .expect("a summary line");
     assert!(
-        summary.contains("2 INCOMING_REQUEST, 1 REQUEST_COMPLETE, 1 ERROR"),
+        summary.contains(
+            "2 INCOMING_REQUEST, 1 REQUEST_COMPLETE (0 answered by the gateway), 1 ERROR, 0 LOST"
+        ),
         "{summary}"
     );
-    assert!(summary.contains("kernel drops: 0"), "{summary}");
+    assert!(
+        summary.contains("kernel: records lost 0 (ring full); not captured 0"),
+        "{summary}"
+    );
 }
 
 #[test]

@@ -216,7 +216,7 @@ fn wrk_with(
 fn kernel_drops(lines: &[String]) -> u64 {
     lines
         .iter()
-        .find_map(|l| l.split("kernel drops: ").nth(1))
+        .find_map(|l| l.split("records lost ").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.trim_end_matches(';').parse().ok())
         .unwrap_or(0)

@@ -1,120 +1,174 @@
 //! Which inbound request a backend call serves. The evidence, strongest first:
-//! 1. an id header (X-Request-ID, traceparent, ...) with the same value on both requests: exact;
-//! 2. connect() binding: an event-loop gateway connects right after it has read the request it
-//!    connects for (its head, or the last of its body), on the same thread; a connect right
-//!    after the gateway closed a failed attempt is the retry of that attempt's request;
-//! 3. on a reused keep-alive connection, the request whose connection the thread read last;
-//! 4. content (method, query, path tail) among the process's requests waiting for a backend,
+//! 1. an id header (X-Request-ID, traceparent, ...) with the same value on both requests, when
+//!    no other request waiting for a backend in that process carries it: exact;
+//! 2. a thread that just saw an attempt fail (a refused connect, a closed or answered-with-5xx
+//!    attempt) retries for that attempt's request;
+//! 3. connect() binding: a gateway connects right after it has read the request it connects
+//!    for (its head, or the last of its body), on the same thread; the first request written
+//!    on that connection is that request's;
+//! 4. on a reused keep-alive connection, the request whose connection the thread read last;
+//! 5. content (method, query, path tail) among the process's requests waiting for a backend,
 //!    marked low confidence.
-use super::{ConnectionKey, InboundRequest, Pipeline, ThreadKey};
-use crate::{classify::AttemptOutcome, http::RequestHead};
+use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Confidence {
-    /// The same id header value on both sides.
-    Exact,
-    /// Kernel facts: thread, order, connect binding.
-    Kernel,
-    /// Content or recency only: may be wrong under concurrency.
-    Low,
-}
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{outcome::Confidence, Tables};
+use crate::{
+    kernel::{errno, ConnectionKey, ThreadKey},
+    pipeline::outcome::AttemptOutcome,
+    protocol::http1::RequestHead,
+};
 
 /// What the kernel showed a thread doing last.
 #[derive(Debug, Default)]
-pub struct Thread {
+struct Thread {
     /// The inbound connection this thread read from last.
-    pub last_inbound_read: Option<ConnectionKey>,
+    last_inbound_read: Option<ConnectionKey>,
     /// The inbound request whose backend attempt this thread just saw fail.
-    pub retry_for: Option<u64>,
+    retry_for: Option<u64>,
     /// The last inbound request head completed on this thread.
-    pub last_request: Option<u64>,
+    last_request: Option<u64>,
 }
 
-impl Thread {
-    pub fn inbound_read(&mut self, key: ConnectionKey) {
-        self.last_inbound_read = Some(key);
-        self.retry_for = None;
-    }
+/// The facts pairing rests on, beyond what the connections and requests hold.
+#[derive(Default)]
+pub(super) struct Linker {
+    threads: HashMap<ThreadKey, Thread>,
+    /// Requests not yet ended by their id-header value, per process (values come from clients:
+    /// the default hasher resists collisions).
+    ids: std::collections::HashMap<(u32, Arc<str>), Vec<u64>>,
 }
 
 /// The outcome of an attempt whose backend ended the stream: EOF is a close, an errno a reset.
-pub fn hang_up_outcome(moved: i64) -> AttemptOutcome {
-    const ECONNREFUSED: i64 = -111;
+pub(super) fn hang_up_outcome(moved: i64) -> AttemptOutcome {
     match moved {
         0 => AttemptOutcome::Closed,
-        ECONNREFUSED => AttemptOutcome::ConnectFailed,
+        errno::ECONNREFUSED => AttemptOutcome::ConnectFailed,
         _ => AttemptOutcome::Reset,
     }
 }
 
-impl Pipeline {
-    fn waiting(&self, id: u64) -> bool {
-        self.requests
-            .get(&id)
-            .is_some_and(InboundRequest::awaiting_backend)
+impl Linker {
+    /// A thread read from an inbound connection.
+    pub fn inbound_read(&mut self, thread: ThreadKey, key: ConnectionKey) {
+        let state = self.threads.entry(thread).or_default();
+        state.last_inbound_read = Some(key);
+        state.retry_for = None;
     }
 
-    /// The oldest request on an inbound connection that still needs a backend.
-    fn current_on(&self, key: ConnectionKey) -> Option<u64> {
-        let connection = self.connections.get(&key)?;
-        connection
-            .awaiting
-            .iter()
-            .flatten()
-            .copied()
-            .find(|id| self.waiting(*id))
+    /// A thread completed an inbound request head.
+    pub fn request(&mut self, thread: ThreadKey, number: u64, id: Option<&Arc<str>>) {
+        self.threads.entry(thread).or_default().last_request = Some(number);
+        if let Some(id) = id {
+            self.ids
+                .entry((thread.0, id.clone()))
+                .or_default()
+                .push(number);
+        }
+    }
+
+    /// A request ended: its id no longer links.
+    pub fn forget(&mut self, tgid: u32, number: u64, id: Option<&Arc<str>>) {
+        let Some(id) = id else {
+            return;
+        };
+        let key = (tgid, id.clone());
+        if let Some(numbers) = self.ids.get_mut(&key) {
+            numbers.retain(|n| *n != number);
+            if numbers.is_empty() {
+                self.ids.remove(&key);
+            }
+        }
+    }
+
+    /// A thread saw an attempt of `number` fail: the connect it makes next is the retry.
+    pub fn retry(&mut self, thread: ThreadKey, number: u64) {
+        self.threads.entry(thread).or_default().retry_for = Some(number);
+    }
+
+    /// A process is gone: its threads' facts with it.
+    pub fn process_exited(&mut self, tgid: u32) {
+        self.threads.retain(|(owner, _), _| *owner != tgid);
+        self.ids.retain(|(owner, _), _| *owner != tgid);
+    }
+
+    /// After a gap in the records, what threads did last is unknown.
+    pub fn forget_threads(&mut self) {
+        self.threads.clear();
     }
 
     /// The request a thread's new connect() is for.
-    pub(super) fn link_connect(&mut self, thread: ThreadKey) -> Option<(u64, Confidence)> {
+    pub fn link_connect(&self, thread: ThreadKey, tables: &Tables) -> Option<(u64, Confidence)> {
         let state = self.threads.get(&thread)?;
-        if let Some(id) = state.retry_for.filter(|id| self.waiting(*id)) {
+        if let Some(id) = state.retry_for.filter(|id| tables.waiting(*id)) {
             return Some((id, Confidence::Kernel));
         }
-        if let Some(id) = state.last_inbound_read.and_then(|key| self.current_on(key)) {
+        if let Some(id) = state
+            .last_inbound_read
+            .and_then(|key| tables.current_on(key))
+        {
             return Some((id, Confidence::Kernel));
         }
-        let id = state.last_request.filter(|id| self.waiting(*id))?;
+        let id = state.last_request.filter(|id| tables.waiting(*id))?;
         Some((id, Confidence::Low))
     }
 
-    /// The request an outbound request head serves.
-    pub(super) fn link_request(
-        &mut self,
+    /// The request an outbound request head on `key` serves.
+    pub fn link_request(
+        &self,
         key: ConnectionKey,
         thread: ThreadKey,
         bound: Option<(u64, Confidence)>,
         head: &RequestHead,
+        tables: &Tables,
     ) -> Option<(u64, Confidence)> {
-        if let Some(id) = head
-            .correlation
+        // A request this one may serve: waiting for a backend, or connecting on this very
+        // connection.
+        let candidate = |id: &u64| {
+            tables.requests.get(id).is_some_and(|r| {
+                r.awaiting_backend()
+                    || r.attempts.iter().any(|a| {
+                        a.connection == key && a.attempt.outcome == AttemptOutcome::Connecting
+                    })
+            })
+        };
+        let with_id: Vec<u64> = head
+            .id
             .as_ref()
-            .and_then(|c| self.by_correlation.get(c))
-            .copied()
-            .filter(|id| self.requests.contains_key(id))
-        {
-            return Some((id, Confidence::Exact));
+            .and_then(|id| self.ids.get(&(key.0, id.clone())))
+            .map(|numbers| numbers.iter().copied().filter(candidate).collect())
+            .unwrap_or_default();
+        if let [only] = with_id.as_slice() {
+            return Some((*only, Confidence::Exact));
         }
         let bound = bound.filter(|(id, _)| {
-            self.requests.get(id).is_some_and(|r| {
+            tables.requests.get(id).is_some_and(|r| {
                 r.attempts
                     .iter()
-                    .any(|a| a.connection == key && a.outcome == AttemptOutcome::Connecting)
+                    .any(|a| a.connection == key && a.attempt.outcome == AttemptOutcome::Connecting)
             })
         });
         let by_kernel = bound.or_else(|| {
             let state = self.threads.get(&thread)?;
-            if let Some(id) = state.retry_for.filter(|id| self.waiting(*id)) {
+            if let Some(id) = state.retry_for.filter(|id| tables.waiting(*id)) {
                 return Some((id, Confidence::Kernel));
             }
-            let id = state.last_inbound_read.and_then(|k| self.current_on(k))?;
+            let id = state.last_inbound_read.and_then(|k| tables.current_on(k))?;
             Some((id, Confidence::Kernel))
         });
+        // Several waiting requests share the id: the kernel facts choose among them.
+        if with_id.len() > 1 {
+            return match by_kernel {
+                Some((id, confidence)) if with_id.contains(&id) => Some((id, confidence)),
+                _ => with_id.first().map(|id| (*id, Confidence::Low)),
+            };
+        }
         if let Some((id, confidence)) = by_kernel {
-            let consistent = self
+            let consistent = tables
                 .requests
                 .get(&id)
-                .is_some_and(|r| !contradicts(&r.head, head));
+                .is_some_and(|r| !contradicts(&r.request.head, head));
             return Some((
                 id,
                 if consistent {
@@ -124,27 +178,41 @@ impl Pipeline {
                 },
             ));
         }
-        self.best_by_content(key.0, head)
-            .map(|id| (id, Confidence::Low))
-    }
-
-    /// Among the process's requests waiting for a backend, the one whose content fits best.
-    fn best_by_content(&self, tgid: u32, head: &RequestHead) -> Option<u64> {
-        self.requests
-            .iter()
-            .filter(|(_, r)| r.connection.0 == tgid && r.awaiting_backend())
-            .map(|(id, r)| (content_score(&r.head, head), std::cmp::Reverse(*id), *id))
-            .max()
-            .map(|(_, _, id)| id)
+        best_by_content(tables, key.0, head).map(|id| (id, Confidence::Low))
     }
 }
 
+/// Among the process's requests waiting for a backend, the one whose content fits best.
+fn best_by_content(tables: &Tables, tgid: u32, head: &RequestHead) -> Option<u64> {
+    tables
+        .requests
+        .iter()
+        .filter(|(_, r)| r.connection.0 == tgid && r.awaiting_backend())
+        .map(|(id, r)| {
+            (
+                content_score(&r.request.head, head),
+                std::cmp::Reverse(*id),
+                *id,
+            )
+        })
+        .max()
+        .map(|(_, _, id)| id)
+}
+
 /// An outbound request that cannot have come from this inbound one: a different query string
-/// when both have one (gateways forward the query unchanged unless configured otherwise).
+/// when both have one (gateways forward the query unchanged unless configured otherwise). A
+/// target cut by the capture window is compared as far as both go.
 fn contradicts(inbound: &RequestHead, outbound: &RequestHead) -> bool {
     let (_, in_query) = split_target(&inbound.target);
     let (_, out_query) = split_target(&outbound.target);
-    !in_query.is_empty() && !out_query.is_empty() && in_query != out_query
+    if in_query.is_empty() || out_query.is_empty() {
+        return false;
+    }
+    if inbound.truncated || outbound.truncated {
+        let common = in_query.len().min(out_query.len());
+        return in_query.as_bytes()[..common] != out_query.as_bytes()[..common];
+    }
+    in_query != out_query
 }
 
 /// How well an outbound request's content fits an inbound one (method, query, path tail).

@@ -1,65 +1,35 @@
-//! The pipeline from decoded kernel records to events: follows each connection's two streams,
-//! links every inbound request with the backend calls the gateway makes for it (`link`), and
-//! reports INCOMING_REQUEST, REQUEST_COMPLETE and ERROR (`report`). Plain values in, events
-//! out: no I/O here.
+//! Heads to requests and their outcomes: follows each connection's two streams, links every
+//! inbound request with the backend calls the gateway makes for it (`link`), and hands out
+//! what became of each request as [`Outcome`] values. Plain values in and out: no I/O here.
+//!
+//! Every request handed out as [`Outcome::Incoming`] ends exactly once, in an
+//! [`Outcome::Ended`] or named in an [`Outcome::Lost`]: every place that removes a request
+//! from the table goes through [`Pipeline::end`] or [`Pipeline::lose`].
+mod connection;
 mod link;
-mod report;
-#[cfg(test)]
-mod tests;
+pub mod outcome;
 
-use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
-use access_log_common::syscall;
-// Keys the kernel chose (pids, fds, our own ids) get a fast hash, which pays off on every
-// record; id-header values come from clients and keep the DoS-resistant default.
+use access_log_common::{call, tcp_state};
+// Keys the kernel chose (pids, fds, our own numbers) get a fast hash, which pays off on every
+// record.
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
-    catalog::{ApiMatch, Catalog},
-    classify::AttemptOutcome,
-    event::{Event, Text},
-    http::{is_final, Head, RequestHead, RequestLine, ResponseHead, Side, Stream},
-    record::Record,
+    kernel::{errno, record::Record, ConnectionKey, Direction, Endpoint, ThreadKey},
+    protocol::http1::{is_final, Head, HeaderInterest, RequestHead, RequestLine, ResponseHead},
+};
+use connection::Connection;
+pub use outcome::{
+    Attempt, AttemptOutcome, Confidence, Ended, Ending, Loss, LossReason, Outcome, Request,
 };
 
-pub use link::Confidence;
-
-/// A followed socket: (process, fd). accept/connect on a reused fd replace the entry.
-pub type ConnectionKey = (u32, i32);
-/// A thread: (process, thread id).
-type ThreadKey = (u32, u32);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// A client connected to the gateway.
-    Inbound,
-    /// The gateway connected to a backend.
-    Outbound,
-}
-
-/// Converts the kernel's monotonic timestamps to wall-clock time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Clock {
-    /// Wall-clock nanoseconds minus monotonic nanoseconds.
-    pub offset_ns: i128,
-}
-
-impl Clock {
-    pub fn wall(&self, monotonic_ns: u64) -> i128 {
-        monotonic_ns as i128 + self.offset_ns
-    }
-}
-
-/// Counts for the summary line.
+/// Counts of what the pipeline set aside, for the summary.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PipelineStats {
-    pub incoming: u64,
-    pub complete: u64,
-    pub errors: u64,
     /// Outbound requests that could not be linked to an inbound request.
     pub unlinked_outbound: u64,
-    /// Events whose pairing rests on weak evidence (marked PairingConfidence="low").
-    pub low_confidence: u64,
     /// Data on a socket the pipeline did not know (opened before a gap).
     pub unknown_connection_records: u64,
     /// Connections that carried TLS no probe could read (a TLS stack we do not read).
@@ -71,86 +41,61 @@ pub struct PipelineStats {
     pub opaque_connections: u64,
     /// Bytes from clients in a request's place that were no readable request head.
     pub unreadable_requests: u64,
+    /// Gaps in the kernel's records seen (the ring buffer was full), and records lost in them.
+    pub gaps: u64,
+    pub records_lost: u64,
+    /// Answers on inbound connections with no request waiting: requests read beyond the
+    /// capture of one read, or lost.
+    pub unmatched_answers: u64,
 }
 
-struct Connection {
-    direction: Direction,
-    /// The remote address (`ip:port`) and its IP as event text, made once for all the
-    /// connection's requests.
-    remote_address: Option<Arc<str>>,
-    remote_ip: Option<Arc<str>>,
-    requests: Stream,
-    responses: Stream,
-    /// Requests on this connection still waiting for their response, oldest first: inbound
-    /// request ids on an inbound connection (None for bytes that were no readable request);
-    /// on an outbound one, the inbound request each outbound request serves (None when it
-    /// could not be linked).
-    awaiting: VecDeque<Option<u64>>,
-    /// Inbound: what each unreadable request (a None in `awaiting`) said, oldest first.
-    unreadable: VecDeque<Option<RequestLine>>,
-    /// Outbound: the inbound request this connection was opened for (connect-time binding).
-    bound: Option<(u64, Confidence)>,
-    /// Outbound: the backend ended the connection (EOF or error) before the gateway closed it.
-    hung_up: Option<AttemptOutcome>,
-    /// Plaintext of this connection comes from the TLS library's probes.
-    tls: bool,
-    /// Ciphertext was seen on the syscall path and no TLS probe read it.
-    encrypted_unread: bool,
-    /// Inbound: the gateway shut down its sending side; what it reads now is drained.
-    closing: bool,
-    /// Inbound: the gateway's last answer ended the connection (`Connection: close`): the
-    /// requests after it were not served.
-    answer_closed: bool,
+/// What the pipeline needs besides records.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineConfig {
+    /// Lower-case names of headers whose value links an inbound request to its outbound one.
+    pub id_headers: Vec<String>,
+    /// Lower-case names of request headers whose presence the events report on (credentials).
+    pub noted_headers: Vec<String>,
 }
 
-struct Attempt {
+/// An attempt with the connection it went out on.
+struct TrackedAttempt {
     connection: ConnectionKey,
-    /// The backend's address as event text (`ip:port`).
-    address: Option<Arc<str>>,
-    method: Option<Text>,
-    target: Option<Arc<str>>,
-    outcome: AttemptOutcome,
-    confidence: Confidence,
-    tls: bool,
+    attempt: Attempt,
 }
 
-impl Attempt {
-    fn in_progress(&self) -> bool {
-        matches!(
-            self.outcome,
-            AttemptOutcome::Connecting | AttemptOutcome::Sent
-        )
-    }
-}
-
+/// A request not yet ended.
 struct InboundRequest {
-    message_id: Arc<str>,
+    request: Request,
     connection: ConnectionKey,
-    head: RequestHead,
-    api: ApiMatch,
-    /// The client's address as event text, shared by the connection's requests.
-    remote_ip: Option<Arc<str>>,
-    received_ns: u64,
-    attempts: Vec<Attempt>,
-    backend_answered: bool,
+    attempts: Vec<TrackedAttempt>,
     /// A backend's answer the gateway may still retry (a 5xx or 429, as nginx's
     /// proxy_next_upstream http_5xx does): (attempt index, status, when). It ends the request
     /// when the gateway passes it on, and becomes a failed attempt when another one starts.
     retryable_answer: Option<(usize, u16, u64)>,
-    /// The client's connection was TLS.
-    tls: bool,
 }
 
 impl InboundRequest {
-    /// Still needs a backend: nothing answered it for good and no attempt is under way.
+    /// May still need a backend: no attempt is under way (an answer held as retryable may
+    /// be followed by a retry).
     fn awaiting_backend(&self) -> bool {
-        !self.backend_answered && !self.attempts.iter().any(Attempt::in_progress)
+        !self
+            .attempts
+            .iter()
+            .any(|a| a.attempt.outcome.in_progress())
     }
 
     /// A new attempt starts: an answer held back as retryable was a failed attempt.
-    fn start_attempt(&mut self, attempt: Attempt) {
+    fn start_attempt(&mut self, connection: ConnectionKey, attempt: Attempt) {
         self.retryable_answer = None;
-        self.attempts.push(attempt);
+        self.attempts.push(TrackedAttempt {
+            connection,
+            attempt,
+        });
+    }
+
+    fn attempts(&self) -> Vec<Attempt> {
+        self.attempts.iter().map(|a| a.attempt.clone()).collect()
     }
 }
 
@@ -160,42 +105,60 @@ fn retryable(status: u16) -> bool {
     status >= 500 || status == 429
 }
 
-/// What the pipeline needs besides records.
-pub struct PipelineConfig {
-    pub catalog: Catalog,
-    pub clock: Clock,
-    /// Lower-case names of headers whose value links an inbound request to its outbound one.
-    pub id_headers: Vec<String>,
+/// The connections and the requests not yet ended.
+#[derive(Default)]
+struct Tables {
+    connections: HashMap<ConnectionKey, Connection>,
+    requests: HashMap<u64, InboundRequest>,
+}
+
+impl Tables {
+    fn waiting(&self, id: u64) -> bool {
+        self.requests
+            .get(&id)
+            .is_some_and(InboundRequest::awaiting_backend)
+    }
+
+    /// The oldest request on an inbound connection that still needs a backend.
+    fn current_on(&self, key: ConnectionKey) -> Option<u64> {
+        let connection = self.connections.get(&key)?;
+        connection
+            .awaiting
+            .iter()
+            .flatten()
+            .copied()
+            .find(|id| self.waiting(*id))
+    }
 }
 
 pub struct Pipeline {
-    catalog: Catalog,
-    clock: Clock,
-    id_headers: Arc<[String]>,
-    connections: HashMap<ConnectionKey, Connection>,
-    requests: HashMap<u64, InboundRequest>,
-    /// Inbound requests by their id-header value, for the exact link.
-    by_correlation: std::collections::HashMap<String, u64>,
-    threads: HashMap<ThreadKey, link::Thread>,
+    interest: Arc<HeaderInterest>,
+    tables: Tables,
+    linker: link::Linker,
+    /// Peers of accepted connections whose accept record carries none, by connection.
+    peers: HashMap<ConnectionKey, Endpoint>,
     next_request: u64,
+    /// The kernel's count of lost records as of the newest record seen.
+    lost_seen: u64,
+    /// The newest record's time, for outcomes that no record brings (finish).
+    last_seen_ns: u64,
     stats: PipelineStats,
 }
 
 impl Pipeline {
     pub fn new(config: PipelineConfig) -> Self {
+        let lower = |names: Vec<String>| names.into_iter().map(|n| n.to_ascii_lowercase());
         Pipeline {
-            catalog: config.catalog,
-            clock: config.clock,
-            id_headers: config
-                .id_headers
-                .into_iter()
-                .map(|n| n.to_ascii_lowercase())
-                .collect(),
-            connections: HashMap::default(),
-            requests: HashMap::default(),
-            by_correlation: std::collections::HashMap::new(),
-            threads: HashMap::default(),
+            interest: Arc::new(HeaderInterest {
+                values: lower(config.id_headers).collect(),
+                presence: lower(config.noted_headers).collect(),
+            }),
+            tables: Tables::default(),
+            linker: link::Linker::default(),
+            peers: HashMap::default(),
             next_request: 1,
+            lost_seen: 0,
+            last_seen_ns: 0,
             stats: PipelineStats::default(),
         }
     }
@@ -204,27 +167,9 @@ impl Pipeline {
         &self.stats
     }
 
-    /// (connections followed, requests waiting for an answer) right now.
+    /// (connections followed, requests not yet ended) right now.
     pub fn tracked(&self) -> (usize, usize) {
-        (self.connections.len(), self.requests.len())
-    }
-
-    fn new_connection(&self, direction: Direction, remote: Option<SocketAddr>) -> Connection {
-        Connection {
-            direction,
-            remote_address: remote.map(|r| Arc::from(r.to_string())),
-            remote_ip: remote.map(|r| Arc::from(r.ip().to_string())),
-            requests: Stream::with_id_headers(Side::Requests, self.id_headers.clone()),
-            responses: Stream::with_id_headers(Side::Responses, self.id_headers.clone()),
-            awaiting: VecDeque::new(),
-            unreadable: VecDeque::new(),
-            bound: None,
-            hung_up: None,
-            tls: false,
-            encrypted_unread: false,
-            closing: false,
-            answer_closed: false,
-        }
+        (self.tables.connections.len(), self.tables.requests.len())
     }
 
     /// A connection that existed before attach (found in /proc).
@@ -232,80 +177,192 @@ impl Pipeline {
         &mut self,
         key: ConnectionKey,
         direction: Direction,
-        remote: Option<SocketAddr>,
+        remote: Option<&Endpoint>,
     ) {
-        let mut connection = self.new_connection(direction, remote);
+        let mut connection = Connection::new(direction, remote, &self.interest);
         // We join mid-stream: wait for a read that starts a head.
         connection.requests.resync();
         connection.responses.resync();
-        self.connections.insert(key, connection);
+        self.tables.connections.insert(key, connection);
     }
 
-    /// Processes one record; appends the events it completes to `out`.
-    pub fn process(&mut self, record: &Record<'_>, out: &mut Vec<Event>) {
+    /// The peer of the accepted connection `key`, for an accept record that carries none.
+    pub fn add_peer(&mut self, key: ConnectionKey, remote: Endpoint) {
+        self.peers.insert(key, remote);
+    }
+
+    /// The observer stops: every request not ended is named in a loss record.
+    pub fn finish(&mut self, out: &mut Vec<Outcome>) {
+        let numbers: Vec<u64> = self.tables.requests.keys().copied().collect();
+        self.lose(
+            numbers,
+            LossReason::ObserverStopped,
+            0,
+            self.last_seen_ns,
+            out,
+        );
+    }
+
+    /// Processes one record; appends what it teaches to `out`.
+    pub fn process(&mut self, record: &Record<'_>, out: &mut Vec<Outcome>) {
         let header = *record.header();
         let key = (header.tgid, header.fd);
         let thread = (header.tgid, header.tid);
+        let at = header.timestamp_ns;
+        self.last_seen_ns = self.last_seen_ns.max(at);
+        if header.lost_before > self.lost_seen {
+            let lost = header.lost_before - self.lost_seen;
+            self.lost_seen = header.lost_before;
+            self.gap(lost, at, out);
+        }
         match record {
             Record::Accept { remote, .. } => {
-                self.close(key, thread, header.timestamp_ns, out);
-                let connection = self.new_connection(Direction::Inbound, *remote);
-                self.connections.insert(key, connection);
+                self.replace(key, at, out);
+                let peer = self.peers.remove(&key);
+                let remote = remote.as_ref().or(peer.as_ref());
+                let connection = Connection::new(Direction::Inbound, remote, &self.interest);
+                self.tables.connections.insert(key, connection);
             }
+            Record::Connect {
+                result,
+                repeated: true,
+                ..
+            } => self.connect_failed_late(key, thread, *result),
             Record::Connect { remote, result, .. } => {
-                self.close(key, thread, header.timestamp_ns, out);
-                self.connect(key, thread, *remote, *result);
+                self.replace(key, at, out);
+                self.connect(key, thread, remote.as_ref(), *result);
             }
-            Record::Close { .. } => self.close(key, thread, header.timestamp_ns, out),
+            Record::Close { tcp_state, .. } => {
+                self.peer_state(key, *tcp_state);
+                self.close(key, thread, at, out)
+            }
             Record::Shutdown { .. } => {
-                if let Some(connection) = self.connections.get_mut(&key) {
+                if let Some(connection) = self.tables.connections.get_mut(&key) {
                     connection.closing = true;
                 }
             }
-            Record::Exit { .. } => {
-                let keys: Vec<_> = self
-                    .connections
-                    .keys()
-                    .filter(|(tgid, _)| *tgid == header.tgid)
-                    .copied()
-                    .collect();
-                for key in keys {
-                    self.close(key, thread, header.timestamp_ns, out);
-                }
-                self.threads.retain(|(tgid, _), _| *tgid != header.tgid);
-            }
+            Record::Exit { .. } => self.exit(header.tgid, at, out),
             Record::Data {
-                moved, captured, ..
-            } => self.data(key, thread, header, *moved, captured, out),
+                moved,
+                offset,
+                more,
+                captured,
+                ..
+            } => {
+                // Bytes of the call beyond what this record and the ones before it carried;
+                // none while a continuation record follows.
+                let seen = *offset as u64 + captured.len() as u64;
+                let missing = if *more {
+                    0
+                } else {
+                    ((*moved).max(0) as u64).saturating_sub(seen)
+                };
+                self.data(key, thread, header.call, *moved, captured, missing, at, out)
+            }
         }
     }
 
+    /// Records were lost before this one: what was in flight may have lost its answer or its
+    /// link, and every connection's order of requests and answers is unknown. Those requests
+    /// end in a loss record rather than in a pairing that may be wrong.
+    fn gap(&mut self, lost: u64, at: u64, out: &mut Vec<Outcome>) {
+        self.stats.gaps += 1;
+        self.stats.records_lost += lost;
+        let numbers: Vec<u64> = self.tables.requests.keys().copied().collect();
+        self.lose(numbers, LossReason::RingFull, lost, at, out);
+        for connection in self.tables.connections.values_mut() {
+            connection.forget_order();
+        }
+        self.linker.forget_threads();
+    }
+
+    /// Ends `number` with `ending`: removes it and hands out its outcome.
+    fn end(&mut self, number: u64, ending: Ending, at: u64, out: &mut Vec<Outcome>) {
+        let Some(request) = self.tables.requests.remove(&number) else {
+            return;
+        };
+        self.linker.forget(
+            request.connection.0,
+            number,
+            request.request.head.id.as_ref(),
+        );
+        let attempts = request.attempts();
+        out.push(Outcome::Ended(Box::new(Ended {
+            request: request.request,
+            attempts,
+            ending,
+            at,
+        })));
+    }
+
+    /// Ends the requests in `numbers` that are not ended yet, in one loss record.
+    fn lose(
+        &mut self,
+        numbers: Vec<u64>,
+        reason: LossReason,
+        records: u64,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        let mut requests = Vec::new();
+        for number in numbers {
+            if let Some(request) = self.tables.requests.remove(&number) {
+                self.linker.forget(
+                    request.connection.0,
+                    number,
+                    request.request.head.id.as_ref(),
+                );
+                requests.push(number);
+            }
+        }
+        if requests.is_empty() && records == 0 {
+            return;
+        }
+        requests.sort_unstable();
+        out.push(Outcome::Lost(Loss {
+            reason,
+            at,
+            requests,
+            records,
+        }));
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn data(
         &mut self,
         key: ConnectionKey,
         thread: ThreadKey,
-        header: access_log_common::RecordHeader,
+        data_call: u32,
         moved: i64,
         captured: &[u8],
-        out: &mut Vec<Event>,
+        missing: u64,
+        at: u64,
+        out: &mut Vec<Outcome>,
     ) {
-        let Some(connection) = self.connections.get_mut(&key) else {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
             self.stats.unknown_connection_records += 1;
             return;
         };
-        let ingress = syscall::is_ingress(header.syscall);
+        let ingress = call::is_ingress(data_call);
         let direction = connection.direction;
-        if syscall::is_tls(header.syscall) {
+        let carries_requests = ingress == (direction == Direction::Inbound);
+        if call::is_tls(data_call) {
             connection.tls = true;
-        } else if moved > 0 && is_tls_record(captured) {
+        } else if moved > 0 && tls_record_expected(connection, carries_requests, captured) {
             // Ciphertext no probe decrypted: counted at close, never parsed.
             connection.encrypted_unread = true;
             return;
         }
         if moved <= 0 {
-            if direction == Direction::Outbound && ingress {
-                connection.hung_up = Some(link::hang_up_outcome(moved));
-                self.backend_hung_up(key);
+            match direction {
+                Direction::Outbound if ingress => {
+                    connection.hung_up = Some(link::hang_up_outcome(moved));
+                    self.backend_hung_up(key);
+                }
+                // The client ended its side: a read's end of stream or reset, a write's
+                // broken pipe.
+                Direction::Inbound => connection.client_ended = true,
+                Direction::Outbound => {}
             }
             return;
         }
@@ -315,17 +372,18 @@ impl Pipeline {
                 self.stats.drained_reads += 1;
                 return;
             }
-            self.thread(thread).inbound_read(key);
+            self.linker.inbound_read(thread, key);
         }
-        let missing = (moved as u64).saturating_sub(captured.len() as u64);
-        let connection = self.connections.get_mut(&key).expect("looked up above");
-        let carries_requests = ingress == (direction == Direction::Inbound);
+        let connection = self
+            .tables
+            .connections
+            .get_mut(&key)
+            .expect("looked up above");
         let stream = if carries_requests {
             &mut connection.requests
         } else {
             &mut connection.responses
         };
-        let at = header.timestamp_ns;
         let heads = stream.feed(captured, missing);
         let answered = heads
             .iter()
@@ -344,9 +402,9 @@ impl Pipeline {
         thread: ThreadKey,
         direction: Direction,
         at: u64,
-        out: &mut Vec<Event>,
+        out: &mut Vec<Outcome>,
     ) {
-        let Some(connection) = self.connections.get_mut(&key) else {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
             return;
         };
         if !connection.requests.is_upgrading() || !connection.awaiting.is_empty() {
@@ -364,7 +422,7 @@ impl Pipeline {
         direction: Direction,
         heads: Vec<Head>,
         at: u64,
-        out: &mut Vec<Event>,
+        out: &mut Vec<Outcome>,
     ) {
         for head in heads {
             match (direction, head) {
@@ -387,44 +445,83 @@ impl Pipeline {
         }
     }
 
-    fn thread(&mut self, thread: ThreadKey) -> &mut link::Thread {
-        self.threads.entry(thread).or_default()
+    /// An accept or connect on `key` while a connection is still known there: its close was
+    /// not seen (fds closed by close_range or dup2, or a record lost). What waited on it can
+    /// no longer end as observed.
+    fn replace(&mut self, key: ConnectionKey, at: u64, out: &mut Vec<Outcome>) {
+        let Some(connection) = self.tables.connections.remove(&key) else {
+            return;
+        };
+        self.count_closed(&connection);
+        if connection.direction == Direction::Inbound {
+            let numbers: Vec<u64> = connection.awaiting.iter().flatten().copied().collect();
+            self.lose(numbers, LossReason::ConnectionReplaced, 0, at, out);
+        } else {
+            self.outbound_closed(key, &connection, None);
+        }
     }
 
     fn connect(
         &mut self,
         key: ConnectionKey,
         thread: ThreadKey,
-        remote: Option<SocketAddr>,
+        remote: Option<&Endpoint>,
         result: i64,
     ) {
-        const EINPROGRESS: i64 = -115;
-        let mut connection = self.new_connection(Direction::Outbound, remote);
-        let failed = result < 0 && result != EINPROGRESS;
-        if let Some((id, confidence)) = self.link_connect(thread) {
-            if let Some(request) = self.requests.get_mut(&id) {
-                request.start_attempt(Attempt {
-                    connection: key,
-                    address: connection.remote_address.clone(),
-                    method: None,
-                    target: None,
-                    outcome: if failed {
-                        AttemptOutcome::ConnectFailed
-                    } else {
-                        AttemptOutcome::Connecting
+        let mut connection = Connection::new(Direction::Outbound, remote, &self.interest);
+        let failed = result < 0 && result != errno::EINPROGRESS;
+        if let Some((id, confidence)) = self.linker.link_connect(thread, &self.tables) {
+            if let Some(request) = self.tables.requests.get_mut(&id) {
+                request.start_attempt(
+                    key,
+                    Attempt {
+                        backend: connection.remote_text.clone(),
+                        unix: connection.unix,
+                        method: None,
+                        target: None,
+                        outcome: if failed {
+                            AttemptOutcome::ConnectFailed
+                        } else {
+                            AttemptOutcome::Connecting
+                        },
+                        confidence,
+                        // Known once the request's plaintext passes the TLS probes.
+                        tls: false,
                     },
-                    confidence,
-                    // Known once the request's plaintext passes the TLS probes.
-                    tls: false,
-                });
+                );
                 if failed {
-                    self.thread(thread).retry_for = Some(id);
+                    self.linker.retry(thread, id);
                 } else {
                     connection.bound = Some((id, confidence));
                 }
             }
         }
-        self.connections.insert(key, connection);
+        self.tables.connections.insert(key, connection);
+    }
+
+    /// A repeated connect reported that a connect under way failed (HAProxy learns it so).
+    fn connect_failed_late(&mut self, key: ConnectionKey, thread: ThreadKey, result: i64) {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
+            return;
+        };
+        connection.hung_up = Some(if result == errno::ECONNREFUSED {
+            AttemptOutcome::ConnectFailed
+        } else {
+            link::hang_up_outcome(result)
+        });
+        let Some((id, _)) = connection.bound else {
+            return;
+        };
+        if let Some(request) = self.tables.requests.get_mut(&id) {
+            for tracked in request.attempts.iter_mut().filter(|a| a.connection == key) {
+                if tracked.attempt.outcome == AttemptOutcome::Connecting {
+                    tracked.attempt.outcome = AttemptOutcome::ConnectFailed;
+                }
+            }
+            if request.awaiting_backend() {
+                self.linker.retry(thread, id);
+            }
+        }
     }
 
     fn inbound_request(
@@ -433,41 +530,41 @@ impl Pipeline {
         thread: ThreadKey,
         head: RequestHead,
         at: u64,
-        out: &mut Vec<Event>,
+        out: &mut Vec<Outcome>,
     ) {
-        let id = self.next_request;
-        self.next_request += 1;
-        let Some(connection) = self.connections.get_mut(&key) else {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
             return;
         };
+        let number = self.next_request;
+        self.next_request += 1;
         connection.responses.expect_response_to(&head.method);
-        connection.awaiting.push_back(Some(id));
-        if let Some(correlation) = &head.correlation {
-            self.by_correlation.insert(correlation.clone(), id);
-        }
-        let request = InboundRequest {
-            message_id: report::new_message_id(),
-            connection: key,
-            api: self.catalog.lookup(&head.target),
+        connection.awaiting.push_back(Some(number));
+        let request = Request {
+            number,
             head,
             remote_ip: connection.remote_ip.clone(),
-            received_ns: at,
-            attempts: Vec::new(),
-            backend_answered: false,
-            retryable_answer: None,
             tls: connection.tls,
+            received_ns: at,
         };
-        out.push(report::incoming(&request, self.clock.wall(at)));
-        self.stats.incoming += 1;
-        self.requests.insert(id, request);
-        self.thread(thread).last_request = Some(id);
+        self.linker
+            .request(thread, number, request.head.id.as_ref());
+        out.push(Outcome::Incoming(request.clone()));
+        self.tables.requests.insert(
+            number,
+            InboundRequest {
+                request,
+                connection: key,
+                attempts: Vec::new(),
+                retryable_answer: None,
+            },
+        );
     }
 
     /// A client sent what no parser can read: it waits for the gateway's answer like a
     /// request, so the refusal is reported and the answers after it stay in order.
     fn unreadable_request(&mut self, key: ConnectionKey, line: Option<RequestLine>) {
         self.stats.unreadable_requests += 1;
-        if let Some(connection) = self.connections.get_mut(&key) {
+        if let Some(connection) = self.tables.connections.get_mut(&key) {
             connection.responses.expect_response_to("GET");
             connection.awaiting.push_back(None);
             connection.unreadable.push_back(line);
@@ -475,53 +572,65 @@ impl Pipeline {
     }
 
     fn outbound_request(&mut self, key: ConnectionKey, thread: ThreadKey, head: RequestHead) {
-        let Some(connection) = self.connections.get_mut(&key) else {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
             return;
         };
         connection.responses.expect_response_to(&head.method);
-        let address = connection.remote_address.clone();
+        let backend = connection.remote_text.clone();
+        let unix = connection.unix;
         let tls = connection.tls;
         let bound = connection.bound.take();
-        let link = self.link_request(key, thread, bound, &head);
-        let connection = self.connections.get_mut(&key).expect("looked up above");
+        let link = self
+            .linker
+            .link_request(key, thread, bound, &head, &self.tables);
+        let connection = self
+            .tables
+            .connections
+            .get_mut(&key)
+            .expect("looked up above");
         connection.awaiting.push_back(link.map(|(id, _)| id));
+        // A connect bound to another request than the one this request serves: that
+        // request's attempt on this connection was never made.
+        if let Some((bound_id, _)) = bound.filter(|(b, _)| link.is_none_or(|(id, _)| id != *b)) {
+            if let Some(request) = self.tables.requests.get_mut(&bound_id) {
+                request.attempts.retain(|a| {
+                    !(a.connection == key && a.attempt.outcome == AttemptOutcome::Connecting)
+                });
+            }
+        }
         let Some((id, confidence)) = link else {
             self.stats.unlinked_outbound += 1;
             return;
         };
-        let Some(request) = self.requests.get_mut(&id) else {
+        let Some(request) = self.tables.requests.get_mut(&id) else {
             return;
         };
         let connecting = request
             .attempts
             .iter_mut()
-            .find(|a| a.connection == key && a.outcome == AttemptOutcome::Connecting);
+            .find(|a| a.connection == key && a.attempt.outcome == AttemptOutcome::Connecting);
         match connecting {
-            Some(attempt) => {
+            Some(tracked) => {
+                let attempt = &mut tracked.attempt;
                 attempt.method = Some(head.method);
                 attempt.target = Some(head.target);
                 attempt.outcome = AttemptOutcome::Sent;
                 attempt.confidence = confidence;
                 attempt.tls = tls;
             }
-            None => request.start_attempt(Attempt {
-                connection: key,
-                address,
-                method: Some(head.method),
-                target: Some(head.target),
-                outcome: AttemptOutcome::Sent,
-                confidence,
-                tls,
-            }),
+            None => request.start_attempt(
+                key,
+                Attempt {
+                    backend,
+                    unix,
+                    method: Some(head.method),
+                    target: Some(head.target),
+                    outcome: AttemptOutcome::Sent,
+                    confidence,
+                    tls,
+                },
+            ),
         }
-    }
-
-    /// The request a final response on `key` answers (the oldest one waiting there).
-    fn answered(&mut self, key: ConnectionKey, response: &ResponseHead) -> Option<u64> {
-        if !is_final(response.status) {
-            return None;
-        }
-        self.connections.get_mut(&key)?.awaiting.pop_front()?
     }
 
     fn backend_response(
@@ -530,56 +639,46 @@ impl Pipeline {
         thread: ThreadKey,
         response: ResponseHead,
         at: u64,
-        out: &mut Vec<Event>,
+        out: &mut Vec<Outcome>,
     ) {
-        let Some(id) = self.answered(key, &response) else {
+        if !is_final(response.status) {
+            return;
+        }
+        let Some(Some(id)) = self
+            .tables
+            .connections
+            .get_mut(&key)
+            .and_then(|c| c.awaiting.pop_front())
+        else {
             return;
         };
-        let Some(request) = self.requests.get_mut(&id) else {
+        let Some(request) = self.tables.requests.get_mut(&id) else {
             return;
         };
         let Some(index) = request
             .attempts
             .iter()
-            .rposition(|a| a.connection == key && a.outcome == AttemptOutcome::Sent)
+            .rposition(|a| a.connection == key && a.attempt.outcome == AttemptOutcome::Sent)
         else {
             return;
         };
-        request.attempts[index].outcome = AttemptOutcome::Answered(response.status);
+        request.attempts[index].attempt.outcome = AttemptOutcome::Answered(response.status);
         if retryable(response.status) {
             // Wait: the gateway may try another backend; the thread that read this answer
             // is the one that would.
             request.retryable_answer = Some((index, response.status, at));
-            self.thread(thread).retry_for = Some(id);
+            self.linker.retry(thread, id);
             return;
         }
-        self.complete(id, index, response.status, at, out);
-    }
-
-    /// REQUEST_COMPLETE: the backend's answer on attempt `index` ends the request.
-    fn complete(&mut self, id: u64, index: usize, status: u16, at: u64, out: &mut Vec<Event>) {
-        let Some(request) = self.requests.get_mut(&id) else {
-            return;
-        };
-        request.backend_answered = true;
-        request.retryable_answer = None;
-        push_complete(
-            &mut self.stats,
-            self.clock,
-            request,
-            (index, status, at),
+        self.end(
+            id,
+            Ending::Backend {
+                attempt: index,
+                status: response.status,
+            },
+            at,
             out,
         );
-    }
-
-    /// The request ends with the retryable answer it holds, if any (the gateway passed it on,
-    /// or the client left): returns whether it did.
-    fn complete_held(&mut self, request: &InboundRequest, out: &mut Vec<Event>) -> bool {
-        let Some(answer) = request.retryable_answer else {
-            return false;
-        };
-        push_complete(&mut self.stats, self.clock, request, answer, out);
-        true
     }
 
     fn gateway_response(
@@ -587,12 +686,12 @@ impl Pipeline {
         key: ConnectionKey,
         response: ResponseHead,
         at: u64,
-        out: &mut Vec<Event>,
+        out: &mut Vec<Outcome>,
     ) {
         if !is_final(response.status) {
             return;
         }
-        let Some(connection) = self.connections.get_mut(&key) else {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
             return;
         };
         if response.closes_connection {
@@ -607,60 +706,45 @@ impl Pipeline {
                     connection.unreadable.push_back(line);
                     None
                 }
-                _ => return,
+                _ => {
+                    self.stats.unmatched_answers += 1;
+                    return;
+                }
             },
         };
         let Some(id) = waiting else {
             // The gateway's answer to bytes that were no request: a refusal is an error.
             let line = connection.unreadable.pop_front().flatten();
             if response.status >= 400 {
-                out.push(report::unreadable(
-                    line.as_ref(),
-                    connection.remote_ip.as_ref(),
-                    connection.tls,
-                    response.status,
-                    self.clock.wall(at),
-                ));
-                self.stats.errors += 1;
+                out.push(Outcome::Unreadable {
+                    line,
+                    remote_ip: connection.remote_ip.clone(),
+                    tls: connection.tls,
+                    status: response.status,
+                    at,
+                });
             }
             return;
         };
-        let Some(request) = self.forget(id) else {
+        let Some(request) = self.tables.requests.get(&id) else {
+            // Ended already: the backend's answer ended it.
             return;
         };
-        if request.backend_answered || self.complete_held(&request, out) {
-            return;
-        }
-        if let Some(event) = report::error(&request, response.status, self.clock.wall(at)) {
-            self.count_error(&request);
-            out.push(event);
-        }
-    }
-
-    fn count_error(&mut self, request: &InboundRequest) {
-        self.stats.errors += 1;
-        if request
-            .attempts
-            .last()
-            .is_some_and(|a| a.confidence == Confidence::Low)
-        {
-            self.stats.low_confidence += 1;
-        }
-    }
-
-    fn forget(&mut self, id: u64) -> Option<InboundRequest> {
-        let request = self.requests.remove(&id)?;
-        if let Some(correlation) = &request.head.correlation {
-            if self.by_correlation.get(correlation) == Some(&id) {
-                self.by_correlation.remove(correlation);
+        let ending = match request.retryable_answer {
+            // The gateway passed on the backend's answer it held.
+            Some((attempt, status, held_at)) => {
+                return self.end(id, Ending::Backend { attempt, status }, held_at, out);
             }
-        }
-        Some(request)
+            None => Ending::Gateway {
+                status: response.status,
+            },
+        };
+        self.end(id, ending, at, out);
     }
 
     /// The backend ended its side (EOF or error on a read): attempts under way on it failed.
     fn backend_hung_up(&mut self, key: ConnectionKey) {
-        let Some(connection) = self.connections.get(&key) else {
+        let Some(connection) = self.tables.connections.get(&key) else {
             return;
         };
         let outcome = connection.hung_up.unwrap_or(AttemptOutcome::Closed);
@@ -672,8 +756,9 @@ impl Pipeline {
             .chain(connection.bound.map(|(id, _)| id))
             .collect();
         for id in ids {
-            if let Some(request) = self.requests.get_mut(&id) {
-                for attempt in request.attempts.iter_mut().filter(|a| a.connection == key) {
+            if let Some(request) = self.tables.requests.get_mut(&id) {
+                for tracked in request.attempts.iter_mut().filter(|a| a.connection == key) {
+                    let attempt = &mut tracked.attempt;
                     attempt.outcome = match attempt.outcome {
                         AttemptOutcome::Connecting => AttemptOutcome::ConnectFailed,
                         AttemptOutcome::Sent => outcome,
@@ -684,85 +769,162 @@ impl Pipeline {
         }
     }
 
-    fn close(&mut self, key: ConnectionKey, thread: ThreadKey, at: u64, out: &mut Vec<Event>) {
-        let Some(connection) = self.connections.remove(&key) else {
-            return;
-        };
+    fn count_closed(&mut self, connection: &Connection) {
         if connection.encrypted_unread && !connection.tls {
             self.stats.tls_unreadable += 1;
         }
         if connection.requests.is_opaque() || connection.responses.is_opaque() {
             self.stats.opaque_connections += 1;
         }
-        match connection.direction {
-            Direction::Outbound => {
-                // Attempts still under way end here. Unless the backend hung up first, the
-                // gateway gave up on them (a timeout) or found the connect had failed.
-                let ids: Vec<u64> = connection
-                    .awaiting
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .chain(connection.bound.map(|(id, _)| id))
-                    .collect();
-                for id in ids {
-                    let Some(request) = self.requests.get_mut(&id) else {
-                        continue;
-                    };
-                    let mut ended = false;
-                    for attempt in request.attempts.iter_mut().filter(|a| a.connection == key) {
-                        let outcome = match (attempt.outcome, connection.hung_up) {
-                            (AttemptOutcome::Connecting, _) => AttemptOutcome::ConnectFailed,
-                            (AttemptOutcome::Sent, Some(hung_up)) => hung_up,
-                            (AttemptOutcome::Sent, None) => AttemptOutcome::Abandoned,
-                            (other, _) => other,
-                        };
-                        ended |= outcome != attempt.outcome;
-                        attempt.outcome = outcome;
-                    }
-                    if ended && !request.backend_answered {
-                        // A connect that follows on this thread is the retry of this request.
-                        self.threads.entry(thread).or_default().retry_for = Some(id);
-                    }
-                }
+    }
+
+    /// Attempts still under way on a closed outbound connection end here. Unless the backend
+    /// hung up first, the gateway gave up on them (a timeout) or found the connect had
+    /// failed; the thread that closed it (when known) makes the retry.
+    fn outbound_closed(
+        &mut self,
+        key: ConnectionKey,
+        connection: &Connection,
+        thread: Option<ThreadKey>,
+    ) {
+        let ids: Vec<u64> = connection
+            .awaiting
+            .iter()
+            .flatten()
+            .copied()
+            .chain(connection.bound.map(|(id, _)| id))
+            .collect();
+        for id in ids {
+            let Some(request) = self.tables.requests.get_mut(&id) else {
+                continue;
+            };
+            let mut ended = false;
+            for tracked in request.attempts.iter_mut().filter(|a| a.connection == key) {
+                let attempt = &mut tracked.attempt;
+                let outcome = match (attempt.outcome, connection.hung_up) {
+                    (AttemptOutcome::Connecting, _) => AttemptOutcome::ConnectFailed,
+                    (AttemptOutcome::Sent, Some(hung_up)) => hung_up,
+                    (AttemptOutcome::Sent, None) => AttemptOutcome::Abandoned,
+                    (other, _) => other,
+                };
+                ended |= outcome != attempt.outcome;
+                attempt.outcome = outcome;
             }
-            Direction::Inbound => {
-                // Requests the gateway never answered: the client left first (nginx's 499),
-                // or the gateway ended the connection with an earlier answer.
-                for id in connection.awaiting.into_iter().flatten() {
-                    let Some(request) = self.forget(id) else {
-                        continue;
-                    };
-                    if request.backend_answered || self.complete_held(&request, out) {
-                        continue;
-                    }
-                    let wall = self.clock.wall(at);
-                    let event = if connection.answer_closed {
-                        report::not_served(&request, wall)
+            if let (true, Some(thread)) = (ended, thread) {
+                // A connect that follows on this thread is the retry of this request.
+                self.linker.retry(thread, id);
+            }
+        }
+    }
+
+    /// What a socket's TCP state at close says: whether the peer (client or backend) had
+    /// ended the connection first, which no read may have shown (nginx learns a client left
+    /// from epoll and getsockopt).
+    fn peer_state(&mut self, key: ConnectionKey, tcp_state: u8) {
+        if !tcp_state::peer_ended(tcp_state) {
+            return;
+        }
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
+            return;
+        };
+        match connection.direction {
+            Direction::Inbound => connection.client_ended = true,
+            Direction::Outbound => {
+                if connection.hung_up.is_none() {
+                    connection.hung_up = Some(if tcp_state == tcp_state::CLOSE {
+                        AttemptOutcome::Reset
                     } else {
-                        report::client_gone(&request, wall)
-                    };
-                    self.count_error(&request);
-                    out.push(event);
+                        AttemptOutcome::Closed
+                    });
                 }
             }
         }
     }
+
+    fn close(&mut self, key: ConnectionKey, thread: ThreadKey, at: u64, out: &mut Vec<Outcome>) {
+        let Some(connection) = self.tables.connections.remove(&key) else {
+            return;
+        };
+        self.count_closed(&connection);
+        match connection.direction {
+            Direction::Outbound => self.outbound_closed(key, &connection, Some(thread)),
+            Direction::Inbound => {
+                // Requests the gateway never answered: the client left first (nginx's 499),
+                // the gateway ended the connection with an earlier answer, or it closed the
+                // connection without answering.
+                let ending = if connection.answer_closed {
+                    Ending::NotServed
+                } else if connection.client_ended {
+                    Ending::ClientGone
+                } else {
+                    Ending::Dropped
+                };
+                for id in connection.awaiting.iter().flatten().copied() {
+                    let held = self
+                        .tables
+                        .requests
+                        .get(&id)
+                        .and_then(|r| r.retryable_answer);
+                    match held {
+                        // The client left, or was dropped, after the backend answered.
+                        Some((attempt, status, held_at)) => {
+                            self.end(id, Ending::Backend { attempt, status }, held_at, out)
+                        }
+                        None => self.end(id, ending, at, out),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A watched process exited: its connections are gone, and what it had not answered
+    /// will never be.
+    fn exit(&mut self, tgid: u32, at: u64, out: &mut Vec<Outcome>) {
+        let keys: Vec<ConnectionKey> = self
+            .tables
+            .connections
+            .keys()
+            .filter(|(owner, _)| *owner == tgid)
+            .copied()
+            .collect();
+        for key in keys {
+            let Some(connection) = self.tables.connections.remove(&key) else {
+                continue;
+            };
+            self.count_closed(&connection);
+            match connection.direction {
+                Direction::Outbound => self.outbound_closed(key, &connection, None),
+                Direction::Inbound => {
+                    for id in connection.awaiting.iter().flatten().copied() {
+                        let held = self
+                            .tables
+                            .requests
+                            .get(&id)
+                            .and_then(|r| r.retryable_answer);
+                        match held {
+                            Some((attempt, status, held_at)) => {
+                                self.end(id, Ending::Backend { attempt, status }, held_at, out)
+                            }
+                            None => self.end(id, Ending::GatewayExited, at, out),
+                        }
+                    }
+                }
+            }
+        }
+        self.linker.process_exited(tgid);
+        self.peers.retain(|(owner, _), _| *owner != tgid);
+    }
 }
 
-/// REQUEST_COMPLETE for the answer (attempt index, status, when) of `request`, counted.
-fn push_complete(
-    stats: &mut PipelineStats,
-    clock: Clock,
-    request: &InboundRequest,
-    (index, status, at): (usize, u16, u64),
-    out: &mut Vec<Event>,
-) {
-    out.push(report::complete(request, index, status, at, clock.wall(at)));
-    if request.attempts[index].confidence == Confidence::Low {
-        stats.low_confidence += 1;
-    }
-    stats.complete += 1;
+/// Whether bytes on a connection read as HTTP are TLS records no probe decrypted: only where a
+/// head is expected (a body may hold any bytes).
+fn tls_record_expected(connection: &Connection, carries_requests: bool, bytes: &[u8]) -> bool {
+    let stream = if carries_requests {
+        &connection.requests
+    } else {
+        &connection.responses
+    };
+    stream.at_head_start() && is_tls_record(bytes)
 }
 
 /// Whether bytes start a TLS record (handshake, alert or application data, TLS 1.0 to 1.3).

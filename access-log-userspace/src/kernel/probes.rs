@@ -4,14 +4,70 @@
 use std::collections::HashSet;
 
 use access_log_common::{counter, role, SocketKey, MAX_CAPTURE};
-use anyhow::{bail, Context as _};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{uprobe::UProbeScope, TracePoint, UProbe},
-    Ebpf, EbpfLoader,
+    programs::{uprobe::UProbeScope, ProgramError, TracePoint, UProbe},
+    Ebpf, EbpfError, EbpfLoader,
 };
 
-use crate::{pipeline::Direction, procfs, tls::TlsTarget};
+use super::{
+    procfs::{self, ProcError},
+    tls::TlsTarget,
+    Direction,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): access-log needs a kernel \
+         built with CONFIG_DEBUG_INFO_BTF"
+    )]
+    NoBtf,
+    #[error("access-log reads syscall arguments from x86-64 registers; this is {0}")]
+    Architecture(&'static str),
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    #[error("sched_process_fork has no child_pid field in this kernel")]
+    NoChildPid,
+    #[error(
+        "the kernel refused to load eBPF programs: run access-log as root (it needs CAP_BPF, \
+         CAP_PERFMON and CAP_SYS_ADMIN): {0}"
+    )]
+    NotPermitted(String),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[source] EbpfError),
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("{what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("{what}: {source}")]
+    Map {
+        what: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+fn program_error(what: impl Into<String>) -> impl FnOnce(ProgramError) -> ProbeError {
+    let what = what.into();
+    move |source| {
+        let text = format!("{source:?}");
+        if text.contains("EPERM") || text.contains("PermissionDenied") {
+            ProbeError::NotPermitted(format!("{what}: {source}"))
+        } else {
+            ProbeError::Program { what, source }
+        }
+    }
+}
+
+fn map_error(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
+    let what = what.into();
+    move |source| ProbeError::Map { what, source }
+}
 
 /// (program, tracepoint category, tracepoint) for every attachment, in attach order: process
 /// tracking first so no child forked during attach is missed.
@@ -46,6 +102,8 @@ pub struct ProbeConfig {
     pub ring_bytes: u32,
     /// TLS probes will be attached: syscalls then check for an SSL call under way.
     pub tls_probes: bool,
+    /// Where the kernel structures the programs walk keep their members (all zero: no walk).
+    pub offsets: access_log_common::KernelOffsets,
 }
 
 /// Kernel-side counts of what could not be done.
@@ -60,8 +118,19 @@ pub struct KernelDrops {
 }
 
 impl KernelDrops {
+    /// Records the kernel made and could not deliver.
     pub fn records_lost(&self) -> u64 {
-        self.ring_full + self.call_table_full + self.socket_table_full
+        self.ring_full
+    }
+
+    /// Calls or connections whose bytes were not captured, in part or at all: tables full,
+    /// unreadable buffers, TLS calls without a known socket.
+    pub fn not_captured(&self) -> u64 {
+        self.socket_table_full
+            + self.call_table_full
+            + self.read_failed
+            + self.watch_table_full
+            + self.tls_socket_unknown
     }
 }
 
@@ -77,16 +146,16 @@ pub struct Probes {
 
 impl Probes {
     /// Loads and attaches everything; nothing is watched until [`Probes::watch`].
-    pub fn load(config: &ProbeConfig) -> anyhow::Result<Probes> {
+    pub fn load(config: &ProbeConfig) -> Result<Probes, ProbeError> {
+        if !cfg!(target_arch = "x86_64") {
+            return Err(ProbeError::Architecture(std::env::consts::ARCH));
+        }
         if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-            bail!(
-                "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): access-log needs a \
-                 kernel built with CONFIG_DEBUG_INFO_BTF"
-            );
+            return Err(ProbeError::NoBtf);
         }
         let fork_format = procfs::tracepoint_format("sched", "sched_process_fork")?;
-        let child_offset = procfs::field_offset(&fork_format, "child_pid")
-            .context("sched_process_fork has no child_pid field in this kernel")?;
+        let child_offset =
+            procfs::field_offset(&fork_format, "child_pid").ok_or(ProbeError::NoChildPid)?;
         for (_, category, name) in ATTACHMENTS {
             procfs::tracepoint_format(category, name)?;
         }
@@ -94,6 +163,7 @@ impl Probes {
         let response_capture = config.response_capture_bytes.min(MAX_CAPTURE as u32);
         let tls_probes = u32::from(config.tls_probes);
         let mut ebpf = EbpfLoader::new()
+            .override_global("KERNEL_OFFSETS", &config.offsets, true)
             .override_global("CAPTURE_BYTES", &capture, true)
             .override_global("RESPONSE_CAPTURE_BYTES", &response_capture, true)
             .override_global("TLS_PROBES", &tls_probes, true)
@@ -103,30 +173,39 @@ impl Probes {
                 env!("OUT_DIR"),
                 "/access-log"
             )))
-            .map_err(|e| explain_load_error(e.into()))?;
+            .map_err(|e| {
+                let text = format!("{e:?}");
+                if text.contains("EPERM") || text.contains("PermissionDenied") {
+                    ProbeError::NotPermitted(e.to_string())
+                } else {
+                    ProbeError::Load(e)
+                }
+            })?;
         let mut loaded = HashSet::new();
         let mut attached = 0;
         for (program_name, category, name) in ATTACHMENTS {
             let program: &mut TracePoint = ebpf
                 .program_mut(program_name)
-                .with_context(|| format!("the eBPF object has no program {program_name}"))?
-                .try_into()?;
+                .ok_or(ProbeError::Missing(program_name))?
+                .try_into()
+                .map_err(program_error(*program_name))?;
             if loaded.insert(*program_name) {
                 program
                     .load()
-                    .map_err(|e| explain_load_error(e.into()))
-                    .with_context(|| format!("loading {program_name}"))?;
+                    .map_err(program_error(format!("loading {program_name}")))?;
             }
             program
                 .attach(category, name)
-                .with_context(|| format!("attaching {program_name} to {category}/{name}"))?;
+                .map_err(program_error(format!(
+                    "attaching {program_name} to {category}/{name}"
+                )))?;
             attached += 1;
         }
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("no EVENTS map")?)?;
-        let watched = HashMap::try_from(ebpf.take_map("WATCHED").context("no WATCHED map")?)?;
-        let sockets = HashMap::try_from(ebpf.take_map("SOCKETS").context("no SOCKETS map")?)?;
-        let counters =
-            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("no COUNTERS map")?)?;
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(ProbeError::Missing(name));
+        let ring = RingBuf::try_from(take("EVENTS")?).map_err(map_error("EVENTS"))?;
+        let watched = HashMap::try_from(take("WATCHED")?).map_err(map_error("WATCHED"))?;
+        let sockets = HashMap::try_from(take("SOCKETS")?).map_err(map_error("SOCKETS"))?;
+        let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(map_error("COUNTERS"))?;
         Ok(Probes {
             ebpf,
             loaded_uprobes: HashSet::new(),
@@ -140,28 +219,27 @@ impl Probes {
 
     /// Attaches the TLS probes to a library or executable, for every process that maps it (a
     /// PID filter would miss workers forked later); the programs filter by tgid themselves.
-    pub fn attach_tls(&mut self, target: &TlsTarget) -> anyhow::Result<usize> {
+    pub fn attach_tls(&mut self, target: &TlsTarget) -> Result<usize, ProbeError> {
         let mut attached = 0;
         for site in &target.sites {
             for program_name in [site.entry_program, site.exit_program] {
                 let program: &mut UProbe = self
                     .ebpf
                     .program_mut(program_name)
-                    .with_context(|| format!("the eBPF object has no program {program_name}"))?
-                    .try_into()?;
+                    .ok_or(ProbeError::Missing(program_name))?
+                    .try_into()
+                    .map_err(program_error(program_name))?;
                 if self.loaded_uprobes.insert(program_name) {
                     program
                         .load()
-                        .with_context(|| format!("loading {program_name}"))?;
+                        .map_err(program_error(format!("loading {program_name}")))?;
                 }
                 program
                     .attach(site.file_offset, &target.path, UProbeScope::AllProcesses)
-                    .with_context(|| {
-                        format!(
-                            "attaching {program_name} to {} in {}",
-                            site.function, target.shown
-                        )
-                    })?;
+                    .map_err(program_error(format!(
+                        "attaching {program_name} to {} in {}",
+                        site.function, target.shown
+                    )))?;
                 attached += 1;
             }
         }
@@ -169,26 +247,34 @@ impl Probes {
         Ok(attached)
     }
 
-    pub fn watch(&mut self, pid: u32) -> anyhow::Result<()> {
+    pub fn watch(&mut self, pid: u32) -> Result<(), ProbeError> {
         self.watched
             .insert(pid, 1, 0)
-            .with_context(|| format!("adding PID {pid} to the watched set"))
+            .map_err(map_error(format!("adding PID {pid} to the watched set")))
     }
 
-    pub fn follow_socket(&mut self, pid: u32, fd: i32, direction: Direction) -> anyhow::Result<()> {
+    pub fn follow_socket(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        direction: Direction,
+    ) -> Result<(), ProbeError> {
         let socket_role = match direction {
             Direction::Inbound => role::INBOUND,
             Direction::Outbound => role::OUTBOUND,
         };
         self.sockets
             .insert(SocketKey { tgid: pid, fd }, socket_role, 0)
-            .with_context(|| format!("following socket {fd} of PID {pid}"))
+            .map_err(map_error(format!("following socket {fd} of PID {pid}")))
     }
 
-    /// Hands every record now in the ring buffer to `handle`.
-    pub fn drain(&mut self, mut handle: impl FnMut(&[u8])) -> usize {
+    /// Hands up to `limit` records waiting in the ring buffer to `handle`; returns how many.
+    pub fn drain(&mut self, limit: usize, mut handle: impl FnMut(&[u8])) -> usize {
         let mut count = 0;
-        while let Some(item) = self.ring.next() {
+        while count < limit {
+            let Some(item) = self.ring.next() else {
+                break;
+            };
             handle(&item);
             count += 1;
         }
@@ -213,22 +299,15 @@ impl Probes {
     }
 }
 
-fn explain_load_error(error: anyhow::Error) -> anyhow::Error {
-    let text = format!("{error:#}");
-    if text.contains("EPERM") || text.contains("Operation not permitted") {
-        return error.context(
-            "the kernel refused to load eBPF programs: run access-log as root (it needs \
-             CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)",
-        );
-    }
-    error.context("loading the eBPF programs failed")
-}
+#[derive(Debug, thiserror::Error)]
+#[error("access-log must run as root to load eBPF programs (try: sudo access-log ...)")]
+pub struct NotRoot;
 
 /// Fails early, with what to do, when the process cannot load eBPF at all.
-pub fn check_privileges() -> anyhow::Result<()> {
+pub fn check_privileges() -> Result<(), NotRoot> {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("access-log must run as root to load eBPF programs (try: sudo access-log ...)");
+        return Err(NotRoot);
     }
     Ok(())
 }
@@ -239,9 +318,12 @@ pub struct RunTimeStats {
 }
 
 impl RunTimeStats {
-    pub fn enable() -> anyhow::Result<RunTimeStats> {
-        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .context("enabling BPF run-time statistics")?;
+    pub fn enable() -> Result<RunTimeStats, ProbeError> {
+        let fd =
+            aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| ProbeError::Program {
+                what: "enabling BPF run-time statistics".into(),
+                source: e.into(),
+            })?;
         Ok(RunTimeStats { _enabled: fd })
     }
 

@@ -7,7 +7,7 @@ use std::{
     path::Path,
 };
 
-use crate::pipeline::Direction;
+use super::Direction;
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 

@@ -1,5 +1,6 @@
 //! The API catalog (`--apis FILE`): names the API a request is for by the longest context that
-//! prefixes its path, rendered as the seed does (`provider--Name:version`).
+//! prefixes its path, rendered as the WSO2 API Manager access-log format does
+//! (`provider--Name:version`).
 use std::{path::Path, sync::Arc};
 
 use serde::Deserialize;
@@ -20,6 +21,11 @@ struct CatalogFile {
     #[serde(default)]
     api: Vec<ApiEntry>,
 }
+
+/// Why a catalog's text is not a valid catalog.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct InvalidCatalog(String);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -67,20 +73,21 @@ impl Catalog {
             path: shown.clone(),
             source,
         })?;
-        Catalog::parse(&text).map_err(|message| CatalogError::Invalid {
+        Catalog::parse(&text).map_err(|InvalidCatalog(message)| CatalogError::Invalid {
             path: shown,
             message,
         })
     }
 
-    pub fn parse(text: &str) -> Result<Catalog, String> {
-        let file: CatalogFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+    pub fn parse(text: &str) -> Result<Catalog, InvalidCatalog> {
+        let file: CatalogFile =
+            toml::from_str(text).map_err(|e| InvalidCatalog(e.message().to_owned()))?;
         for entry in &file.api {
             if !entry.context.starts_with('/') {
-                return Err(format!(
+                return Err(InvalidCatalog(format!(
                     "API {:?}: context {:?} must start with '/'",
                     entry.name, entry.context
-                ));
+                )));
             }
         }
         let mut entries: Vec<_> = file
@@ -148,7 +155,7 @@ mod tests {
     "#;
 
     #[test]
-    fn longest_context_wins_and_renders_like_the_seed() {
+    fn longest_context_wins_and_renders_like_the_api_manager() {
         let catalog = Catalog::parse(CATALOG).unwrap();
         assert_eq!(
             catalog.lookup("/echo/1.0.0/noauth?x=1"),
@@ -175,6 +182,6 @@ mod tests {
     fn invalid_catalogs_say_why() {
         assert!(Catalog::parse("[[api]]\nname = 1").is_err());
         let err = Catalog::parse("[[api]]\nname='a'\nversion='1'\ncontext='x'").unwrap_err();
-        assert!(err.contains("must start with '/'"), "{err}");
+        assert!(err.to_string().contains("must start with '/'"), "{err}");
     }
 }

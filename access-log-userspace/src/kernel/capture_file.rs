@@ -1,26 +1,28 @@
-//! Record files: the raw kernel records of a live session, so `access-log replay` can turn them
-//! into the same events offline, without privileges (and tests and benchmarks can use them).
+//! Capture files: the raw kernel records of a live session (`access-log record`), so
+//! `access-log replay` can turn them into the same events offline, without privileges (and
+//! tests and benchmarks can use them).
 //!
-//! Format, version 1: the 8 bytes `ALREC01\n`, then entries, each a type byte, a little-endian
+//! Format, version 2: the 8 bytes `ALREC02\n`, then entries, each a type byte, a little-endian
 //! u32 payload length, and the payload:
 //! - 1 `clock`: i128 LE, wall-clock minus monotonic nanoseconds at attach (first entry);
 //! - 2 `existing connection`: tgid u32 LE, fd i32 LE, direction u8 (0 inbound, 1 outbound),
-//!   then the remote address as UTF-8 text (`127.0.0.1:8080`);
-//! - 3 `kernel record`: the bytes of one ring-buffer record (see access-log-common), with the
-//!   peer address of an accept that gave none filled in from /proc.
-use std::{
-    io::{self, BufRead, Write},
-    net::SocketAddr,
-};
+//!   then the remote endpoint as UTF-8 text (`127.0.0.1:8080`, `unix:/run/app.sock`);
+//! - 3 `kernel record`: the bytes of one ring-buffer record (see access-log-common);
+//! - 4 `peer`: tgid u32 LE, fd i32 LE, then the remote endpoint as text: the peer of the
+//!   accept record that follows, read from /proc because the accept gave none.
+use std::io::{self, BufRead, Write};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::pipeline::{Clock, ConnectionKey, Direction};
+use super::{Clock, ConnectionKey, Direction, Endpoint, RecordConsumer};
 
-pub const MAGIC: &[u8; 8] = b"ALREC01\n";
+pub const MAGIC: &[u8; 8] = b"ALREC02\n";
+/// The magic of the first format, whose kernel records had a shorter header.
+const MAGIC_V1: &[u8; 8] = b"ALREC01\n";
 const CLOCK: u8 = 1;
 const EXISTING: u8 = 2;
 const RECORD: u8 = 3;
+const PEER: u8 = 4;
 /// No entry is larger: a record is at most a header and MAX_CAPTURE bytes.
 const MAX_ENTRY: u32 = 1 << 20;
 
@@ -30,18 +32,24 @@ pub enum Entry {
     Existing {
         key: ConnectionKey,
         direction: Direction,
-        remote: Option<SocketAddr>,
+        remote: Option<Endpoint>,
+    },
+    Peer {
+        key: ConnectionKey,
+        remote: Endpoint,
     },
     Record(Bytes),
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RecordingError {
+pub enum CaptureFileError {
     #[error(
-        "not an access-log record file (bad magic; expected {:?})",
+        "not an access-log capture file (bad magic; expected {:?})",
         String::from_utf8_lossy(MAGIC)
     )]
     BadMagic,
+    #[error("a capture file of an older access-log (format 1): record it again")]
+    OldFormat,
     #[error("entry {index} is cut short (the recording was interrupted?)")]
     Truncated { index: u64 },
     #[error("entry {index} has unknown type {kind} (a newer format?)")]
@@ -74,7 +82,7 @@ impl<W: Write> Writer<W> {
         &mut self,
         key: ConnectionKey,
         direction: Direction,
-        remote: Option<SocketAddr>,
+        remote: Option<&Endpoint>,
     ) -> io::Result<()> {
         let mut payload = Vec::with_capacity(32);
         payload.extend_from_slice(&key.0.to_le_bytes());
@@ -87,6 +95,14 @@ impl<W: Write> Writer<W> {
             payload.extend_from_slice(remote.to_string().as_bytes());
         }
         self.entry(EXISTING, &payload)
+    }
+
+    pub fn peer(&mut self, key: ConnectionKey, remote: &Endpoint) -> io::Result<()> {
+        let mut payload = Vec::with_capacity(32);
+        payload.extend_from_slice(&key.0.to_le_bytes());
+        payload.extend_from_slice(&key.1.to_le_bytes());
+        payload.extend_from_slice(remote.to_string().as_bytes());
+        self.entry(PEER, &payload)
     }
 
     pub fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -108,13 +124,16 @@ pub struct Reader<R: BufRead> {
 }
 
 impl<R: BufRead> Reader<R> {
-    pub fn new(mut input: R) -> Result<Self, RecordingError> {
+    pub fn new(mut input: R) -> Result<Self, CaptureFileError> {
         let mut magic = [0u8; 8];
         input
             .read_exact(&mut magic)
-            .map_err(|_| RecordingError::BadMagic)?;
+            .map_err(|_| CaptureFileError::BadMagic)?;
+        if &magic == MAGIC_V1 {
+            return Err(CaptureFileError::OldFormat);
+        }
         if &magic != MAGIC {
-            return Err(RecordingError::BadMagic);
+            return Err(CaptureFileError::BadMagic);
         }
         Ok(Reader {
             input,
@@ -123,7 +142,7 @@ impl<R: BufRead> Reader<R> {
         })
     }
 
-    pub fn next_entry(&mut self) -> Result<Option<Entry>, RecordingError> {
+    pub fn next_entry(&mut self) -> Result<Option<Entry>, CaptureFileError> {
         let index = self.index;
         if self.input.fill_buf()?.is_empty() {
             return Ok(None);
@@ -131,10 +150,10 @@ impl<R: BufRead> Reader<R> {
         let mut head = [0u8; 5];
         self.input
             .read_exact(&mut head)
-            .map_err(|_| RecordingError::Truncated { index })?;
+            .map_err(|_| CaptureFileError::Truncated { index })?;
         let length = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         if length > MAX_ENTRY {
-            return Err(RecordingError::Malformed {
+            return Err(CaptureFileError::Malformed {
                 index,
                 why: "longer than any record",
             });
@@ -143,10 +162,10 @@ impl<R: BufRead> Reader<R> {
         self.buffer.resize(length as usize, 0);
         self.input
             .read_exact(&mut self.buffer)
-            .map_err(|_| RecordingError::Truncated { index })?;
+            .map_err(|_| CaptureFileError::Truncated { index })?;
         let payload = self.buffer.split().freeze();
         self.index += 1;
-        let malformed = |why| RecordingError::Malformed { index, why };
+        let malformed = |why| CaptureFileError::Malformed { index, why };
         Ok(Some(match head[0] {
             CLOCK => {
                 let bytes: [u8; 16] = payload[..]
@@ -176,10 +195,58 @@ impl<R: BufRead> Reader<R> {
                     remote,
                 }
             }
+            PEER => {
+                if payload.len() < 8 {
+                    return Err(malformed("peer entry shorter than 8 bytes"));
+                }
+                let tgid = u32::from_le_bytes(payload[0..4].try_into().expect("4 bytes"));
+                let fd = i32::from_le_bytes(payload[4..8].try_into().expect("4 bytes"));
+                let remote = std::str::from_utf8(&payload[8..])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| malformed("peer entry without an address"))?;
+                Entry::Peer {
+                    key: (tgid, fd),
+                    remote,
+                }
+            }
             RECORD => Entry::Record(payload),
-            kind => return Err(RecordingError::UnknownType { index, kind }),
+            kind => return Err(CaptureFileError::UnknownType { index, kind }),
         }))
     }
+}
+
+/// Feeds a capture file's entries after its clock to `consumer`, a batch at a time. On an
+/// error, the entries before it have been fed.
+pub fn replay<R: BufRead>(
+    reader: &mut Reader<R>,
+    consumer: &mut dyn RecordConsumer,
+) -> Result<(), CaptureFileError> {
+    const BATCH: u64 = 4096;
+    let mut entries = 0u64;
+    let result = loop {
+        let entry = match reader.next_entry() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error),
+        };
+        match entry {
+            Entry::Clock(_) => {}
+            Entry::Existing {
+                key,
+                direction,
+                remote,
+            } => consumer.existing(key, direction, remote),
+            Entry::Peer { key, remote } => consumer.peer(key, remote),
+            Entry::Record(bytes) => consumer.record(&bytes),
+        }
+        entries += 1;
+        if entries.is_multiple_of(BATCH) {
+            consumer.batch_done();
+        }
+    };
+    consumer.batch_done();
+    result
 }
 
 #[cfg(test)]
@@ -194,8 +261,11 @@ mod tests {
             .existing(
                 (7, 3),
                 Direction::Outbound,
-                Some("127.0.0.1:80".parse().unwrap()),
+                Some(&"127.0.0.1:80".parse().unwrap()),
             )
+            .unwrap();
+        writer
+            .peer((7, 4), &"unix:/run/app.sock".parse().unwrap())
             .unwrap();
         writer.record(b"raw").unwrap();
         let mut reader = Reader::new(&bytes[..]).unwrap();
@@ -213,6 +283,13 @@ mod tests {
         );
         assert_eq!(
             reader.next_entry().unwrap(),
+            Some(Entry::Peer {
+                key: (7, 4),
+                remote: Endpoint::Unix("/run/app.sock".into())
+            })
+        );
+        assert_eq!(
+            reader.next_entry().unwrap(),
             Some(Entry::Record(Bytes::from_static(b"raw")))
         );
         assert_eq!(reader.next_entry().unwrap(), None);
@@ -222,7 +299,11 @@ mod tests {
     fn bad_files_say_what_is_wrong() {
         assert!(matches!(
             Reader::new(&b"GIF89a.."[..]),
-            Err(RecordingError::BadMagic)
+            Err(CaptureFileError::BadMagic)
+        ));
+        assert!(matches!(
+            Reader::new(&b"ALREC01\n"[..]),
+            Err(CaptureFileError::OldFormat)
         ));
         let mut bytes = Vec::new();
         Writer::new(&mut bytes, Clock { offset_ns: 0 }).unwrap();
@@ -231,7 +312,7 @@ mod tests {
         reader.next_entry().unwrap();
         assert!(matches!(
             reader.next_entry(),
-            Err(RecordingError::Truncated { index: 1 })
+            Err(CaptureFileError::Truncated { index: 1 })
         ));
     }
 }

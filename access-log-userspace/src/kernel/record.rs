@@ -1,29 +1,44 @@
 //! Decoding of the kernel's ring-buffer records into typed values.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
-use access_log_common::{kind, ConnectionRecord, RecordHeader, SocketAddress};
+use access_log_common::{
+    flags, kind, ConnectionRecord, RecordHeader, SocketAddress, UnixConnectRecord,
+};
+
+use super::Endpoint;
 
 /// One decoded kernel record; a data record borrows its bytes from the ring buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record<'a> {
-    /// Bytes moved on a followed socket: `captured` is the head of the `moved` bytes; a
-    /// non-positive `moved` is an end of stream (0) or an errno (negative).
+    /// Bytes moved on a followed socket: `captured` are the call's bytes from `offset` on, of
+    /// the `moved` bytes in all; a non-positive `moved` is an end of stream (0) or an errno
+    /// (negative). With `more`, the call's next bytes come in a continuation record.
     Data {
         header: RecordHeader,
         moved: i64,
+        offset: u32,
+        more: bool,
         captured: &'a [u8],
     },
     Accept {
         header: RecordHeader,
-        remote: Option<SocketAddr>,
+        remote: Option<Endpoint>,
     },
+    /// A connect on a new socket, or (`repeated`) a failure a repeated connect reported for a
+    /// connection already under way.
     Connect {
         header: RecordHeader,
-        remote: Option<SocketAddr>,
+        remote: Option<Endpoint>,
         result: i64,
+        repeated: bool,
     },
+    /// A followed socket was closed; `tcp_state` is its TCP state just before (0 unknown).
     Close {
         header: RecordHeader,
+        tcp_state: u8,
     },
     /// The gateway shut down its sending side of an inbound connection.
     Shutdown {
@@ -40,7 +55,7 @@ impl Record<'_> {
             Record::Data { header, .. }
             | Record::Accept { header, .. }
             | Record::Connect { header, .. }
-            | Record::Close { header }
+            | Record::Close { header, .. }
             | Record::Shutdown { header }
             | Record::Exit { header } => header,
         }
@@ -108,6 +123,25 @@ pub fn to_socket_address(address: SocketAddr) -> SocketAddress {
     out
 }
 
+/// The path of a unix socket address as text: up to its first NUL; an abstract socket (a
+/// leading NUL) is written with a leading `@`, as ss and netstat do.
+fn unix_path(raw: &[u8]) -> Option<Arc<str>> {
+    let (abstract_name, raw) = match raw.split_first() {
+        Some((0, rest)) => (true, rest),
+        _ => (false, raw),
+    };
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    if end == 0 {
+        return None;
+    }
+    let path = String::from_utf8_lossy(&raw[..end]);
+    Some(Arc::from(if abstract_name {
+        format!("@{path}")
+    } else {
+        path.into_owned()
+    }))
+}
+
 /// Decodes one record as it came out of the ring buffer.
 pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     let header = read_header(bytes)?;
@@ -121,6 +155,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
             Ok(Record::Data {
                 header,
                 moved: header.result,
+                offset: header.offset,
+                more: header.flags & flags::MORE != 0,
                 captured: &bytes[HEADER..HEADER + claimed],
             })
         }
@@ -131,7 +167,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
             // SAFETY: plain old data, length checked above.
             let record: ConnectionRecord =
                 unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-            let remote = socket_address(&record.remote);
+            let remote = socket_address(&record.remote).map(Endpoint::Ip);
             Ok(if header.kind == kind::ACCEPT {
                 Record::Accept { header, remote }
             } else {
@@ -139,10 +175,28 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                     header,
                     remote,
                     result: header.result,
+                    repeated: header.flags & flags::REPEATED != 0,
                 }
             })
         }
-        kind::CLOSE => Ok(Record::Close { header }),
+        kind::CONNECT_UNIX => {
+            if bytes.len() < size_of::<UnixConnectRecord>() {
+                return Err(DecodeError::Short(bytes.len()));
+            }
+            // SAFETY: plain old data, length checked above.
+            let record: UnixConnectRecord =
+                unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            Ok(Record::Connect {
+                header,
+                remote: unix_path(&record.path).map(Endpoint::Unix),
+                result: header.result,
+                repeated: header.flags & flags::REPEATED != 0,
+            })
+        }
+        kind::CLOSE => Ok(Record::Close {
+            header,
+            tcp_state: header.result.clamp(0, 255) as u8,
+        }),
         kind::SHUTDOWN => Ok(Record::Shutdown { header }),
         kind::EXIT => Ok(Record::Exit { header }),
         other => Err(DecodeError::UnknownKind(other)),
@@ -167,18 +221,23 @@ mod tests {
             fd: 3,
             captured_len: 4,
             result: 100,
+            flags: flags::MORE,
             ..Default::default()
         };
         let mut raw = bytes_of(&header);
         raw.extend_from_slice(b"GET /");
         let Record::Data {
-            moved, captured, ..
+            moved,
+            captured,
+            more,
+            ..
         } = decode(&raw).unwrap()
         else {
             panic!("not data")
         };
         assert_eq!(moved, 100);
         assert_eq!(captured, b"GET ");
+        assert!(more);
     }
 
     #[test]
@@ -196,9 +255,33 @@ mod tests {
             Record::Connect {
                 header: record.header,
                 remote: Some("127.0.0.1:8080".parse().unwrap()),
-                result: -115
+                result: -115,
+                repeated: false,
             }
         );
+    }
+
+    #[test]
+    fn decodes_a_unix_connect_and_an_abstract_one() {
+        let mut record = UnixConnectRecord {
+            header: RecordHeader {
+                kind: kind::CONNECT_UNIX,
+                ..Default::default()
+            },
+            path: [0; access_log_common::UNIX_PATH_MAX],
+            _pad: 0,
+        };
+        record.path[..14].copy_from_slice(b"/run/app.sock\0");
+        let Record::Connect { remote, .. } = decode(&bytes_of(&record)).unwrap() else {
+            panic!("not a connect")
+        };
+        assert_eq!(remote, Some(Endpoint::Unix("/run/app.sock".into())));
+        assert_eq!(remote.unwrap().to_string(), "unix:/run/app.sock");
+        record.path[..5].copy_from_slice(b"\0app\0");
+        let Record::Connect { remote, .. } = decode(&bytes_of(&record)).unwrap() else {
+            panic!("not a connect")
+        };
+        assert_eq!(remote, Some(Endpoint::Unix("@app".into())));
     }
 
     #[test]

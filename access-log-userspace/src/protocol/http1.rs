@@ -3,16 +3,22 @@
 //! window) by resynchronising at the start of the next read.
 use std::{collections::VecDeque, sync::Arc};
 
-use crate::event::Text;
+use crate::text::Text;
 
 /// A head larger than this is not HTTP we can follow; the stream goes opaque until resync.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 
-/// Header names whose presence (never value) marks a request as carrying credentials.
-const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key", "api-key"];
-/// Query parameters that carry credentials.
-const CREDENTIAL_PARAMS: &[&str] = &["api_key", "apikey", "access_token"];
+/// The request headers a reader of the stream wants to hear of, besides those that frame the
+/// message: lower-case names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderInterest {
+    /// Headers whose value is kept (the first present, in this order of preference): id
+    /// headers that link a gateway's inbound and outbound requests.
+    pub values: Vec<String>,
+    /// Headers whose presence, never value, is noted (credentials).
+    pub presence: Vec<String>,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
@@ -20,14 +26,15 @@ pub struct RequestHead {
     /// Path and query exactly as sent (lossy only for invalid UTF-8); shared with the events.
     pub target: Arc<str>,
     pub user_agent: Option<Arc<str>>,
-    pub has_credentials: bool,
-    /// The value of the first configured id header present (`name:value`, lower-case name;
-    /// for traceparent only its trace id): the exact link between an inbound request and the
-    /// outbound one it causes.
-    pub correlation: Option<String>,
+    /// A header of [`HeaderInterest::presence`] was present.
+    pub noted_header: bool,
+    /// `name:value` of the first header of [`HeaderInterest::values`] present (its whole value,
+    /// trimmed).
+    pub id: Option<Arc<str>>,
     /// Both Content-Length and Transfer-Encoding: a request-smuggling signal (chunked wins).
     pub conflicting_framing: bool,
-    /// The head went past the capture window: fields after the cut are unknown.
+    /// The head went past the capture window: fields after the cut are unknown, and the
+    /// target may be cut too.
     pub truncated: bool,
 }
 
@@ -98,23 +105,23 @@ pub struct Stream {
     head_requests: VecDeque<bool>,
     /// Bytes of partial lines in chunked framing.
     line: Vec<u8>,
-    /// Lower-case names of the id headers that link requests exactly.
-    id_headers: Arc<[String]>,
+    /// The request headers the reader wants to hear of.
+    interest: Arc<HeaderInterest>,
 }
 
 impl Stream {
     pub fn new(side: Side) -> Self {
-        Self::with_id_headers(side, Arc::from(Vec::new()))
+        Self::with_interest(side, Arc::default())
     }
 
-    pub fn with_id_headers(side: Side, id_headers: Arc<[String]>) -> Self {
+    pub fn with_interest(side: Side, interest: Arc<HeaderInterest>) -> Self {
         Stream {
             side,
             state: State::Head,
             pending: Vec::new(),
             head_requests: VecDeque::new(),
             line: Vec::new(),
-            id_headers,
+            interest,
         }
     }
 
@@ -124,10 +131,23 @@ impl Stream {
             .push_back(method.eq_ignore_ascii_case("HEAD"));
     }
 
-    /// Joins a stream in the middle: wait for a read that starts a head.
+    /// Joins a stream in the middle: wait for a read that starts a head. What it knew of the
+    /// requests its responses answer goes too.
     pub fn resync(&mut self) {
         self.pending.clear();
+        self.line.clear();
+        self.head_requests.clear();
         self.state = State::Unsynced;
+    }
+
+    /// Whether the next byte fed would start a head (or is looked at for one): not inside a
+    /// body, a head or a chunk line.
+    pub fn at_head_start(&self) -> bool {
+        match self.state {
+            State::Head => self.pending.is_empty(),
+            State::Unsynced => true,
+            _ => false,
+        }
     }
 
     /// Bytes held for a head or a chunk line not yet complete.
@@ -288,7 +308,7 @@ impl Stream {
     /// The head was cut by the capture window: report what the first line says, flagged, and
     /// wait for a read that starts a new head.
     fn lose_sync(&mut self, heads: &mut Vec<Head>) {
-        if let Some(head) = first_line_head(&self.pending, self.side) {
+        if let Some(head) = first_line_head(&self.pending, self.side, &self.interest) {
             if matches!(head, Head::Response(_)) {
                 self.head_requests.pop_front();
             }
@@ -300,7 +320,7 @@ impl Stream {
 
     fn parse_head(&mut self, bytes: &[u8]) -> Parsed {
         match self.side {
-            Side::Requests => parse_request(bytes, &self.id_headers),
+            Side::Requests => parse_request(bytes, &self.interest),
             Side::Responses => {
                 let parsed = parse_response(bytes, self.head_requests.front().copied());
                 if let Parsed::Complete(Head::Response(ref response), _, _) = parsed {
@@ -399,13 +419,13 @@ struct Known<'h> {
     transfer_encoding: Option<&'h [u8]>,
     upgrade: bool,
     connection: Option<&'h [u8]>,
-    credentials: bool,
-    /// The first configured id header present, by its place in the configuration.
-    correlation: Option<(usize, &'h [u8])>,
+    noted: bool,
+    /// The first id header present, by its place in the interest's list.
+    id: Option<(usize, &'h [u8])>,
 }
 
 impl<'h> Known<'h> {
-    fn scan(headers: &'h [httparse::Header<'_>], id_headers: &[String]) -> Self {
+    fn scan(headers: &'h [httparse::Header<'_>], interest: &HeaderInterest) -> Self {
         let mut known = Known::default();
         for header in headers {
             let name = header.name;
@@ -428,18 +448,20 @@ impl<'h> Known<'h> {
                 7 if name.eq_ignore_ascii_case("upgrade") => known.upgrade = true,
                 _ => {}
             }
-            if CREDENTIAL_HEADERS
+            if interest
+                .presence
                 .iter()
                 .any(|c| c.len() == name.len() && c.eq_ignore_ascii_case(name))
             {
-                known.credentials = true;
+                known.noted = true;
             }
-            if let Some(index) = id_headers
+            if let Some(index) = interest
+                .values
                 .iter()
                 .position(|id| id.len() == name.len() && id.eq_ignore_ascii_case(name))
             {
-                if known.correlation.is_none_or(|(best, _)| index < best) {
-                    known.correlation = Some((index, header.value));
+                if known.id.is_none_or(|(best, _)| index < best) {
+                    known.id = Some((index, header.value));
                 }
             }
         }
@@ -470,20 +492,14 @@ impl<'h> Known<'h> {
         })
     }
 
-    /// The exact-link value of a request: `name:value` of the first configured id header
-    /// present (for traceparent only its trace id, which a proxy keeps).
-    fn correlation(&self, id_headers: &[String]) -> Option<String> {
-        let (index, value) = self.correlation?;
-        let name = &id_headers[index];
+    /// `name:value` of the first id header present, its whole value: a traceparent's trace id
+    /// alone is shared by every request of a trace, so it links nothing exactly.
+    fn id(&self, interest: &HeaderInterest) -> Option<Arc<str>> {
+        let (index, value) = self.id?;
+        let name = &interest.values[index];
         let value = text(value);
         let value = value.trim();
-        // traceparent: version-traceid-parentid-flags.
-        let value = if name == "traceparent" {
-            value.split('-').nth(1)?
-        } else {
-            value
-        };
-        (!value.is_empty()).then(|| format!("{name}:{value}"))
+        (!value.is_empty()).then(|| Arc::from(format!("{name}:{value}")))
     }
 }
 
@@ -507,26 +523,14 @@ fn method_text(method: &str) -> Text {
     }
 }
 
-fn query_has_credentials(target: &str) -> bool {
-    let Some((_, query)) = target.split_once('?') else {
-        return false;
-    };
-    query.split('&').any(|pair| {
-        let name = pair.split('=').next().unwrap_or_default();
-        CREDENTIAL_PARAMS
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(name))
-    })
-}
-
-fn parse_request(bytes: &[u8], id_headers: &[String]) -> Parsed {
+fn parse_request(bytes: &[u8], interest: &HeaderInterest) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(bytes) {
         Ok(httparse::Status::Complete(length)) => {
             let method = method_text(request.method.unwrap_or_default());
             let target: Arc<str> = Arc::from(request.path.unwrap_or_default());
-            let known = Known::scan(request.headers, id_headers);
+            let known = Known::scan(request.headers, interest);
             let upgrade = known.upgrade
                 && method.eq_ignore_ascii_case("GET")
                 && known
@@ -539,10 +543,10 @@ fn parse_request(bytes: &[u8], id_headers: &[String]) -> Parsed {
             };
             let head = RequestHead {
                 method,
-                has_credentials: known.credentials || query_has_credentials(&target),
+                noted_header: known.noted,
                 target,
                 user_agent: known.user_agent.map(shared_text),
-                correlation: known.correlation(id_headers),
+                id: known.id(interest),
                 conflicting_framing: known.content_length.is_some()
                     && known.transfer_encoding.is_some(),
                 truncated: false,
@@ -561,7 +565,7 @@ fn parse_response(bytes: &[u8], to_head_request: Option<bool>) -> Parsed {
     match response.parse(bytes) {
         Ok(httparse::Status::Complete(length)) => {
             let status = response.code.unwrap_or_default();
-            let known = Known::scan(response.headers, &[]);
+            let known = Known::scan(response.headers, &HeaderInterest::default());
             let connection = known
                 .connection
                 .map(|c| text(c).to_ascii_lowercase())
@@ -640,38 +644,53 @@ fn request_line(bytes: &[u8]) -> Option<RequestLine> {
     })
 }
 
-/// What the first line of a head cut by the capture window says.
-fn first_line_head(bytes: &[u8], side: Side) -> Option<Head> {
-    let line_end = bytes.iter().position(|&b| b == b'\n')?;
-    let line = trim_line(&bytes[..=line_end]);
+/// What the first line of a head cut by the capture window says. A request line cut before
+/// its end (a URL longer than the window) gives its method and the target as far as it came.
+fn first_line_head(bytes: &[u8], side: Side, interest: &HeaderInterest) -> Option<Head> {
+    let line_end = bytes.iter().position(|&b| b == b'\n');
+    let line = trim_line(&bytes[..line_end.map_or(bytes.len(), |end| end + 1)]);
     let mut parts = line.split(|&b| b == b' ');
     match side {
         Side::Requests => {
             let method = parts.next()?;
             let target = parts.next()?;
-            let version = parts.next()?;
-            if !version.starts_with(b"HTTP/1.") {
+            let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+            if method.is_empty()
+                || !method.iter().all(token)
+                || target.is_empty()
+                || !target.iter().all(|b| b.is_ascii_graphic() || *b >= 0x80)
+            {
                 return None;
             }
-            let rest = &bytes[line_end + 1..];
-            let has_credentials = rest.split(|&b| b == b'\n').any(|line| {
+            match (parts.next(), line_end) {
+                // A whole line: it must end with the version.
+                (Some(version), Some(_)) if version.starts_with(b"HTTP/1.") => {}
+                // A line cut inside the target, or right after it.
+                (None, None) => {}
+                (Some(version), None)
+                    if b"HTTP/1.".starts_with(version) || version.starts_with(b"HTTP/1.") => {}
+                _ => return None,
+            }
+            let rest = line_end.map_or(&[][..], |end| &bytes[end + 1..]);
+            let noted_header = rest.split(|&b| b == b'\n').any(|line| {
                 let name = line.split(|&b| b == b':').next().unwrap_or_default();
-                CREDENTIAL_HEADERS
+                interest
+                    .presence
                     .iter()
                     .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
             });
-            let target = shared_text(target);
             Some(Head::Request(RequestHead {
                 method: method_text(&text(method)),
-                has_credentials: has_credentials || query_has_credentials(&target),
-                target,
+                noted_header,
+                target: shared_text(target),
                 user_agent: None,
-                correlation: None,
+                id: None,
                 conflicting_framing: false,
                 truncated: true,
             }))
         }
         Side::Responses => {
+            line_end?;
             let version = parts.next()?;
             if !version.starts_with(b"HTTP/1.") {
                 return None;
@@ -695,8 +714,8 @@ mod tests {
             method: method.to_owned().into(),
             target: target.into(),
             user_agent: None,
-            has_credentials: false,
-            correlation: None,
+            noted_header: false,
+            id: None,
             conflicting_framing: false,
             truncated: false,
         })
@@ -810,30 +829,66 @@ mod tests {
         );
     }
 
-    #[test]
-    fn credentials_are_noticed_never_kept() {
-        let mut stream = Stream::new(Side::Requests);
-        let heads = stream.feed(b"GET /a HTTP/1.1\r\napikey: secret\r\n\r\n", 0);
-        assert!(matches!(&heads[0], Head::Request(r) if r.has_credentials));
-        assert!(!format!("{heads:?}").contains("secret"));
-        let heads = stream.feed(b"GET /a?api_key=s3 HTTP/1.1\r\n\r\n", 0);
-        assert!(matches!(&heads[0], Head::Request(r) if r.has_credentials));
+    fn interest() -> Arc<HeaderInterest> {
+        Arc::new(HeaderInterest {
+            values: vec!["x-request-id".to_owned(), "traceparent".to_owned()],
+            presence: vec!["apikey".to_owned()],
+        })
     }
 
     #[test]
-    fn id_headers_give_the_exact_link() {
-        let names: Arc<[String]> =
-            Arc::from(vec!["x-request-id".to_owned(), "traceparent".to_owned()]);
-        let mut stream = Stream::with_id_headers(Side::Requests, names);
+    fn noted_headers_are_noticed_never_kept() {
+        let mut stream = Stream::with_interest(Side::Requests, interest());
+        let heads = stream.feed(b"GET /a HTTP/1.1\r\napikey: secret\r\n\r\n", 0);
+        assert!(matches!(&heads[0], Head::Request(r) if r.noted_header));
+        assert!(!format!("{heads:?}").contains("secret"));
+        let heads = stream.feed(b"GET /a HTTP/1.1\r\nother: x\r\n\r\n", 0);
+        assert!(matches!(&heads[0], Head::Request(r) if !r.noted_header));
+    }
+
+    #[test]
+    fn id_headers_keep_their_whole_value() {
+        let mut stream = Stream::with_interest(Side::Requests, interest());
         let heads = stream.feed(
-            b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+            b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \r\n\r\n",
+            0,
+        );
+        assert!(matches!(&heads[0], Head::Request(r) if r.id.as_deref()
+            == Some("traceparent:00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")));
+        let heads = stream.feed(
+            b"GET / HTTP/1.1\r\ntraceparent: 00-1-2-01\r\nX-Request-ID: abc\r\n\r\n",
             0,
         );
         assert!(matches!(&heads[0], Head::Request(r)
-            if r.correlation.as_deref() == Some("traceparent:4bf92f3577b34da6a3ce929d0e0e4736")));
-        let heads = stream.feed(b"GET / HTTP/1.1\r\nX-Request-ID: abc\r\n\r\n", 0);
-        assert!(matches!(&heads[0], Head::Request(r)
-            if r.correlation.as_deref() == Some("x-request-id:abc")));
+            if r.id.as_deref() == Some("x-request-id:abc")));
+    }
+
+    #[test]
+    fn a_request_line_longer_than_the_window_gives_a_truncated_head() {
+        let mut stream = Stream::new(Side::Requests);
+        // nginx reads 1024 bytes of a 6,000-byte request line, then the rest in a larger
+        // buffer, of which the window holds 1024.
+        let mut first = b"GET /api/x?q=".to_vec();
+        first.resize(1024, b'a');
+        assert!(stream.feed(&first, 0).is_empty());
+        let heads = stream.feed(&[b'a'; 1024], 4000);
+        let [Head::Request(head)] = heads.as_slice() else {
+            panic!("{heads:?}")
+        };
+        assert!(head.truncated);
+        assert_eq!(&*head.method, "GET");
+        assert_eq!(head.target.len(), 2048 - 4);
+        assert!(head.target.starts_with("/api/x?q=aaaa"));
+        assert_eq!(
+            stream.feed(b"GET /b HTTP/1.1\r\n\r\n", 0),
+            vec![request("GET", "/b")]
+        );
+        // Bytes that are no request line give no request.
+        let mut other = Stream::new(Side::Requests);
+        assert_eq!(
+            other.feed(b"\x16\x03\x01zzzz", 3000),
+            vec![Head::Unreadable(None)]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
 
 use object::{Object as _, ObjectSymbol as _};
 
-use crate::tls_sites::{self, ProbeSite};
+use super::tls_sites::{self, ProbeSite};
 
 /// The functions whose probes carry plaintext; a library must export the first to be read.
 pub const READ_SYMBOL: &str = "SSL_read";
@@ -32,20 +32,23 @@ pub struct TlsScan {
     pub targets: Vec<TlsTarget>,
     /// (PID, what it is) for processes whose TLS, if any, cannot be read.
     pub unreadable: Vec<(u32, String)>,
+    /// (file, why) for TLS libraries a process maps that could not be read or probed.
+    pub unreadable_files: Vec<(String, String)>,
 }
 
-/// The probe sites of a file that exports SSL_read; None for any other file.
-fn probe_sites(path: &Path) -> Option<Vec<ProbeSite>> {
-    let data = fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
+/// The probe sites of a file that exports SSL_read: Ok(None) for a file that does not,
+/// Err(why) for one that cannot be read or decoded.
+fn probe_sites(path: &Path) -> Result<Option<Vec<ProbeSite>>, String> {
+    let data = fs::read(path).map_err(|e| e.to_string())?;
+    let file = object::File::parse(&*data).map_err(|e| e.to_string())?;
     let exports_read = file
         .dynamic_symbols()
         .chain(file.symbols())
         .any(|s| s.is_definition() && s.name_bytes() == Ok(READ_SYMBOL.as_bytes()));
     if !exports_read {
-        return None;
+        return Ok(None);
     }
-    tls_sites::sites(&data).ok()
+    tls_sites::sites(&data).map(Some).map_err(|e| e.to_string())
 }
 
 /// Why an executable's TLS cannot be read, when we can tell.
@@ -55,8 +58,7 @@ fn unreadable_kind(path: &Path) -> Option<String> {
     if file.section_by_name(".go.buildinfo").is_some() {
         return Some("a Go program: crypto/tls is not read".into());
     }
-    let text = String::from_utf8_lossy(&data);
-    if text.contains("BoringSSL") {
+    if data.windows(9).any(|w| w == b"BoringSSL") {
         return Some("BoringSSL linked without exported symbols: not read".into());
     }
     None
@@ -96,9 +98,18 @@ pub fn scan(pids: &[u32]) -> TlsScan {
                 readable |= scan.targets.iter().any(|t| t.shown == shown);
                 continue;
             }
-            if let Some(sites) = probe_sites(&path) {
-                readable = true;
-                scan.targets.push(TlsTarget { path, shown, sites });
+            match probe_sites(&path) {
+                Ok(Some(sites)) => {
+                    readable = true;
+                    scan.targets.push(TlsTarget { path, shown, sites });
+                }
+                Ok(None) => {
+                    if name.starts_with("libssl.so") {
+                        scan.unreadable_files
+                            .push((shown, "it exports no SSL_read".into()));
+                    }
+                }
+                Err(why) => scan.unreadable_files.push((shown, why)),
             }
         }
         if !readable && maps.contains("/libjvm.so") {

@@ -1,12 +1,17 @@
-//! The access-log events (the seed's INCOMING_REQUEST, REQUEST_COMPLETE and ERROR) as ordered
-//! key/value lists, so every output format writes the same keys in the same order.
-use std::{fmt, ops::Deref, sync::Arc};
+//! The access-log events (the WSO2 API Manager access-log format's INCOMING_REQUEST,
+//! REQUEST_COMPLETE and ERROR, and our LOST) as ordered key/value lists, so every output
+//! format writes the same keys in the same order.
+use std::fmt;
+
+pub use crate::text::Text;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     IncomingRequest,
     RequestComplete,
     Error,
+    /// Requests that ended without their end being seen, or records the kernel lost.
+    Lost,
 }
 
 impl EventKind {
@@ -15,6 +20,7 @@ impl EventKind {
             EventKind::IncomingRequest => "INCOMING_REQUEST",
             EventKind::RequestComplete => "REQUEST_COMPLETE",
             EventKind::Error => "ERROR",
+            EventKind::Lost => "LOST",
         }
     }
 }
@@ -22,64 +28,6 @@ impl EventKind {
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// A field's text: a constant, or shared with the request it describes, so the events of one
-/// request repeat its URL, method and User-Agent without copying them.
-#[derive(Clone, Debug)]
-pub enum Text {
-    Static(&'static str),
-    Shared(Arc<str>),
-}
-
-impl Deref for Text {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        match self {
-            Text::Static(text) => text,
-            Text::Shared(text) => text,
-        }
-    }
-}
-
-/// Texts are equal when their characters are, however they are held.
-impl PartialEq for Text {
-    fn eq(&self, other: &Self) -> bool {
-        **self == **other
-    }
-}
-
-impl Eq for Text {}
-
-impl fmt::Display for Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self)
-    }
-}
-
-impl From<&'static str> for Text {
-    fn from(text: &'static str) -> Self {
-        Text::Static(text)
-    }
-}
-
-impl From<Arc<str>> for Text {
-    fn from(text: Arc<str>) -> Self {
-        Text::Shared(text)
-    }
-}
-
-impl From<&Arc<str>> for Text {
-    fn from(text: &Arc<str>) -> Self {
-        Text::Shared(text.clone())
-    }
-}
-
-impl From<String> for Text {
-    fn from(text: String) -> Self {
-        Text::Shared(text.into())
     }
 }
 

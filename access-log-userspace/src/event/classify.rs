@@ -1,24 +1,28 @@
 //! The failure taxonomy: from what the kernel showed (the gateway's status, whether and how
-//! backend calls were attempted, whether credentials were sent) to the seed's ErrorSource and
-//! the API Manager's ERROR_CODE / ERROR_MESSAGE. README.md documents the same table.
+//! backend calls were attempted, whether credentials were sent) to the WSO2 API Manager
+//! access-log format's ErrorSource, ERROR_CODE and ERROR_MESSAGE. README.md documents the same
+//! table. Also which headers and query parameters count as credentials.
+use crate::{pipeline::AttemptOutcome, protocol::http1::RequestHead};
 
-/// How one backend attempt ended, as far as the kernel showed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// connect() issued; no request written yet.
-    Connecting,
-    /// Request written; no response yet.
-    Sent,
-    /// The backend answered with this status.
-    Answered(u16),
-    /// The connection failed before a request could be written (refused, unreachable).
-    ConnectFailed,
-    /// The backend closed the connection before answering.
-    Closed,
-    /// The backend reset the connection before answering.
-    Reset,
-    /// The gateway closed the connection while waiting for the answer: it gave up (timeout).
-    Abandoned,
+/// Header names whose presence (never value) marks a request as carrying credentials.
+pub const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key", "api-key"];
+/// Query parameters that carry credentials (their values are also redacted).
+pub const CREDENTIAL_PARAMS: &[&str] = &["api_key", "apikey", "access_token"];
+
+/// Whether a request carried credentials: a credential header, or a credential query parameter.
+pub fn carries_credentials(head: &RequestHead) -> bool {
+    if head.noted_header {
+        return true;
+    }
+    let Some((_, query)) = head.target.split_once('?') else {
+        return false;
+    };
+    query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        CREDENTIAL_PARAMS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +70,25 @@ pub fn not_served() -> Classification {
 /// The classification of a gateway's refusal of bytes that were no readable request.
 pub fn unreadable() -> Classification {
     class(MAIN, "400", "Malformed request rejected by the gateway")
+}
+
+/// The classification of a request whose connection the gateway closed without an answer
+/// (nginx's `return 444`, a timeout it does not answer).
+pub fn dropped() -> Classification {
+    class(
+        FAULT,
+        "444",
+        "The gateway closed the connection without a response",
+    )
+}
+
+/// The classification of a request whose gateway process exited before answering.
+pub fn gateway_exited() -> Classification {
+    class(
+        FAULT,
+        "101500",
+        "The gateway process exited before answering",
+    )
 }
 
 /// Classifies a gateway answer that no backend answer preceded. None when it is no error.

@@ -1,0 +1,246 @@
+//! The subcommands, one file each, and what they share: the arguments that pick a gateway and
+//! say how much to copy (`TargetArgs`), those that say how records become events
+//! (`EventArgs`), and the consumer that runs records through the pipeline, the event builder
+//! and a sink (`EventConsumer`).
+#[cfg(feature = "kernel")]
+pub mod attach;
+#[cfg(feature = "kernel")]
+pub mod live;
+#[cfg(feature = "kernel")]
+pub mod record;
+pub mod replay;
+
+use std::{
+    fs::OpenOptions,
+    io::{self, BufWriter, IsTerminal as _},
+    path::PathBuf,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    event::{
+        catalog::Catalog, classify::CREDENTIAL_HEADERS, redact::Redactor, EventBuilder, EventCounts,
+    },
+    kernel::{record::decode, Clock, ConnectionKey, Direction, Endpoint, RecordConsumer},
+    pipeline::{Outcome, Pipeline, PipelineConfig, PipelineStats},
+    sink::{self, Format, Sink},
+};
+
+/// Which gateway to attach to and how much of its traffic to copy.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// PID of the gateway (its master process: workers are followed too).
+    #[arg(long)]
+    pub pid: u32,
+    /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<f64>,
+    /// Bytes copied from each socket read or write carrying requests (the head of it; at most
+    /// 4096; a read of pipelined requests is copied further, up to 16 KiB).
+    #[arg(long, default_value_t = access_log_common::DEFAULT_CAPTURE,
+          value_parser = clap::value_parser!(u32).range(64..=access_log_common::MAX_CAPTURE as i64))]
+    pub capture_bytes: u32,
+    /// Bytes copied from each read or write carrying responses: the status line and the framing
+    /// headers (a longer head loses its framing until the next response; at most 4096).
+    #[arg(long, default_value_t = access_log_common::DEFAULT_RESPONSE_CAPTURE,
+          value_parser = clap::value_parser!(u32).range(64..=access_log_common::MAX_CAPTURE as i64))]
+    pub response_capture_bytes: u32,
+    /// Size of the kernel ring buffer in bytes (a power of two, at least a page).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub ring_bytes: u32,
+    /// Measure the kernel programs' run time and print it at exit (`bpf: ...`).
+    #[arg(long)]
+    pub bpf_stats: bool,
+}
+
+/// A positive, finite number of seconds.
+fn parse_duration(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e9 {
+        return Err(format!(
+            "{text} is not a positive, finite number of seconds"
+        ));
+    }
+    Ok(seconds)
+}
+
+/// How records become events and how they are written.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EventArgs {
+    /// Output format [default: pretty on a terminal, kv otherwise].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// API catalog (TOML: [[api]] name, version, context, provider) naming each API.
+    #[arg(long)]
+    pub apis: Option<PathBuf>,
+    /// A header whose value, seen on both the client's request and the backend request,
+    /// links them exactly (repeatable).
+    #[arg(long = "id-header", default_values_t = ["x-request-id".to_string(), "traceparent".to_string()])]
+    pub id_header: Vec<String>,
+    /// Also redact the value of this query parameter (repeatable; added to access_token,
+    /// api_key, apikey, key, token, password, secret, client_secret, signature, sig, code).
+    #[arg(long = "redact-query", value_name = "NAME")]
+    pub redact_query: Vec<String>,
+    /// Write query strings as received, credentials included.
+    #[arg(long)]
+    pub no_redact: bool,
+}
+
+impl EventArgs {
+    pub fn catalog(&self) -> anyhow::Result<Catalog> {
+        Ok(match &self.apis {
+            Some(path) => Catalog::load(path)?,
+            None => Catalog::default(),
+        })
+    }
+
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(!self.no_redact, &self.redact_query)
+    }
+
+    fn pipeline(&self) -> Pipeline {
+        Pipeline::new(PipelineConfig {
+            id_headers: self.id_header.clone(),
+            noted_headers: CREDENTIAL_HEADERS.iter().map(|h| (*h).to_owned()).collect(),
+        })
+    }
+
+    /// The sink for `--output FILE` (appended, kv unless told) or standard output (pretty on
+    /// a terminal).
+    pub fn sink(&self, output: Option<&PathBuf>) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(match output {
+            Some(path) => {
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open log file {}", path.display()))?;
+                sink::open(
+                    self.format.unwrap_or(Format::Kv),
+                    BufWriter::new(file),
+                    false,
+                )
+            }
+            None => {
+                let terminal = io::stdout().is_terminal();
+                let format =
+                    self.format
+                        .unwrap_or(if terminal { Format::Pretty } else { Format::Kv });
+                let color = terminal && std::env::var_os("NO_COLOR").is_none();
+                sink::open(format, BufWriter::new(io::stdout()), color)
+            }
+        })
+    }
+}
+
+/// Records → pipeline → outcomes → events → sink.
+pub struct EventConsumer {
+    pipeline: Pipeline,
+    builder: EventBuilder,
+    sink: Box<dyn Sink>,
+    outcomes: Vec<Outcome>,
+    undecodable: u64,
+    write_failures: u64,
+}
+
+impl EventConsumer {
+    pub fn new(args: &EventArgs, clock: Clock, sink: Box<dyn Sink>) -> anyhow::Result<Self> {
+        Ok(EventConsumer {
+            pipeline: args.pipeline(),
+            builder: EventBuilder::new(args.catalog()?, clock, args.redactor()),
+            sink,
+            outcomes: Vec::new(),
+            undecodable: 0,
+            write_failures: 0,
+        })
+    }
+
+    fn write_outcomes(&mut self) {
+        for outcome in self.outcomes.drain(..) {
+            let event = self.builder.event(&outcome);
+            if let Err(error) = self.sink.write_event(&event) {
+                self.write_failures += 1;
+                if self.write_failures == 1 {
+                    eprintln!("access-log: writing events failed: {error}");
+                }
+            }
+        }
+    }
+
+    /// The end of the run: requests not ended are named in a loss record, and everything is
+    /// flushed.
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        self.pipeline.finish(&mut self.outcomes);
+        self.write_outcomes();
+        self.sink.flush().context("flushing events")
+    }
+
+    pub fn counts(&self) -> &EventCounts {
+        self.builder.counts()
+    }
+
+    pub fn stats(&self) -> &PipelineStats {
+        self.pipeline.stats()
+    }
+
+    /// The summary's account of events and of what the pipeline set aside.
+    pub fn summary(&self) -> String {
+        let counts = self.counts();
+        let stats = self.stats();
+        format!(
+            "{} INCOMING_REQUEST, {} REQUEST_COMPLETE ({} answered by the gateway), {} ERROR, \
+             {} LOST naming {} requests; gaps in the kernel's records {} ({} records); \
+             undecodable records {}; outbound requests not linked {}; low-confidence pairings \
+             {}; answers with no request seen {}; encrypted connections not read {}; reads \
+             drained by a closing gateway {}; connections left alone (not HTTP/1) {}; \
+             unreadable requests {}; records of unknown connections {}; events not written {}",
+            counts.incoming,
+            counts.complete,
+            counts.answered_by_gateway,
+            counts.errors,
+            counts.lost,
+            counts.requests_lost,
+            stats.gaps,
+            stats.records_lost,
+            self.undecodable,
+            stats.unlinked_outbound,
+            counts.low_confidence,
+            stats.unmatched_answers,
+            stats.tls_unreadable,
+            stats.drained_reads,
+            stats.opaque_connections,
+            stats.unreadable_requests,
+            stats.unknown_connection_records,
+            self.write_failures,
+        )
+    }
+}
+
+impl RecordConsumer for EventConsumer {
+    fn existing(&mut self, key: ConnectionKey, direction: Direction, remote: Option<Endpoint>) {
+        self.pipeline.add_existing(key, direction, remote.as_ref());
+    }
+
+    fn peer(&mut self, key: ConnectionKey, remote: Endpoint) {
+        self.pipeline.add_peer(key, remote);
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        match decode(bytes) {
+            Ok(record) => self.pipeline.process(&record, &mut self.outcomes),
+            Err(_) => self.undecodable += 1,
+        }
+        self.write_outcomes();
+    }
+
+    /// Flushes what the batch wrote, so a reader of the terminal or file sees it now.
+    fn batch_done(&mut self) {
+        if let Err(error) = self.sink.flush() {
+            self.write_failures += 1;
+            eprintln!("access-log: writing events failed: {error}");
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! `access-log record`: the raw kernel records of a live session to a capture file.
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::Path,
+};
+
+use anyhow::Context as _;
+
+use super::{live::Live, TargetArgs};
+use crate::kernel::{capture_file::Writer, ConnectionKey, Direction, Endpoint, RecordConsumer};
+
+pub fn run(target: &TargetArgs, output: &Path) -> anyhow::Result<()> {
+    let file = File::create(output)
+        .with_context(|| format!("cannot create capture file {}", output.display()))?;
+    let mut live = Live::start(target)?;
+    let writer = Writer::new(BufWriter::new(file), live.session.clock)
+        .with_context(|| format!("writing {}", output.display()))?;
+    let mut consumer = CaptureConsumer {
+        writer,
+        records: 0,
+        failed: None,
+    };
+    let outcome = live.run(&mut consumer);
+    consumer.writer.flush()?;
+    if let Some(error) = consumer.failed {
+        return Err(error).with_context(|| format!("writing {}", output.display()));
+    }
+    eprintln!(
+        "summary: {} records written to {}; kernel: {}",
+        consumer.records,
+        output.display(),
+        live.session.drops_summary()
+    );
+    live.report_run_time();
+    outcome.report();
+    Ok(())
+}
+
+/// Writes what it receives to the capture file; the first write error stops the writing.
+struct CaptureConsumer<W: Write> {
+    writer: Writer<W>,
+    records: u64,
+    failed: Option<std::io::Error>,
+}
+
+impl<W: Write> CaptureConsumer<W> {
+    fn keep(&mut self, result: std::io::Result<()>) {
+        if let Err(error) = result {
+            self.failed.get_or_insert(error);
+        }
+    }
+}
+
+impl<W: Write> RecordConsumer for CaptureConsumer<W> {
+    fn existing(&mut self, key: ConnectionKey, direction: Direction, remote: Option<Endpoint>) {
+        if self.failed.is_none() {
+            let result = self.writer.existing(key, direction, remote.as_ref());
+            self.keep(result);
+        }
+    }
+
+    fn peer(&mut self, key: ConnectionKey, remote: Endpoint) {
+        if self.failed.is_none() {
+            let result = self.writer.peer(key, &remote);
+            self.keep(result);
+        }
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            let result = self.writer.record(bytes);
+            if result.is_ok() {
+                self.records += 1;
+            }
+            self.keep(result);
+        }
+    }
+
+    fn batch_done(&mut self) {}
+}

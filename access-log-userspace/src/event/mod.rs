@@ -1,0 +1,13 @@
+//! Outcomes to events: the model every output format writes (`model`), the API names
+//! (`catalog`), the failure taxonomy (`classify`), MessageIDs (`identity`), query-string
+//! redaction (`redact`), and the builder that puts them together (`build`). Nothing leaves
+//! this layer unredacted.
+pub mod build;
+pub mod catalog;
+pub mod classify;
+pub mod identity;
+pub mod model;
+pub mod redact;
+
+pub use build::{EventBuilder, EventCounts};
+pub use model::{Event, EventKind, Fields, Value};

@@ -1,0 +1,104 @@
+//! The kernel seam: loading and attaching the eBPF programs, what /proc and tracefs say about
+//! the gateway, where its TLS library can be probed, draining the ring buffer, and decoding
+//! the records. Also the capture file, which stores the same records for replay. Nothing here
+//! knows HTTP or requests: it hands out [`record::Record`] values and the facts below.
+pub mod btf;
+pub mod capture_file;
+pub mod errno;
+#[cfg(feature = "kernel")]
+pub mod probes;
+pub mod procfs;
+pub mod record;
+#[cfg(feature = "kernel")]
+pub mod session;
+pub mod tls;
+pub mod tls_sites;
+
+use std::{fmt, net::SocketAddr, sync::Arc};
+
+/// A followed socket: (process, fd). accept/connect on a reused fd replace the entry.
+pub type ConnectionKey = (u32, i32);
+
+/// A thread: (process, thread id).
+pub type ThreadKey = (u32, u32);
+
+/// Which side of the gateway a socket is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// A client connected to the gateway.
+    Inbound,
+    /// The gateway connected to a backend.
+    Outbound,
+}
+
+/// The other end of a followed socket: an IP address and port, or a unix socket's path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Ip(SocketAddr),
+    Unix(Arc<str>),
+}
+
+impl fmt::Display for Endpoint {
+    /// `127.0.0.1:8080`, or `unix:/run/app.sock` as nginx writes a unix upstream.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Ip(address) => address.fmt(f),
+            Endpoint::Unix(path) => write!(f, "unix:{path}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.strip_prefix("unix:") {
+            Some(path) => Ok(Endpoint::Unix(Arc::from(path))),
+            None => text.parse().map(Endpoint::Ip),
+        }
+    }
+}
+
+/// Converts the kernel's monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clock {
+    /// Wall-clock nanoseconds minus monotonic nanoseconds.
+    pub offset_ns: i128,
+}
+
+impl Clock {
+    pub fn wall(&self, monotonic_ns: u64) -> i128 {
+        monotonic_ns as i128 + self.offset_ns
+    }
+
+    /// The offset now, from the two clocks read back to back.
+    pub fn now() -> Clock {
+        let read = |id| {
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: valid pointer to a timespec.
+            unsafe { libc::clock_gettime(id, &mut now) };
+            now.tv_sec as i128 * 1_000_000_000 + now.tv_nsec as i128
+        };
+        let monotonic = read(libc::CLOCK_MONOTONIC);
+        let wall = read(libc::CLOCK_REALTIME);
+        Clock {
+            offset_ns: wall - monotonic,
+        }
+    }
+}
+
+/// What receives kernel records, from the live ring buffer or from a capture file: the
+/// connections that existed at attach first, then the records a batch at a time.
+pub trait RecordConsumer {
+    /// A connection the gateway held before attach (found in /proc).
+    fn existing(&mut self, key: ConnectionKey, direction: Direction, remote: Option<Endpoint>);
+    /// The peer of an accepted connection whose accept gave none (read from /proc).
+    fn peer(&mut self, key: ConnectionKey, remote: Endpoint);
+    /// One ring-buffer record, as the kernel laid it out.
+    fn record(&mut self, bytes: &[u8]);
+    /// The end of a batch: a moment to flush output.
+    fn batch_done(&mut self);
+}

@@ -1,0 +1,1019 @@
+//! Pairing and classification over scripted kernel records, as nginx produces them: records
+//! through the pipeline and the event builder, with the pipeline's invariant checked after
+//! every script (each request ends exactly once, in an ending or a loss).
+use std::collections::HashMap;
+
+use access_log::{
+    event::{
+        catalog::Catalog, classify::CREDENTIAL_HEADERS, redact::Redactor, Event, EventBuilder,
+        EventKind, Value,
+    },
+    kernel::{record::Record, Clock, Direction},
+    pipeline::{Outcome, Pipeline, PipelineConfig},
+};
+use access_log_common::{call, kind, RecordHeader};
+
+const WORKER: u32 = 100;
+const CLIENT: &str = "10.0.0.7:50000";
+const BACKEND: &str = "127.0.0.1:8081";
+
+struct Script {
+    pipeline: Pipeline,
+    builder: EventBuilder,
+    now: u64,
+    outcomes: Vec<Outcome>,
+    events: Vec<Event>,
+    lost_before: u64,
+}
+
+impl Script {
+    fn new(catalog: &str) -> Self {
+        Script {
+            pipeline: Pipeline::new(PipelineConfig {
+                id_headers: vec!["x-request-id".into()],
+                noted_headers: CREDENTIAL_HEADERS.iter().map(|h| (*h).to_owned()).collect(),
+            }),
+            builder: EventBuilder::new(
+                Catalog::parse(catalog).unwrap(),
+                Clock { offset_ns: 0 },
+                Redactor::new(true, &[]),
+            ),
+            now: 1_000_000,
+            outcomes: Vec::new(),
+            events: Vec::new(),
+            lost_before: 0,
+        }
+    }
+
+    fn header(&mut self, record_kind: u32, fd: i32, data_call: u32) -> RecordHeader {
+        self.now += 1_000_000;
+        RecordHeader {
+            timestamp_ns: self.now,
+            kind: record_kind,
+            tgid: WORKER,
+            tid: WORKER,
+            fd,
+            call: data_call,
+            lost_before: self.lost_before,
+            ..Default::default()
+        }
+    }
+
+    fn feed(&mut self, record: Record<'_>) {
+        let mut outcomes = Vec::new();
+        self.pipeline.process(&record, &mut outcomes);
+        self.take(outcomes);
+    }
+
+    fn take(&mut self, outcomes: Vec<Outcome>) {
+        for outcome in outcomes {
+            self.events.push(self.builder.event(&outcome));
+            self.outcomes.push(outcome);
+        }
+    }
+
+    fn accept(&mut self, fd: i32) {
+        let header = self.header(kind::ACCEPT, fd, 0);
+        self.feed(Record::Accept {
+            header,
+            remote: Some(CLIENT.parse().unwrap()),
+        });
+    }
+
+    fn connect(&mut self, fd: i32, result: i64) {
+        let header = self.header(kind::CONNECT, fd, 0);
+        self.feed(Record::Connect {
+            header,
+            remote: Some(BACKEND.parse().unwrap()),
+            result,
+            repeated: false,
+        });
+    }
+
+    fn data(&mut self, fd: i32, data_call: u32, bytes: &[u8]) {
+        let header = self.header(kind::DATA, fd, data_call);
+        self.feed(Record::Data {
+            header,
+            moved: bytes.len() as i64,
+            offset: 0,
+            more: false,
+            captured: bytes,
+        });
+    }
+
+    /// A bodiless answer (`status` is e.g. `200 OK`) moved on `fd` by `data_call`.
+    fn answer(&mut self, fd: i32, data_call: u32, status: &str) {
+        let head = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+        self.data(fd, data_call, head.as_bytes());
+    }
+
+    fn hang_up(&mut self, fd: i32, errno: i64) {
+        let header = self.header(kind::DATA, fd, call::RECVFROM);
+        self.feed(Record::Data {
+            header,
+            moved: errno,
+            offset: 0,
+            more: false,
+            captured: &[],
+        });
+    }
+
+    fn close(&mut self, fd: i32) {
+        self.close_in_state(fd, 0);
+    }
+
+    /// A close of a socket in `tcp_state` (access_log_common::tcp_state).
+    fn close_in_state(&mut self, fd: i32, tcp_state: u8) {
+        let header = self.header(kind::CLOSE, fd, 0);
+        self.feed(Record::Close { header, tcp_state });
+    }
+
+    fn exit(&mut self) {
+        let header = self.header(kind::EXIT, -1, 0);
+        self.feed(Record::Exit { header });
+    }
+
+    /// The observer stops: what is left ends in a loss record.
+    fn finish(&mut self) {
+        let mut outcomes = Vec::new();
+        self.pipeline.finish(&mut outcomes);
+        self.take(outcomes);
+    }
+
+    fn of(&self, kind: EventKind) -> Vec<&Event> {
+        self.events.iter().filter(|e| e.kind == kind).collect()
+    }
+}
+
+impl Drop for Script {
+    /// Every script ends with the invariant: each request handed out ends exactly once.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        self.finish();
+        let mut ends: HashMap<u64, u32> = HashMap::new();
+        let mut incoming = Vec::new();
+        for outcome in &self.outcomes {
+            match outcome {
+                Outcome::Incoming(request) => incoming.push(request.number),
+                Outcome::Ended(ended) => *ends.entry(ended.request.number).or_default() += 1,
+                Outcome::Lost(loss) => {
+                    for number in &loss.requests {
+                        *ends.entry(*number).or_default() += 1;
+                    }
+                }
+                Outcome::Unreadable { .. } => {}
+            }
+        }
+        for number in &incoming {
+            assert_eq!(
+                ends.get(number),
+                Some(&1),
+                "request {number}: {:#?}",
+                self.outcomes
+            );
+        }
+        assert_eq!(ends.len(), incoming.len(), "{:#?}", self.outcomes);
+        assert_eq!(self.pipeline.tracked().1, 0);
+    }
+}
+
+const CATALOG: &str = "[[api]]\nname='Orders'\nversion='v1'\ncontext='/orders'\nprovider='demo'\n";
+
+#[test]
+fn proxied_request_is_paired_through_a_new_upstream_connection() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        call::RECVFROM,
+        b"GET /orders/7?x=1 HTTP/1.1\r\nUser-Agent: t/1\r\n\r\n",
+    );
+    s.connect(9, -115);
+    s.data(
+        9,
+        call::WRITEV,
+        b"GET /v1/orders/7?x=1 HTTP/1.0\r\nHost: b\r\n\r\n",
+    );
+    s.data(
+        9,
+        call::RECVFROM,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    s.close(9);
+    s.data(
+        5,
+        call::WRITEV,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    let incoming = s.of(EventKind::IncomingRequest);
+    let complete = s.of(EventKind::RequestComplete);
+    assert_eq!((incoming.len(), complete.len()), (1, 1));
+    assert!(s.of(EventKind::Error).is_empty());
+    let done = complete[0];
+    assert_eq!(done.text("ResponseTo"), incoming[0].text("MessageID"));
+    assert_eq!(done.get("StatusCode"), Some(&Value::Integer(200)));
+    assert_eq!(
+        done.text("RequestOutURL"),
+        Some("http://127.0.0.1:8081/v1/orders/7?x=1")
+    );
+    assert_eq!(done.text("API"), Some("demo--Orders:v1"));
+    assert_eq!(done.text("RemoteIP"), Some("10.0.0.7"));
+    assert_eq!(done.text("UserAgent"), Some("t/1"));
+}
+
+#[test]
+fn keep_alive_upstream_reuse_pairs_by_content() {
+    let mut s = Script::new(CATALOG);
+    s.pipeline.add_existing(
+        (WORKER, 9),
+        Direction::Outbound,
+        Some(&BACKEND.parse().unwrap()),
+    );
+    s.accept(5);
+    s.accept(6);
+    s.data(5, call::RECVFROM, b"GET /orders/a HTTP/1.1\r\n\r\n");
+    s.data(6, call::RECVFROM, b"GET /orders/b HTTP/1.1\r\n\r\n");
+    // The worker sends b's request first on the pooled connection, then a's.
+    s.data(9, call::WRITEV, b"GET /v1/orders/b HTTP/1.1\r\n\r\n");
+    s.answer(9, call::RECVFROM, "201 Created");
+    s.data(9, call::WRITEV, b"GET /v1/orders/a HTTP/1.1\r\n\r\n");
+    s.answer(9, call::RECVFROM, "200 OK");
+    let incoming = s.of(EventKind::IncomingRequest);
+    let complete = s.of(EventKind::RequestComplete);
+    assert_eq!(complete.len(), 2);
+    for done in complete {
+        let request = incoming
+            .iter()
+            .find(|i| i.text("MessageID") == done.text("ResponseTo"))
+            .unwrap();
+        let tail = request
+            .text("RequestInURL")
+            .unwrap()
+            .trim_start_matches("/orders");
+        assert!(done.text("RequestOutURL").unwrap().ends_with(tail));
+    }
+}
+
+#[test]
+fn refused_backend_is_a_fault_with_the_connect_code() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.connect(9, -115);
+    s.close(9);
+    s.answer(5, call::WRITEV, "502 Bad Gateway");
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].text("ErrorSource"), Some("fault"));
+    assert_eq!(errors[0].text("ERROR_CODE"), Some("101503"));
+    assert_eq!(
+        errors[0].text("RequestOutURL"),
+        Some("http://127.0.0.1:8081")
+    );
+}
+
+#[test]
+fn backend_closing_after_the_request_is_a_closed_connection() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.connect(9, 0);
+    s.data(9, call::WRITEV, b"GET /v1/orders/x HTTP/1.1\r\n\r\n");
+    s.data(9, call::RECVFROM, b"");
+    s.close(9);
+    s.answer(5, call::WRITEV, "502 Bad Gateway");
+    assert_eq!(s.of(EventKind::Error)[0].text("ERROR_CODE"), Some("101505"));
+}
+
+#[test]
+fn gateway_answers_without_backend_call_are_errors_by_status() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /nothing HTTP/1.1\r\n\r\n");
+    s.answer(5, call::WRITEV, "404 Not Found");
+    s.data(
+        5,
+        call::RECVFROM,
+        b"GET /orders/1 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n",
+    );
+    s.answer(5, call::WRITEV, "401 Unauthorized");
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0].text("ErrorSource"), Some("main"));
+    assert_eq!(errors[0].text("API"), None, "no API matched");
+    assert_eq!(errors[1].text("ERROR_CODE"), Some("900901"));
+    assert_eq!(errors[1].text("API"), Some("demo--Orders:v1"));
+    assert!(!format!("{:?}", s.events).contains("Bearer"));
+}
+
+#[test]
+fn a_client_that_leaves_first_leaves_no_state() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.close(5);
+    assert_eq!(s.pipeline.tracked(), (0, 0));
+}
+
+fn linked_urls(s: &Script) -> Vec<(String, String)> {
+    let incoming = s.of(EventKind::IncomingRequest);
+    let mut pairs: Vec<(String, String)> = s
+        .of(EventKind::RequestComplete)
+        .iter()
+        .map(|done| {
+            let request = incoming
+                .iter()
+                .find(|i| i.text("MessageID") == done.text("ResponseTo"))
+                .unwrap();
+            (
+                request.text("RequestInURL").unwrap().to_owned(),
+                done.text("RequestOutURL").unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+#[test]
+fn interleaved_non_blocking_connects_pair_by_binding() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.accept(6);
+    s.data(5, call::RECVFROM, b"GET /orders/a?k=1 HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    s.data(6, call::RECVFROM, b"GET /orders/b?k=2 HTTP/1.1\r\n\r\n");
+    s.connect(21, -115);
+    // Connections complete in the other order; b's backend answers first.
+    s.data(21, call::WRITEV, b"GET /v1/orders/b?k=2 HTTP/1.0\r\n\r\n");
+    s.data(20, call::WRITEV, b"GET /v1/orders/a?k=1 HTTP/1.0\r\n\r\n");
+    s.answer(21, call::RECVFROM, "201 Created");
+    s.answer(20, call::RECVFROM, "202 Accepted");
+    assert_eq!(
+        linked_urls(&s),
+        vec![
+            (
+                "/orders/a?k=1".into(),
+                "http://127.0.0.1:8081/v1/orders/a?k=1".into()
+            ),
+            (
+                "/orders/b?k=2".into(),
+                "http://127.0.0.1:8081/v1/orders/b?k=2".into()
+            ),
+        ]
+    );
+    assert!(s
+        .events
+        .iter()
+        .all(|e| e.get("PairingConfidence").is_none()));
+}
+
+#[test]
+fn a_body_read_after_other_requests_binds_the_connect_to_its_own_request() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.accept(6);
+    s.data(
+        5,
+        call::RECVFROM,
+        b"POST /orders/p HTTP/1.1\r\nContent-Length: 4\r\n\r\n",
+    );
+    s.data(6, call::RECVFROM, b"GET /orders/g HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    // The POST's body arrives; only now does the gateway connect for it.
+    s.data(5, call::RECVFROM, b"body");
+    s.connect(21, -115);
+    s.data(
+        21,
+        call::WRITEV,
+        b"POST /v1/orders/p HTTP/1.0\r\nContent-Length: 4\r\n\r\nbody",
+    );
+    s.data(20, call::WRITEV, b"GET /v1/orders/g HTTP/1.0\r\n\r\n");
+    s.answer(20, call::RECVFROM, "200 OK");
+    s.answer(21, call::RECVFROM, "201 Created");
+    assert_eq!(
+        linked_urls(&s),
+        vec![
+            (
+                "/orders/g".into(),
+                "http://127.0.0.1:8081/v1/orders/g".into()
+            ),
+            (
+                "/orders/p".into(),
+                "http://127.0.0.1:8081/v1/orders/p".into()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_retry_after_a_backend_502_is_the_same_request_and_the_502_a_failed_attempt() {
+    // nginx with proxy_next_upstream http_502: the first backend answers 502 on a kept-alive
+    // connection, the gateway sends the request to the next one.
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/f?q=1 HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    s.data(20, call::WRITEV, b"GET /v1/orders/f?q=1 HTTP/1.1\r\n\r\n");
+    s.answer(20, call::RECVFROM, "502 Bad Gateway");
+    assert!(s.of(EventKind::RequestComplete).is_empty(), "held back");
+    s.connect(21, -115);
+    s.data(21, call::WRITEV, b"GET /v1/orders/f?q=1 HTTP/1.1\r\n\r\n");
+    s.answer(21, call::RECVFROM, "200 OK");
+    s.answer(5, call::WRITEV, "200 OK");
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1, "{:#?}", s.events);
+    assert_eq!(done[0].get("StatusCode"), Some(&Value::Integer(200)));
+    assert_eq!(done[0].get("Attempts"), Some(&Value::Integer(2)));
+    assert_eq!(done[0].text("AttemptResults"), Some("502, 200"));
+    assert!(s.of(EventKind::Error).is_empty());
+    assert_eq!(s.pipeline.stats().unlinked_outbound, 0);
+}
+
+#[test]
+fn a_backend_502_the_gateway_passes_on_completes_the_request() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/g HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    s.data(20, call::WRITEV, b"GET /v1/orders/g HTTP/1.1\r\n\r\n");
+    s.answer(20, call::RECVFROM, "502 Bad Gateway");
+    s.answer(5, call::WRITEV, "502 Bad Gateway");
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1, "{:#?}", s.events);
+    assert_eq!(done[0].get("StatusCode"), Some(&Value::Integer(502)));
+    assert_eq!(done[0].get("Attempts"), Some(&Value::Integer(1)));
+    assert!(s.of(EventKind::Error).is_empty());
+}
+
+#[test]
+fn a_retry_after_a_refused_connect_is_the_same_request_and_counted() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/r HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    s.close(20);
+    s.connect(21, -115);
+    s.data(21, call::WRITEV, b"GET /v1/orders/r HTTP/1.0\r\n\r\n");
+    s.answer(21, call::RECVFROM, "200 OK");
+    s.answer(5, call::WRITEV, "200 OK");
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].get("Attempts"), Some(&Value::Integer(2)));
+    assert_eq!(done[0].text("AttemptResults"), Some("connect-failed, 200"));
+    assert!(s.of(EventKind::Error).is_empty());
+}
+
+#[test]
+fn a_gateway_that_gives_up_waiting_is_a_timeout() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/slow HTTP/1.1\r\n\r\n");
+    s.connect(20, 0);
+    s.data(20, call::WRITEV, b"GET /v1/orders/slow HTTP/1.0\r\n\r\n");
+    s.close(20);
+    s.data(
+        5,
+        call::WRITEV,
+        b"HTTP/1.1 504 Gateway Time-out\r\nContent-Length: 0\r\n\r\n",
+    );
+    let error = &s.of(EventKind::Error)[0];
+    assert_eq!(error.text("ERROR_CODE"), Some("101504"));
+}
+
+#[test]
+fn a_reset_backend_is_a_closed_connection_fault() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.connect(20, 0);
+    s.data(20, call::WRITEV, b"GET /v1/orders/x HTTP/1.0\r\n\r\n");
+    s.hang_up(20, -104);
+    s.close(20);
+    s.answer(5, call::WRITEV, "502 Bad Gateway");
+    let error = &s.of(EventKind::Error)[0];
+    assert_eq!(error.text("ERROR_CODE"), Some("101505"));
+    assert_eq!(
+        error.text("ERROR_MESSAGE"),
+        Some("Connection reset by the back end")
+    );
+}
+
+#[test]
+fn a_client_leaving_before_the_answer_is_reported_as_499() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.connect(20, 0);
+    s.data(20, call::WRITEV, b"GET /v1/orders/x HTTP/1.0\r\n\r\n");
+    s.hang_up(5, 0);
+    s.close(20);
+    s.close(5);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].get("StatusCode"), Some(&Value::Integer(499)));
+}
+
+#[test]
+fn an_id_header_links_exactly_whatever_the_thread_did() {
+    let mut s = Script::new(CATALOG);
+    s.pipeline.add_existing(
+        (WORKER, 9),
+        Direction::Outbound,
+        Some(&BACKEND.parse().unwrap()),
+    );
+    s.accept(5);
+    s.accept(6);
+    s.data(
+        5,
+        call::RECVFROM,
+        b"GET /orders/a HTTP/1.1\r\nX-Request-ID: one\r\n\r\n",
+    );
+    s.data(
+        6,
+        call::RECVFROM,
+        b"GET /orders/b HTTP/1.1\r\nX-Request-ID: two\r\n\r\n",
+    );
+    // The last read was connection 6, but this request carries connection 5's id.
+    s.data(
+        9,
+        call::WRITEV,
+        b"GET /v1/x HTTP/1.1\r\nX-Request-ID: one\r\n\r\n",
+    );
+    s.answer(9, call::RECVFROM, "200 OK");
+    assert_eq!(
+        linked_urls(&s),
+        vec![("/orders/a".into(), "http://127.0.0.1:8081/v1/x".into())]
+    );
+}
+
+#[test]
+fn bytes_drained_by_a_closing_gateway_are_not_requests() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    let header = s.header(kind::SHUTDOWN, 5, 0);
+    s.feed(Record::Shutdown { header });
+    s.data(5, call::READ, b"GET /orders/late HTTP/1.1\r\n\r\n");
+    s.close(5);
+    assert!(s.events.is_empty(), "{:?}", s.events);
+    assert_eq!(s.pipeline.stats().drained_reads, 1);
+}
+
+#[test]
+fn a_hundred_pipelined_requests_in_one_read_are_answered_in_order() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    let mut requests = Vec::new();
+    let mut answers = Vec::new();
+    for index in 0..100 {
+        requests
+            .extend_from_slice(format!("GET /nope/{index} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        let status = if index % 2 == 0 { 404 } else { 401 };
+        answers.extend_from_slice(
+            format!("HTTP/1.1 {status} X\r\nContent-Length: 3\r\n\r\nabc").as_bytes(),
+        );
+    }
+    s.data(5, call::RECVFROM, &requests);
+    s.data(5, call::WRITEV, &answers);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 100);
+    for (index, error) in errors.iter().enumerate() {
+        assert_eq!(
+            error.text("RequestInURL"),
+            Some(format!("/nope/{index}").as_str())
+        );
+        let status = if index % 2 == 0 { 404 } else { 401 };
+        assert_eq!(error.get("StatusCode"), Some(&Value::Integer(status)));
+    }
+}
+
+#[test]
+fn a_websocket_upgrade_completes_with_101_and_is_left_alone() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        call::RECVFROM,
+        b"GET /orders/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    );
+    s.connect(20, -115);
+    s.data(
+        20,
+        call::WRITEV,
+        b"GET /v1/orders/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    );
+    s.data(
+        20,
+        call::RECVFROM,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi",
+    );
+    s.data(
+        5,
+        call::WRITEV,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    );
+    s.data(
+        5,
+        call::RECVFROM,
+        b"\x81\x85garbage frames GET /x HTTP/1.1\r\n\r\n",
+    );
+    s.close(5);
+    s.close(20);
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].get("StatusCode"), Some(&Value::Integer(101)));
+    assert_eq!(s.of(EventKind::IncomingRequest).len(), 1);
+    assert_eq!(s.pipeline.stats().opaque_connections, 2);
+}
+
+#[test]
+fn a_pairing_on_content_alone_is_marked_low_confidence() {
+    // The backend request goes out on a thread that read no client request, over a connection
+    // that existed before attach: only its content (method, query, path tail) links it.
+    let mut s = Script::new(CATALOG);
+    s.pipeline.add_existing(
+        (WORKER, 30),
+        Direction::Outbound,
+        Some(&BACKEND.parse().unwrap()),
+    );
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/lc?q=7 HTTP/1.1\r\n\r\n");
+    let mut header = s.header(kind::DATA, 30, call::WRITEV);
+    header.tid = WORKER + 1;
+    let outbound = b"GET /v1/orders/lc?q=7 HTTP/1.1\r\n\r\n";
+    s.feed(Record::Data {
+        header,
+        moved: outbound.len() as i64,
+        offset: 0,
+        more: false,
+        captured: outbound,
+    });
+    s.answer(30, call::RECVFROM, "200 OK");
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1, "{:#?}", s.events);
+    assert_eq!(done[0].text("PairingConfidence"), Some("low"));
+    assert_eq!(s.builder.counts().low_confidence, 1);
+}
+
+#[test]
+fn a_refused_unreadable_request_is_an_error_in_its_place() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        call::RECVFROM,
+        b"GET /nothing HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    );
+    s.answer(5, call::WRITEV, "404 Not Found");
+    s.answer(5, call::WRITEV, "400 Bad Request");
+    s.close(5);
+    assert_eq!(s.of(EventKind::IncomingRequest).len(), 1);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 2, "{:?}", s.events);
+    assert_eq!(errors[0].text("RequestInURL"), Some("/nothing"));
+    let refused = errors[1];
+    assert_eq!(
+        refused.text("ERROR_MESSAGE"),
+        Some("Malformed request rejected by the gateway")
+    );
+    assert_eq!(refused.text("RemoteIP"), Some("10.0.0.7"));
+    assert_eq!(refused.text("RequestInURL"), Some("/"));
+    assert_eq!(refused.text("RequestInMethod"), Some("GET"));
+    assert_eq!(refused.text("ResponseTo"), None);
+    assert_eq!(s.pipeline.stats().unreadable_requests, 1);
+    assert_eq!(s.builder.counts().errors, 2);
+}
+
+#[test]
+fn unreadable_bytes_the_gateway_does_not_refuse_are_no_event() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"\x00\x01binary protocol");
+    s.close(5);
+    assert!(s.events.is_empty(), "{:?}", s.events);
+    assert_eq!(s.pipeline.stats().unreadable_requests, 1);
+}
+
+#[test]
+fn requests_pipelined_after_an_answer_that_closes_are_not_served() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        call::RECVFROM,
+        b"GET /bad HTTP/1.1\r\n\r\nGET /dropped HTTP/1.1\r\n\r\n",
+    );
+    s.answer(5, call::WRITEV, "400 Bad Request\r\nConnection: close");
+    s.close(5);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 2, "{:?}", s.events);
+    assert_eq!(errors[1].text("RequestInURL"), Some("/dropped"));
+    assert_eq!(errors[1].text("ERROR_CODE"), Some("0"));
+    assert_eq!(errors[1].get("StatusCode"), None);
+}
+
+#[test]
+fn after_a_refused_upgrade_the_connection_carries_requests_again() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        call::RECVFROM,
+        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /after HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(s.of(EventKind::IncomingRequest).len(), 1);
+    s.answer(5, call::WRITEV, "404 Not Found");
+    s.answer(5, call::WRITEV, "404 Not Found");
+    let urls: Vec<_> = s
+        .of(EventKind::Error)
+        .iter()
+        .map(|e| e.text("RequestInURL").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(urls, ["/ws", "/after"]);
+}
+
+#[test]
+fn a_head_the_gateway_gave_up_on_is_a_refused_unreadable_request() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"PUT /orders/1 HTTP/1.1\r\nContent-Le");
+    s.answer(5, call::WRITEV, "400 Bad Request\r\nConnection: close");
+    s.close(5);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 1, "{:?}", s.events);
+    assert_eq!(errors[0].text("RequestInURL"), Some("/orders/1"));
+    assert_eq!(errors[0].get("StatusCode"), Some(&Value::Integer(400)));
+    assert!(s.of(EventKind::IncomingRequest).is_empty());
+}
+
+#[test]
+fn an_answer_the_gateway_gives_itself_below_400_completes_the_request() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /health HTTP/1.1\r\n\r\n");
+    s.answer(5, call::WRITEV, "200 OK");
+    s.data(5, call::RECVFROM, b"GET /orders/old HTTP/1.1\r\n\r\n");
+    s.answer(
+        5,
+        call::WRITEV,
+        "301 Moved Permanently\r\nLocation: /orders/new",
+    );
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 2, "{:#?}", s.events);
+    assert!(s.of(EventKind::Error).is_empty());
+    assert_eq!(done[0].text("AnsweredBy"), Some("gateway"));
+    assert_eq!(done[0].get("StatusCode"), Some(&Value::Integer(200)));
+    assert_eq!(done[0].text("RequestOutURL"), None);
+    assert_eq!(done[0].get("Attempts"), Some(&Value::Integer(0)));
+    assert_eq!(done[1].get("StatusCode"), Some(&Value::Integer(301)));
+    assert_eq!(done[1].text("API"), Some("demo--Orders:v1"));
+    assert_eq!(s.builder.counts().answered_by_gateway, 2);
+}
+
+#[test]
+fn who_closed_first_tells_a_client_that_left_from_a_gateway_that_dropped() {
+    let mut s = Script::new(CATALOG);
+    // The client's FIN arrived (CLOSE_WAIT) though no read of the gateway saw it.
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/a HTTP/1.1\r\n\r\n");
+    s.close_in_state(5, access_log_common::tcp_state::CLOSE_WAIT);
+    // The gateway closed a connection still established, without an answer (nginx's 444).
+    s.accept(6);
+    s.data(6, call::RECVFROM, b"GET /orders/b HTTP/1.1\r\n\r\n");
+    s.close_in_state(6, access_log_common::tcp_state::ESTABLISHED);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 2, "{:#?}", s.events);
+    assert_eq!(errors[0].text("ERROR_CODE"), Some("499"));
+    assert_eq!(errors[1].text("ERROR_CODE"), Some("444"));
+    assert_eq!(errors[1].get("StatusCode"), None);
+}
+
+#[test]
+fn a_worker_that_exits_mid_request_ends_it_as_a_gateway_fault() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/x HTTP/1.1\r\n\r\n");
+    s.connect(9, -115);
+    s.data(9, call::WRITEV, b"GET /v1/orders/x HTTP/1.0\r\n\r\n");
+    s.exit();
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 1, "{:#?}", s.events);
+    assert_eq!(
+        errors[0].text("ERROR_MESSAGE"),
+        Some("The gateway process exited before answering")
+    );
+    assert_eq!(errors[0].get("Attempts"), Some(&Value::Integer(1)));
+    assert_eq!(s.pipeline.tracked(), (0, 0));
+}
+
+#[test]
+fn records_lost_in_the_kernel_end_what_was_in_flight_in_a_loss_record() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.accept(6);
+    s.data(5, call::RECVFROM, b"GET /orders/a HTTP/1.1\r\n\r\n");
+    s.data(6, call::RECVFROM, b"GET /orders/b HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    s.data(20, call::WRITEV, b"GET /v1/orders/b HTTP/1.0\r\n\r\n");
+    // Three records are lost here (a's backend request and answer among them, perhaps).
+    s.lost_before = 3;
+    s.answer(20, call::RECVFROM, "200 OK");
+    s.answer(6, call::WRITEV, "200 OK");
+    s.answer(5, call::WRITEV, "200 OK");
+    // After the gap the connections carry requests again.
+    s.data(5, call::RECVFROM, b"GET /nothing HTTP/1.1\r\n\r\n");
+    s.answer(5, call::WRITEV, "404 Not Found");
+    let lost = s.of(EventKind::Lost);
+    assert_eq!(lost.len(), 1, "{:#?}", s.events);
+    assert_eq!(lost[0].text("Reason"), Some("ring buffer full"));
+    assert_eq!(lost[0].get("RecordsLost"), Some(&Value::Integer(3)));
+    assert_eq!(lost[0].get("RequestsLost"), Some(&Value::Integer(2)));
+    let incoming = s.of(EventKind::IncomingRequest);
+    let ids = lost[0].text("RequestIDs").unwrap();
+    assert!(ids.contains(incoming[0].text("MessageID").unwrap()));
+    assert!(ids.contains(incoming[1].text("MessageID").unwrap()));
+    assert!(
+        s.of(EventKind::RequestComplete).is_empty(),
+        "no pairing across a gap"
+    );
+    assert_eq!(s.of(EventKind::Error).len(), 1, "the request after the gap");
+    assert_eq!(s.pipeline.stats().gaps, 1);
+}
+
+#[test]
+fn a_repeated_connect_is_the_same_connection_and_its_failure_the_attempts() {
+    // HAProxy: connect() in progress, then connect() again to learn how it ended.
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/r HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    let header = s.header(kind::CONNECT, 20, 0);
+    s.feed(Record::Connect {
+        header,
+        remote: None,
+        result: -111,
+        repeated: true,
+    });
+    s.close(20);
+    s.connect(21, -115);
+    s.data(21, call::WRITEV, b"GET /v1/orders/r HTTP/1.1\r\n\r\n");
+    s.answer(21, call::RECVFROM, "200 OK");
+    s.answer(5, call::WRITEV, "200 OK");
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1, "{:#?}", s.events);
+    assert_eq!(done[0].text("AttemptResults"), Some("connect-failed, 200"));
+}
+
+#[test]
+fn an_id_shared_by_two_waiting_requests_is_no_exact_link() {
+    // Two concurrent requests of one trace carry the same traceparent: the id cannot tell
+    // them apart, the kernel facts do.
+    let mut s = Script::new(CATALOG);
+    s.pipeline = Pipeline::new(PipelineConfig {
+        id_headers: vec!["traceparent".into()],
+        noted_headers: Vec::new(),
+    });
+    let trace = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    s.accept(5);
+    s.accept(6);
+    s.data(
+        5,
+        call::RECVFROM,
+        format!("GET /orders/a HTTP/1.1\r\n{trace}\r\n\r\n").as_bytes(),
+    );
+    s.connect(20, -115);
+    s.data(
+        6,
+        call::RECVFROM,
+        format!("GET /orders/b HTTP/1.1\r\n{trace}\r\n\r\n").as_bytes(),
+    );
+    s.connect(21, -115);
+    s.data(
+        21,
+        call::WRITEV,
+        format!("GET /v1/orders/b HTTP/1.1\r\n{trace}\r\n\r\n").as_bytes(),
+    );
+    s.data(
+        20,
+        call::WRITEV,
+        format!("GET /v1/orders/a HTTP/1.1\r\n{trace}\r\n\r\n").as_bytes(),
+    );
+    s.answer(21, call::RECVFROM, "201 Created");
+    s.answer(20, call::RECVFROM, "202 Accepted");
+    assert_eq!(
+        linked_urls(&s),
+        vec![
+            (
+                "/orders/a".into(),
+                "http://127.0.0.1:8081/v1/orders/a".into()
+            ),
+            (
+                "/orders/b".into(),
+                "http://127.0.0.1:8081/v1/orders/b".into()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn pipelined_requests_beyond_the_first_window_come_in_continuation_records() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    let mut requests = Vec::new();
+    for index in 0..100 {
+        requests.extend_from_slice(
+            format!("GET /nope/{index:03} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+        );
+    }
+    let moved = requests.len() as i64;
+    // The kernel copies the first 1024 bytes, then 4096-byte continuation records.
+    let mut offset = 0usize;
+    let mut window = 1024usize;
+    while offset < requests.len() {
+        let end = (offset + window).min(requests.len());
+        let header = s.header(kind::DATA, 5, call::RECVFROM);
+        s.feed(Record::Data {
+            header,
+            moved,
+            offset: offset as u32,
+            more: end < requests.len(),
+            captured: &requests[offset..end],
+        });
+        offset = end;
+        window = 4096;
+    }
+    for _ in 0..100 {
+        s.answer(5, call::WRITEV, "404 Not Found");
+    }
+    assert_eq!(s.of(EventKind::IncomingRequest).len(), 100);
+    assert_eq!(s.of(EventKind::Error).len(), 100);
+}
+
+#[test]
+fn a_unix_socket_backend_is_named_as_nginx_names_it() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/u?x=1 HTTP/1.1\r\n\r\n");
+    let header = s.header(kind::CONNECT, 9, 0);
+    s.feed(Record::Connect {
+        header,
+        remote: Some("unix:/run/app.sock".parse().unwrap()),
+        result: 0,
+        repeated: false,
+    });
+    s.data(9, call::WRITEV, b"GET /v1/orders/u?x=1 HTTP/1.0\r\n\r\n");
+    s.answer(9, call::RECVFROM, "200 OK");
+    s.answer(5, call::WRITEV, "200 OK");
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(
+        done[0].text("RequestOutURL"),
+        Some("http://unix:/run/app.sock:/v1/orders/u?x=1")
+    );
+}
+
+#[test]
+fn credentials_in_the_query_are_redacted_in_every_field() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(
+        5,
+        call::RECVFROM,
+        b"GET /orders/x?access_token=SECRET123&n=1 HTTP/1.1\r\n\r\n",
+    );
+    s.connect(9, 0);
+    s.data(
+        9,
+        call::WRITEV,
+        b"GET /v1/orders/x?access_token=SECRET123&n=1 HTTP/1.0\r\n\r\n",
+    );
+    s.answer(9, call::RECVFROM, "200 OK");
+    s.answer(5, call::WRITEV, "200 OK");
+    let text = format!("{:?}", s.events);
+    assert!(!text.contains("SECRET123"), "{text}");
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(
+        done[0].text("RequestOutURL"),
+        Some("http://127.0.0.1:8081/v1/orders/x?access_token=REDACTED&n=1")
+    );
+    assert_eq!(
+        done[0].text("RequestInURL"),
+        Some("/orders/x?access_token=REDACTED&n=1")
+    );
+}
+
+#[test]
+fn requests_the_observer_did_not_see_end_are_named_when_it_stops() {
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/slow HTTP/1.1\r\n\r\n");
+    s.finish();
+    let lost = s.of(EventKind::Lost);
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].text("Reason"), Some("observer stopped"));
+    assert_eq!(
+        lost[0].text("RequestIDs"),
+        s.of(EventKind::IncomingRequest)[0].text("MessageID")
+    );
+}
