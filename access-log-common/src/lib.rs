@@ -41,6 +41,10 @@ pub mod kind {
     /// A watched process connected a unix stream socket: an outbound connection to a local
     /// backend (`result` is connect's); a [`super::UnixConnectRecord`].
     pub const CONNECT_UNIX: u32 = 8;
+    /// A thread of a watched process woke another thread (`result` holds the woken thread's
+    /// id): work handed from one thread to another (a fetch thread, a goroutine's new OS
+    /// thread).
+    pub const WAKE: u32 = 9;
 }
 
 /// Bits of [`RecordHeader::flags`].

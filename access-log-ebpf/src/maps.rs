@@ -44,6 +44,15 @@ pub fn capture_bytes(carries_requests: bool) -> u32 {
     }
 }
 
+/// Offset of `pid` (the woken thread) in the `sched_waking` record, read from tracefs.
+#[unsafe(no_mangle)]
+static WAKING_PID_OFFSET: u32 = 24;
+
+pub fn waking_pid_offset() -> u32 {
+    // SAFETY: a read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&WAKING_PID_OFFSET) }
+}
+
 pub fn fork_child_pid_offset() -> u32 {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) }

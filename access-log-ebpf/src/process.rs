@@ -1,9 +1,12 @@
 //! Process lifecycle: children of watched processes are watched from the fork on (nginx workers,
-//! new workers after a reload); exits are reported and their entries dropped.
+//! new workers after a reload); exits are reported and their entries dropped. And the
+//! wake-ups between a watched process's threads: which thread handed work to which.
 use access_log_common::{counter, kind};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use crate::maps::{count, fork_child_pid_offset, header, submit, watched_caller, WATCHED};
+use crate::maps::{
+    count, fork_child_pid_offset, header, submit, waking_pid_offset, watched_caller, WATCHED,
+};
 
 #[tracepoint]
 pub fn process_fork(ctx: TracePointContext) -> u32 {
@@ -37,4 +40,29 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
     }
     let _ = WATCHED.remove(caller.tid);
     0
+}
+
+/// sched_waking runs in the waker's context: a watched thread wakes another. User space keeps
+/// the wake-ups between threads of one process (a client thread waking the thread that will
+/// call the backend).
+#[tracepoint]
+pub fn thread_waking(ctx: TracePointContext) -> u32 {
+    let _ = try_thread_waking(&ctx);
+    0
+}
+
+fn try_thread_waking(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = watched_caller() else {
+        return Ok(());
+    };
+    let offset = (waking_pid_offset() & 0xff) as usize;
+    // SAFETY: a read inside the tracepoint record; the helper fails cleanly.
+    let woken: u32 = unsafe { ctx.read_at(offset) }.map_err(|e| e as i64)?;
+    if woken == caller.tid || woken == 0 {
+        return Ok(());
+    }
+    let mut head = header(caller, kind::WAKE, -1);
+    head.result = woken as i64;
+    submit(head);
+    Ok(())
 }

@@ -224,36 +224,98 @@ fn proxied_request_is_paired_through_a_new_upstream_connection() {
 }
 
 #[test]
-fn keep_alive_upstream_reuse_pairs_by_content() {
+fn a_thread_serves_the_requests_it_read_in_the_order_it_read_them() {
+    // HAProxy: a thread reads a batch of requests, then runs their streams in order, each
+    // sending on a kept-alive backend connection. The requests are identical: only the order
+    // of the kernel's records can pair them.
     let mut s = Script::new(CATALOG);
     s.pipeline.add_existing(
         (WORKER, 9),
         Direction::Outbound,
         Some(&BACKEND.parse().unwrap()),
     );
+    s.pipeline.add_existing(
+        (WORKER, 10),
+        Direction::Outbound,
+        Some(&BACKEND.parse().unwrap()),
+    );
     s.accept(5);
     s.accept(6);
-    s.data(5, call::RECVFROM, b"GET /orders/a HTTP/1.1\r\n\r\n");
-    s.data(6, call::RECVFROM, b"GET /orders/b HTTP/1.1\r\n\r\n");
-    // The worker sends b's request first on the pooled connection, then a's.
-    s.data(9, call::WRITEV, b"GET /v1/orders/b HTTP/1.1\r\n\r\n");
+    s.data(5, call::RECVFROM, b"GET /orders/same HTTP/1.1\r\n\r\n");
+    s.data(6, call::RECVFROM, b"GET /orders/same HTTP/1.1\r\n\r\n");
+    s.data(9, call::SENDTO, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.data(10, call::SENDTO, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.answer(10, call::RECVFROM, "202 Accepted");
     s.answer(9, call::RECVFROM, "201 Created");
-    s.data(9, call::WRITEV, b"GET /v1/orders/a HTTP/1.1\r\n\r\n");
-    s.answer(9, call::RECVFROM, "200 OK");
+    s.answer(6, call::SENDTO, "202 Accepted");
+    s.answer(5, call::SENDTO, "201 Created");
     let incoming = s.of(EventKind::IncomingRequest);
-    let complete = s.of(EventKind::RequestComplete);
-    assert_eq!(complete.len(), 2);
-    for done in complete {
-        let request = incoming
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 2);
+    for (request, status) in incoming.iter().zip([201, 202]) {
+        let ending = done
             .iter()
-            .find(|i| i.text("MessageID") == done.text("ResponseTo"))
+            .find(|d| d.text("ResponseTo") == request.text("MessageID"))
             .unwrap();
-        let tail = request
-            .text("RequestInURL")
-            .unwrap()
-            .trim_start_matches("/orders");
-        assert!(done.text("RequestOutURL").unwrap().ends_with(tail));
+        assert_eq!(ending.get("StatusCode"), Some(&Value::Integer(status)));
+        assert_eq!(ending.text("PairingConfidence"), None);
     }
+}
+
+#[test]
+fn a_backend_call_made_by_the_thread_another_woke_serves_the_waker_request() {
+    // Varnish: the client thread reads the request and wakes a fetch thread, which connects
+    // and sends; another client thread read another request meanwhile.
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.data(5, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
+    let mut other = s.header(kind::ACCEPT, 6, 0);
+    other.tid = WORKER + 1;
+    s.feed(Record::Accept {
+        header: other,
+        remote: Some(CLIENT.parse().unwrap()),
+    });
+    let mut read = s.header(kind::DATA, 6, call::READ);
+    read.tid = WORKER + 1;
+    let bytes = b"GET /orders/same HTTP/1.1\r\n\r\n";
+    s.feed(Record::Data {
+        header: read,
+        moved: bytes.len() as i64,
+        offset: 0,
+        more: false,
+        captured: bytes,
+    });
+    // The first client thread wakes thread 300, which makes the backend call.
+    let wake = s.header(kind::WAKE, -1, 0);
+    s.feed(Record::Wake {
+        header: wake,
+        woken: 300,
+    });
+    let mut connect = s.header(kind::CONNECT, 20, 0);
+    connect.tid = 300;
+    s.feed(Record::Connect {
+        header: connect,
+        remote: Some(BACKEND.parse().unwrap()),
+        result: -115,
+        repeated: false,
+    });
+    let mut send = s.header(kind::DATA, 20, call::WRITEV);
+    send.tid = 300;
+    let out = b"GET /v1/orders/same HTTP/1.1\r\n\r\n";
+    s.feed(Record::Data {
+        header: send,
+        moved: out.len() as i64,
+        offset: 0,
+        more: false,
+        captured: out,
+    });
+    s.answer(20, call::READ, "203 Non-Authoritative Information");
+    s.answer(5, call::WRITEV, "203 Non-Authoritative Information");
+    let incoming = s.of(EventKind::IncomingRequest);
+    let done = s.of(EventKind::RequestComplete);
+    assert_eq!(done.len(), 1, "{:#?}", s.events);
+    assert_eq!(done[0].text("ResponseTo"), incoming[0].text("MessageID"));
+    assert_eq!(done[0].text("PairingConfidence"), None);
 }
 
 #[test]

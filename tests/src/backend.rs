@@ -4,20 +4,54 @@
 //! `x-want-delay-ms` (default 0), so a test can make backends slow, failing and out of order;
 //! `x-want-close` makes it close the connection instead of answering; `x-want-bytes: N`
 //! answers N bytes of body, chunked (with a trailer) when `x-want-chunked` is present.
+//!
+//! Every answer to a request with an `x-token: N` header is recorded (token, status, the
+//! backend's port): what the accuracy run takes as truth, from outside the observer.
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::net::{UnixListener, UnixStream},
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread,
     time::Duration,
 };
 
+/// One answer the backend gave to a request that carried a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub token: u64,
+    pub status: u16,
+    /// The backend's own port (0 for a unix-socket backend).
+    pub port: u16,
+}
+
 pub struct Backend {
     pub addr: SocketAddr,
+    /// For a unix-socket backend, its path (`addr` is then unused).
+    pub unix: Option<PathBuf>,
     stop: Arc<AtomicBool>,
+    served: Arc<Mutex<Vec<Served>>>,
+}
+
+/// A connection the backend serves: TCP or unix.
+trait Connection: Read + Write + Send + Sized + 'static {
+    fn split(&self) -> io::Result<Self>;
+}
+
+impl Connection for TcpStream {
+    fn split(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+}
+
+impl Connection for UnixStream {
+    fn split(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
 }
 
 impl Backend {
@@ -26,24 +60,65 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let (stopping, log) = (stop.clone(), served.clone());
+        let port = addr.port();
         thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::Relaxed) {
                     break;
                 }
                 if let Ok(stream) = stream {
+                    let log = log.clone();
                     thread::spawn(move || {
-                        let _ = serve(stream);
+                        let _ = serve(stream, port, &log);
                     });
                 }
             }
         });
-        Ok(Backend { addr, stop })
+        Ok(Backend {
+            addr,
+            unix: None,
+            stop,
+            served,
+        })
+    }
+
+    /// Starts a backend listening on a unix socket at `path` (replaced if it exists).
+    pub fn start_unix(path: &Path) -> io::Result<Backend> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let (stopping, log) = (stop.clone(), served.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    let log = log.clone();
+                    thread::spawn(move || {
+                        let _ = serve(stream, 0, &log);
+                    });
+                }
+            }
+        });
+        Ok(Backend {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            unix: Some(path.to_owned()),
+            stop,
+            served,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The answers given so far to requests that carried a token.
+    pub fn served(&self) -> Vec<Served> {
+        self.served.lock().expect("served lock").clone()
     }
 }
 
@@ -51,7 +126,15 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.addr);
+        match &self.unix {
+            Some(path) => {
+                let _ = UnixStream::connect(path);
+                let _ = std::fs::remove_file(path);
+            }
+            None => {
+                let _ = TcpStream::connect(self.addr);
+            }
+        }
     }
 }
 
@@ -65,9 +148,10 @@ struct Head {
     body_bytes: Option<usize>,
     chunked_answer: bool,
     path: String,
+    token: Option<u64>,
 }
 
-fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
+fn read_head(reader: &mut BufReader<impl Read>) -> io::Result<Option<Head>> {
     let mut raw = Vec::new();
     loop {
         let before = raw.len();
@@ -120,11 +204,12 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
         body_bytes: value("x-want-bytes").and_then(|v| v.parse().ok()),
         chunked_answer: value("x-want-chunked").is_some(),
         path: request.path.unwrap_or("/").to_owned(),
+        token: value("x-token").and_then(|v| v.parse().ok()),
     }))
 }
 
-fn serve(stream: TcpStream) -> io::Result<()> {
-    let mut writer = stream.try_clone()?;
+fn serve(stream: impl Connection, port: u16, served: &Mutex<Vec<Served>>) -> io::Result<()> {
+    let mut writer = stream.split()?;
     let mut reader = BufReader::new(stream);
     while let Some(head) = read_head(&mut reader)? {
         if head.chunked {
@@ -165,6 +250,13 @@ fn serve(stream: TcpStream) -> io::Result<()> {
             body
         );
         writer.write_all(response.as_bytes())?;
+        if let Some(token) = head.token {
+            served.lock().expect("served lock").push(Served {
+                token,
+                status: head.status,
+                port,
+            });
+        }
         if !head.keep_alive {
             break;
         }

@@ -1,10 +1,12 @@
-//! A gateway process started for a test: nginx or Apache httpd from Debian's packages, with a
-//! config of the test's own in a fresh directory, on loopback. Dropping it stops it and waits
-//! until its master is gone.
+//! A gateway process started for a test, from Debian's packages, with a config of the test's
+//! own in a fresh directory, on loopback: nginx (event loops in worker processes), Apache httpd
+//! (event MPM: a thread serves a connection), HAProxy (threads that share connections), Caddy
+//! (Go: goroutines moved between OS threads) and Varnish (a client thread hands the backend
+//! fetch to another thread). Dropping it stops it and waits until its master is gone.
 use std::{
     fs,
     path::PathBuf,
-    process::Command,
+    process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
@@ -12,10 +14,48 @@ use std::{
 
 use crate::wait_for_port;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Nginx,
     Apache,
+    Haproxy,
+    Caddy,
+    Varnish,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Nginx,
+        Kind::Apache,
+        Kind::Haproxy,
+        Kind::Caddy,
+        Kind::Varnish,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Nginx => "nginx",
+            Kind::Apache => "apache",
+            Kind::Haproxy => "haproxy",
+            Kind::Caddy => "caddy",
+            Kind::Varnish => "varnish",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The gateway and its design, for reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Nginx => "nginx 1.22 (2 worker processes, event loops)",
+            Kind::Apache => "Apache httpd 2.4 (event MPM, a thread per connection at a time)",
+            Kind::Haproxy => "HAProxy 2.6 (2 threads sharing connections)",
+            Kind::Caddy => "Caddy 2.6 (Go: goroutines over OS threads)",
+            Kind::Varnish => "Varnish 7.1 (pass: a fetch thread per backend call)",
+        }
+    }
 }
 
 pub struct Gateway {
@@ -23,6 +63,8 @@ pub struct Gateway {
     pub dir: PathBuf,
     pub port: u16,
     config: PathBuf,
+    /// A gateway that runs in the foreground as our child (Caddy).
+    child: Option<Child>,
 }
 
 fn fresh_dir(name: &str) -> Result<PathBuf, String> {
@@ -45,13 +87,28 @@ fn run(command: &mut Command) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
+            "{command:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stderr).trim(),
+            String::from_utf8_lossy(&output.stdout).trim()
         ))
     }
 }
 
+fn write(path: &PathBuf, text: &str) -> Result<(), String> {
+    fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 impl Gateway {
+    fn new(kind: Kind, dir: PathBuf, port: u16, config: PathBuf) -> Gateway {
+        Gateway {
+            kind,
+            dir,
+            port,
+            config,
+            child: None,
+        }
+    }
+
     /// Starts nginx (master and `workers` workers) with `http_body` inside its http block;
     /// `port` must be one of the ports it listens on.
     pub fn nginx(name: &str, workers: u32, http_body: &str, port: u16) -> Result<Gateway, String> {
@@ -65,13 +122,8 @@ impl Gateway {
              uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{http_body}\n}}\n"
         );
         let path = dir.join("nginx.conf");
-        fs::write(&path, config).map_err(|e| format!("writing {}: {e}", path.display()))?;
-        let gateway = Gateway {
-            kind: Kind::Nginx,
-            dir,
-            port,
-            config: path,
-        };
+        write(&path, &config)?;
+        let gateway = Gateway::new(Kind::Nginx, dir, port, path);
         run(Command::new("nginx")
             .arg("-p")
             .arg(&gateway.dir)
@@ -102,13 +154,8 @@ impl Gateway {
              MaxRequestWorkers 128\nListen 127.0.0.1:{port}\n{body}\n"
         );
         let path = dir.join("httpd.conf");
-        fs::write(&path, config).map_err(|e| format!("writing {}: {e}", path.display()))?;
-        let gateway = Gateway {
-            kind: Kind::Apache,
-            dir,
-            port,
-            config: path,
-        };
+        write(&path, &config)?;
+        let gateway = Gateway::new(Kind::Apache, dir, port, path);
         run(Command::new("apache2")
             .arg("-f")
             .arg(&gateway.config)
@@ -117,10 +164,94 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// Starts HAProxy in master-worker mode (the master forks one worker of `threads`
+    /// threads), with `body` (frontends and backends) after the global and default sections.
+    pub fn haproxy(name: &str, threads: u32, body: &str, port: u16) -> Result<Gateway, String> {
+        let dir = fresh_dir(name)?;
+        let config = format!(
+            "global\n  nbthread {threads}\n  maxconn 4096\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  \
+             timeout server 60s\n  timeout http-keep-alive 60s\n  option http-keep-alive\n\
+             {body}\n"
+        );
+        let path = dir.join("haproxy.cfg");
+        write(&path, &config)?;
+        let gateway = Gateway::new(Kind::Haproxy, dir, port, path);
+        run(Command::new("haproxy")
+            .args(["-W", "-D", "-p"])
+            .arg(gateway.pid_file())
+            .arg("-f")
+            .arg(&gateway.config))?;
+        wait_for_port(port, Duration::from_secs(10))?;
+        Ok(gateway)
+    }
+
+    /// Starts Caddy in the foreground (our child) with `site` blocks after global options that
+    /// turn off its admin endpoint and automatic HTTPS.
+    pub fn caddy(name: &str, sites: &str, port: u16) -> Result<Gateway, String> {
+        let dir = fresh_dir(name)?;
+        let config = format!(
+            "{{\n  admin off\n  auto_https off\n  storage file_system {}\n}}\n{sites}\n",
+            dir.display()
+        );
+        let path = dir.join("Caddyfile");
+        write(&path, &config)?;
+        let mut gateway = Gateway::new(Kind::Caddy, dir, port, path);
+        let child = Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&gateway.config)
+            .env("HOME", &gateway.dir)
+            .env("XDG_DATA_HOME", &gateway.dir)
+            .env("XDG_CONFIG_HOME", &gateway.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                fs::File::create(gateway.dir.join("logs/caddy.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .spawn()
+            .map_err(|e| format!("starting caddy: {e}"))?;
+        write(&gateway.pid_file(), &child.id().to_string())?;
+        gateway.child = Some(child);
+        wait_for_port(port, Duration::from_secs(20))?;
+        Ok(gateway)
+    }
+
+    /// Starts Varnish (a manager and its worker child) with `vcl`, no cache storage to speak of.
+    pub fn varnish(name: &str, vcl: &str, port: u16) -> Result<Gateway, String> {
+        let dir = fresh_dir(name)?;
+        let path = dir.join("gateway.vcl");
+        write(&path, vcl)?;
+        let gateway = Gateway::new(Kind::Varnish, dir, port, path);
+        run(Command::new("varnishd")
+            .args(["-a", &format!("127.0.0.1:{port}"), "-f"])
+            .arg(&gateway.config)
+            .arg("-n")
+            .arg(gateway.dir.join("work"))
+            .arg("-P")
+            .arg(gateway.pid_file())
+            .args([
+                "-s",
+                "malloc,32m",
+                "-p",
+                "thread_pools=1",
+                "-p",
+                "thread_pool_min=200",
+                "-p",
+                "timeout_idle=60",
+            ]))?;
+        wait_for_port(port, Duration::from_secs(20))?;
+        Ok(gateway)
+    }
+
     fn pid_file(&self) -> PathBuf {
         self.dir.join(match self.kind {
             Kind::Nginx => "nginx.pid",
             Kind::Apache => "httpd.pid",
+            Kind::Haproxy => "haproxy.pid",
+            Kind::Caddy => "caddy.pid",
+            Kind::Varnish => "varnish.pid",
         })
     }
 
@@ -152,15 +283,7 @@ impl Gateway {
         entries
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|s| {
-                        let rest = s[s.rfind(')')? + 1..].to_owned();
-                        rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                    })
-                    == Some(master)
-            })
+            .filter(|pid| parent_of(*pid) == Some(master))
             .collect()
     }
 
@@ -177,6 +300,11 @@ impl Gateway {
                 .arg("-f")
                 .arg(&self.config)
                 .args(["-k", "graceful"])),
+            _ => {
+                // SAFETY: signalling a process we started.
+                unsafe { libc::kill(self.master_pid() as i32, libc::SIGUSR2) };
+                Ok(())
+            }
         }
     }
 
@@ -189,7 +317,12 @@ impl Gateway {
         fs::read_to_string(self.path(name)).unwrap_or_default()
     }
 
-    pub fn stop(&self) {
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
         let Some(pid) = fs::read_to_string(self.pid_file())
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
@@ -213,6 +346,14 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The parent of a process, from /proc/PID/stat.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Whether `pid` is a live process (a zombie waiting to be reaped counts as gone).

@@ -1,16 +1,58 @@
 //! A concurrent HTTP/1.1 client for the accuracy run: many connections at once, each sending
 //! its share of a request list, kept alive or one connection per request. Bounded: every
 //! request is sent once, every read has a timeout.
+//!
+//! Every connection comes from a loopback address of its own (127.1.0.1, 127.1.0.2, ...), so
+//! the client's address and the request's place on its connection name each request in the
+//! observer's events even when every request has the same method, URL and body.
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     thread,
     time::Duration,
 };
+
+use socket2::{Domain, Socket, Type};
+
+/// What became of one request: the status the client got, and where it came from.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub status: Result<u16, String>,
+    /// The client address of the connection it went out on.
+    pub source: Option<IpAddr>,
+    /// Its place among the requests sent from that address (0 first).
+    pub sequence: usize,
+}
+
+/// A loopback address no other connection of this process used.
+fn fresh_source() -> IpAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        (1 + n / 62_500 % 200) as u8,
+        (n / 250 % 250 + 1) as u8,
+        (n % 250 + 1) as u8,
+    ))
+}
+
+fn connect_from(source: IpAddr, gateway: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect(&gateway.into())?;
+    Ok(socket.into())
+}
+
+/// One client connection and the address it comes from.
+struct Client {
+    reader: BufReader<TcpStream>,
+    source: IpAddr,
+    sent: usize,
+}
 
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -45,45 +87,50 @@ impl Request {
     }
 }
 
-/// The status each request got, by index, or why the client got none.
+/// What became of each request, by index.
 pub fn run(
     gateway: SocketAddr,
     requests: &[Request],
     connections: usize,
     keep_alive: impl Fn(usize) -> bool + Sync,
-) -> Vec<Result<u16, String>> {
+) -> Vec<Delivery> {
     let next = AtomicUsize::new(0);
-    let results = Arc::new(Mutex::new(vec![Err("not sent".to_owned()); requests.len()]));
+    let unsent = Delivery {
+        status: Err("not sent".to_owned()),
+        source: None,
+        sequence: 0,
+    };
+    let results = Arc::new(Mutex::new(vec![unsent; requests.len()]));
     thread::scope(|scope| {
         for worker in 0..connections {
             let next = &next;
             let results = results.clone();
             let keep = keep_alive(worker);
             scope.spawn(move || {
-                let mut connection: Option<BufReader<TcpStream>> = None;
+                let mut connection: Option<Client> = None;
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     let Some(request) = requests.get(index) else {
                         break;
                     };
                     let reused = connection.is_some();
-                    let mut status = send(&mut connection, gateway, request, keep);
+                    let mut delivery = send(&mut connection, gateway, request, keep);
                     // A server may close an idle kept-alive connection just as a request
-                    // goes out; like every HTTP client, retry once on a new connection when
-                    // nothing came back.
+                    // goes out; like every HTTP client, retry once on a new connection (from
+                    // a new address) when nothing came back.
                     if reused
-                        && status
+                        && delivery
+                            .status
                             .as_ref()
-                            .is_err_and(|e| e.kind() == io::ErrorKind::UnexpectedEof)
+                            .is_err_and(|e| e.contains("closed before the status line"))
                     {
                         connection = None;
-                        status = send(&mut connection, gateway, request, keep);
+                        delivery = send(&mut connection, gateway, request, keep);
                     }
-                    if status.is_err() || !keep {
+                    if delivery.status.is_err() || !keep {
                         connection = None;
                     }
-                    results.lock().expect("results lock")[index] =
-                        status.map_err(|e| e.to_string());
+                    results.lock().expect("results lock")[index] = delivery;
                 }
             });
         }
@@ -93,18 +140,60 @@ pub fn run(
 }
 
 fn send(
-    connection: &mut Option<BufReader<TcpStream>>,
+    connection: &mut Option<Client>,
     gateway: SocketAddr,
     request: &Request,
     keep_alive: bool,
-) -> io::Result<u16> {
+) -> Delivery {
     if connection.is_none() {
-        let stream = TcpStream::connect(gateway)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        stream.set_nodelay(true)?;
-        *connection = Some(BufReader::new(stream));
+        let source = fresh_source();
+        match connect_from(source, gateway).and_then(|stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        }) {
+            Ok(stream) => {
+                *connection = Some(Client {
+                    reader: BufReader::new(stream),
+                    source,
+                    sent: 0,
+                })
+            }
+            Err(error) => {
+                return Delivery {
+                    status: Err(error.to_string()),
+                    source: None,
+                    sequence: 0,
+                }
+            }
+        }
     }
-    let reader = connection.as_mut().expect("connected above");
+    let client = connection.as_mut().expect("connected above");
+    let source = client.source;
+    let sequence = client.sent;
+    client.sent += 1;
+    let status = match exchange(&mut client.reader, request, keep_alive) {
+        Ok((status, closes)) => {
+            if closes {
+                *connection = None;
+            }
+            Ok(status)
+        }
+        Err(error) => Err(error.to_string()),
+    };
+    Delivery {
+        status,
+        source: Some(source),
+        sequence,
+    }
+}
+
+/// Sends one request and reads its answer: (status, whether the server closes).
+fn exchange(
+    reader: &mut BufReader<TcpStream>,
+    request: &Request,
+    keep_alive: bool,
+) -> io::Result<(u16, bool)> {
     reader.get_mut().write_all(&request.encode(keep_alive))?;
     let (status, length, chunked, close) = read_response_head(reader)?;
     if chunked {
@@ -114,10 +203,7 @@ fn send(
     } else {
         io::copy(reader, &mut io::sink())?;
     }
-    if close {
-        *connection = None;
-    }
-    Ok(status)
+    Ok((status, close))
 }
 
 fn read_response_head(

@@ -1,40 +1,53 @@
-//! The accuracy run in small: nginx and Apache httpd under 64 concurrent connections, checked
-//! against each gateway's own log (`cargo xtask accuracy` runs the full count).
+//! The accuracy run in small, on every gateway design: identical requests under 64 concurrent
+//! connections (pairing can only come from kernel facts), every route with its errors, and an
+//! id header; checked against the backends' records and the gateways' own logs (`cargo xtask
+//! accuracy` runs the full count).
 use tests::{
-    accuracy::{run, RunConfig},
+    accuracy::{check, run, Mix, RunConfig},
     gateway::Kind,
     require_root,
 };
 
-fn check(gateway: Kind, id_header: bool) {
+fn measure(gateway: Kind, mix: Mix, id_header: bool) {
     require_root();
-    let report = run(&RunConfig {
+    let config = RunConfig {
         gateway,
+        mix,
         requests: 1500,
         connections: 64,
         id_header,
         seed: 7,
-    })
-    .expect("the accuracy run");
-    let detail = format!("{}\n{}", report.summary(), report.examples.join("\n"));
-    assert_eq!(report.answered_to_client, report.requests_sent, "{detail}");
-    assert_eq!(report.incoming_found, report.with_ground_truth, "{detail}");
-    let target = if id_header { 1.0 } else { 0.999 };
-    assert!(report.pairing_rate() >= target, "{detail}");
-    assert_eq!(report.errors_correct, report.errors_expected, "{detail}");
+    };
+    let report = run(&config).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{}", report.summary());
+    if let Err(failure) = check(&config, &report) {
+        panic!("{failure}\n{}", report.examples.join("\n"));
+    }
 }
 
-#[test]
-fn nginx_pairs_and_classifies_under_load() {
-    check(Kind::Nginx, false);
+macro_rules! gateway_runs {
+    ($gateway:ident, $kind:expr) => {
+        mod $gateway {
+            use super::*;
+
+            #[test]
+            fn identical_requests() {
+                measure($kind, Mix::Identical, false);
+            }
+
+            #[test]
+            fn identical_requests_with_an_id_header() {
+                measure($kind, Mix::Identical, true);
+            }
+
+            #[test]
+            fn every_route() {
+                measure($kind, Mix::Routes, false);
+            }
+        }
+    };
 }
 
-#[test]
-fn nginx_pairs_exactly_with_an_id_header() {
-    check(Kind::Nginx, true);
-}
-
-#[test]
-fn apache_pairs_and_classifies_under_load() {
-    check(Kind::Apache, false);
-}
+gateway_runs!(nginx, Kind::Nginx);
+gateway_runs!(apache, Kind::Apache);
+gateway_runs!(haproxy, Kind::Haproxy);

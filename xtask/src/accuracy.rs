@@ -1,43 +1,58 @@
-//! `cargo xtask accuracy`: the pairing and classification accuracy of the observer on nginx and
-//! Apache httpd under concurrent load, against each gateway's own log.
+//! `cargo xtask accuracy`: pairing and classification accuracy on every gateway design, with
+//! identical requests and with every route, without and with an id header, against the
+//! backends' records and the gateways' own logs. Prints the README's table.
 use anyhow::bail;
 use tests::{
-    accuracy::{self, RunConfig},
+    accuracy::{self, Mix, RunConfig},
     gateway::Kind,
 };
 
 pub fn run(requests: usize, connections: usize, gateways: &[Kind]) -> anyhow::Result<()> {
     let mut failed = Vec::new();
+    let mut rows = Vec::new();
     for &gateway in gateways {
-        for id_header in [false, true] {
+        for (mix, id_header) in [
+            (Mix::Identical, false),
+            (Mix::Identical, true),
+            (Mix::Routes, false),
+        ] {
             let config = RunConfig {
                 gateway,
+                mix,
                 requests,
                 connections,
                 id_header,
                 seed: 0x5eed,
             };
-            let name = format!(
-                "{gateway:?}, {} id header",
-                if id_header { "with" } else { "no" }
+            eprintln!(
+                "accuracy: {}: {requests} requests over {connections} connections",
+                config.name()
             );
-            eprintln!("accuracy: {name}: {requests} requests over {connections} connections");
             let report = accuracy::run(&config).map_err(anyhow::Error::msg)?;
-            println!("{name}: {}", report.summary());
+            println!("{}", report.summary());
             for example in &report.examples {
                 println!("  {example}");
             }
-            let target = if id_header { 1.0 } else { 0.999 };
-            if report.pairing_rate() < target
-                || report.errors_correct < report.errors_expected
-                || report.incoming_found < report.with_ground_truth
-            {
-                failed.push(name);
+            let mix_name = match (mix, id_header) {
+                (Mix::Identical, false) => "identical, no id header",
+                (Mix::Identical, true) => "identical, X-Request-ID",
+                (Mix::Routes, _) => "every route, no id header",
+            };
+            rows.push(report.table_row(gateway.describe(), mix_name));
+            if let Err(failure) = accuracy::check(&config, &report) {
+                failed.push(failure);
             }
         }
     }
+    println!(
+        "\n| gateway | requests | sent | proxied | paired correctly | wrong | missing | low \
+         confidence | errors classified | without an ending |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for row in rows {
+        println!("{row}");
+    }
     if !failed.is_empty() {
-        bail!("below target: {}", failed.join("; "));
+        bail!("below target:\n{}", failed.join("\n"));
     }
     Ok(())
 }

@@ -43,16 +43,18 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Measure pairing and error-classification accuracy on nginx and Apache under load.
+    /// Measure pairing and error-classification accuracy on every gateway design under load
+    /// (nginx, Apache httpd, HAProxy, Caddy, Varnish).
     Accuracy {
-        /// Requests per run (each gateway runs without and with an id header).
+        /// Requests per run (each gateway runs identical requests without and with an id
+        /// header, and every route).
         #[arg(long, default_value_t = 20000)]
         requests: usize,
         /// Concurrent client connections.
         #[arg(long, default_value_t = 64)]
         connections: usize,
         /// Only this gateway.
-        #[arg(long, value_parser = ["nginx", "apache"])]
+        #[arg(long, value_parser = ["nginx", "apache", "haproxy", "caddy", "varnish"])]
         gateway: Option<String>,
     },
     /// Start a demo gateway with backends and traffic, and show the live events.
@@ -93,10 +95,9 @@ fn main() -> anyhow::Result<()> {
         } => {
             setup::ensure()?;
             build()?;
-            let gateways = match gateway.as_deref() {
-                Some("nginx") => vec![tests::gateway::Kind::Nginx],
-                Some(_) => vec![tests::gateway::Kind::Apache],
-                None => vec![tests::gateway::Kind::Nginx, tests::gateway::Kind::Apache],
+            let gateways = match gateway.as_deref().and_then(tests::gateway::Kind::from_name) {
+                Some(kind) => vec![kind],
+                None => tests::gateway::Kind::ALL.to_vec(),
             };
             accuracy::run(requests, connections, &gateways)
         }

@@ -18,6 +18,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/caddy", "caddy"),
     ("/usr/bin/java", "openjdk-17-jre-headless"),
     ("/usr/bin/wrk", "wrk"),
+    ("/usr/sbin/haproxy", "haproxy"),
+    ("/usr/sbin/varnishd", "varnish"),
 ];
 
 /// The bpf-linker release that loads the calling rustc's LLVM (the nightly's, LLVM 22).

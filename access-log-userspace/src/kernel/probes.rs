@@ -27,7 +27,7 @@ pub enum ProbeError {
     Architecture(&'static str),
     #[error(transparent)]
     Proc(#[from] ProcError),
-    #[error("sched_process_fork has no child_pid field in this kernel")]
+    #[error("sched_process_fork or sched_waking lacks its pid field in this kernel")]
     NoChildPid,
     #[error(
         "the kernel refused to load eBPF programs: run access-log as root (it needs CAP_BPF, \
@@ -74,6 +74,7 @@ fn map_error(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Pro
 const ATTACHMENTS: &[(&str, &str, &str)] = &[
     ("process_fork", "sched", "sched_process_fork"),
     ("process_exit", "sched", "sched_process_exit"),
+    ("thread_waking", "sched", "sched_waking"),
     ("socket_enter", "syscalls", "sys_enter_socket"),
     ("socket_exit", "syscalls", "sys_exit_socket"),
     ("accept_enter", "syscalls", "sys_enter_accept"),
@@ -156,6 +157,9 @@ impl Probes {
         let fork_format = procfs::tracepoint_format("sched", "sched_process_fork")?;
         let child_offset =
             procfs::field_offset(&fork_format, "child_pid").ok_or(ProbeError::NoChildPid)?;
+        let waking_format = procfs::tracepoint_format("sched", "sched_waking")?;
+        let waking_offset =
+            procfs::field_offset(&waking_format, "pid").ok_or(ProbeError::NoChildPid)?;
         for (_, category, name) in ATTACHMENTS {
             procfs::tracepoint_format(category, name)?;
         }
@@ -168,6 +172,7 @@ impl Probes {
             .override_global("RESPONSE_CAPTURE_BYTES", &response_capture, true)
             .override_global("TLS_PROBES", &tls_probes, true)
             .override_global("FORK_CHILD_PID_OFFSET", &child_offset, true)
+            .override_global("WAKING_PID_OFFSET", &waking_offset, true)
             .map_max_entries("EVENTS", config.ring_bytes)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),

@@ -47,6 +47,11 @@ pub enum Record<'a> {
     Exit {
         header: RecordHeader,
     },
+    /// The thread `header.tid` woke thread `woken` of some process.
+    Wake {
+        header: RecordHeader,
+        woken: u32,
+    },
 }
 
 impl Record<'_> {
@@ -57,7 +62,8 @@ impl Record<'_> {
             | Record::Connect { header, .. }
             | Record::Close { header, .. }
             | Record::Shutdown { header }
-            | Record::Exit { header } => header,
+            | Record::Exit { header }
+            | Record::Wake { header, .. } => header,
         }
     }
 }
@@ -199,6 +205,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         }),
         kind::SHUTDOWN => Ok(Record::Shutdown { header }),
         kind::EXIT => Ok(Record::Exit { header }),
+        kind::WAKE => Ok(Record::Wake {
+            header,
+            woken: header.result.clamp(0, u32::MAX as i64) as u32,
+        }),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }

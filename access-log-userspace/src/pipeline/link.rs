@@ -1,19 +1,25 @@
-//! Which inbound request a backend call serves. The evidence, strongest first:
+//! Which inbound request a backend call serves. The gateway designs differ: an nginx worker
+//! proxies a request right after reading it; an HAProxy thread reads a batch of requests and
+//! then runs their streams in order; an Apache thread serves one connection at a time; Go
+//! moves goroutines between OS threads; Varnish hands the backend fetch to another thread. The
+//! facts that hold in all of them, strongest first:
 //! 1. an id header (X-Request-ID, traceparent, ...) with the same value on both requests, when
 //!    no other request waiting for a backend in that process carries it: exact;
 //! 2. a thread that just saw an attempt fail (a refused connect, a closed or answered-with-5xx
 //!    attempt) retries for that attempt's request;
-//! 3. connect() binding: a gateway connects right after it has read the request it connects
-//!    for (its head, or the last of its body), on the same thread; the first request written
-//!    on that connection is that request's;
-//! 4. on a reused keep-alive connection, the request whose connection the thread read last;
-//! 5. content (method, query, path tail) among the process's requests waiting for a backend,
-//!    marked low confidence.
+//! 3. connect() binding: the first request written on a new connection is the one it was
+//!    connected for;
+//! 4. the thread's own requests, oldest first: a thread serves the requests it read in the
+//!    order it read them, those whose body is complete before those still reading one;
+//! 5. the requests of the thread that woke this one (a fetch thread, a goroutine moved to a
+//!    new OS thread), oldest first;
+//! 6. the oldest request of the process waiting for a backend, then content (method, query,
+//!    path tail): marked low confidence.
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::{outcome::Confidence, Tables};
+use super::{outcome::Confidence, InboundRequest, Tables};
 use crate::{
     kernel::{errno, ConnectionKey, ThreadKey},
     pipeline::outcome::AttemptOutcome,
@@ -23,12 +29,10 @@ use crate::{
 /// What the kernel showed a thread doing last.
 #[derive(Debug, Default)]
 struct Thread {
-    /// The inbound connection this thread read from last.
-    last_inbound_read: Option<ConnectionKey>,
     /// The inbound request whose backend attempt this thread just saw fail.
     retry_for: Option<u64>,
-    /// The last inbound request head completed on this thread.
-    last_request: Option<u64>,
+    /// The thread (id) that woke this one last.
+    woken_by: Option<u32>,
 }
 
 /// The facts pairing rests on, beyond what the connections and requests hold.
@@ -49,17 +53,27 @@ pub(super) fn hang_up_outcome(moved: i64) -> AttemptOutcome {
     }
 }
 
+/// Whether a request can be the one a new backend call serves: no attempt under way and no
+/// answer held (a held answer's retry is found by rule 2).
+fn candidate(request: &InboundRequest) -> bool {
+    request.retryable_answer.is_none() && request.awaiting_backend()
+}
+
 impl Linker {
-    /// A thread read from an inbound connection.
-    pub fn inbound_read(&mut self, thread: ThreadKey, key: ConnectionKey) {
-        let state = self.threads.entry(thread).or_default();
-        state.last_inbound_read = Some(key);
-        state.retry_for = None;
+    /// A thread read from an inbound connection: a retry it was about to make is off.
+    pub fn inbound_read(&mut self, thread: ThreadKey) {
+        if let Some(state) = self.threads.get_mut(&thread) {
+            state.retry_for = None;
+        }
+    }
+
+    /// A thread woke another of its process.
+    pub fn woke(&mut self, waker: ThreadKey, woken: u32) {
+        self.threads.entry((waker.0, woken)).or_default().woken_by = Some(waker.1);
     }
 
     /// A thread completed an inbound request head.
     pub fn request(&mut self, thread: ThreadKey, number: u64, id: Option<&Arc<str>>) {
-        self.threads.entry(thread).or_default().last_request = Some(number);
         if let Some(id) = id {
             self.ids
                 .entry((thread.0, id.clone()))
@@ -98,20 +112,50 @@ impl Linker {
         self.threads.clear();
     }
 
+    /// The oldest candidate read by `reader` (those whose body is complete first).
+    fn oldest_of(tables: &Tables, reader: ThreadKey) -> Option<u64> {
+        tables
+            .requests
+            .iter()
+            .filter(|(_, r)| r.reader == reader && candidate(r))
+            .map(|(number, r)| (!r.ready, *number))
+            .min()
+            .map(|(_, number)| number)
+    }
+
+    /// The oldest candidate of the whole process.
+    fn oldest_in(tables: &Tables, tgid: u32) -> Option<u64> {
+        tables
+            .requests
+            .iter()
+            .filter(|(_, r)| r.connection.0 == tgid && candidate(r))
+            .map(|(number, r)| (!r.ready, *number))
+            .min()
+            .map(|(_, number)| number)
+    }
+
+    /// Rules 2, 4 and 5: the request a new backend call on `thread` serves by kernel facts.
+    fn by_thread(&self, thread: ThreadKey, tables: &Tables) -> Option<u64> {
+        let state = self.threads.get(&thread);
+        if let Some(id) = state
+            .and_then(|s| s.retry_for)
+            .filter(|id| tables.waiting(*id))
+        {
+            return Some(id);
+        }
+        if let Some(id) = Self::oldest_of(tables, thread) {
+            return Some(id);
+        }
+        let waker = state.and_then(|s| s.woken_by)?;
+        Self::oldest_of(tables, (thread.0, waker))
+    }
+
     /// The request a thread's new connect() is for.
     pub fn link_connect(&self, thread: ThreadKey, tables: &Tables) -> Option<(u64, Confidence)> {
-        let state = self.threads.get(&thread)?;
-        if let Some(id) = state.retry_for.filter(|id| tables.waiting(*id)) {
+        if let Some(id) = self.by_thread(thread, tables) {
             return Some((id, Confidence::Kernel));
         }
-        if let Some(id) = state
-            .last_inbound_read
-            .and_then(|key| tables.current_on(key))
-        {
-            return Some((id, Confidence::Kernel));
-        }
-        let id = state.last_request.filter(|id| tables.waiting(*id))?;
-        Some((id, Confidence::Low))
+        Self::oldest_in(tables, thread.0).map(|id| (id, Confidence::Low))
     }
 
     /// The request an outbound request head on `key` serves.
@@ -123,39 +167,36 @@ impl Linker {
         head: &RequestHead,
         tables: &Tables,
     ) -> Option<(u64, Confidence)> {
-        // A request this one may serve: waiting for a backend, or connecting on this very
-        // connection.
-        let candidate = |id: &u64| {
-            tables.requests.get(id).is_some_and(|r| {
-                r.awaiting_backend()
-                    || r.attempts.iter().any(|a| {
-                        a.connection == key && a.attempt.outcome == AttemptOutcome::Connecting
-                    })
-            })
+        // A request this one may serve: a candidate, or connecting on this very connection.
+        let connecting_here = |r: &InboundRequest| {
+            r.attempts
+                .iter()
+                .any(|a| a.connection == key && a.attempt.outcome == AttemptOutcome::Connecting)
         };
         let with_id: Vec<u64> = head
             .id
             .as_ref()
             .and_then(|id| self.ids.get(&(key.0, id.clone())))
-            .map(|numbers| numbers.iter().copied().filter(candidate).collect())
+            .map(|numbers| {
+                numbers
+                    .iter()
+                    .copied()
+                    .filter(|n| {
+                        tables
+                            .requests
+                            .get(n)
+                            .is_some_and(|r| candidate(r) || connecting_here(r))
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         if let [only] = with_id.as_slice() {
             return Some((*only, Confidence::Exact));
         }
-        let bound = bound.filter(|(id, _)| {
-            tables.requests.get(id).is_some_and(|r| {
-                r.attempts
-                    .iter()
-                    .any(|a| a.connection == key && a.attempt.outcome == AttemptOutcome::Connecting)
-            })
-        });
+        let bound = bound.filter(|(id, _)| tables.requests.get(id).is_some_and(connecting_here));
         let by_kernel = bound.or_else(|| {
-            let state = self.threads.get(&thread)?;
-            if let Some(id) = state.retry_for.filter(|id| tables.waiting(*id)) {
-                return Some((id, Confidence::Kernel));
-            }
-            let id = state.last_inbound_read.and_then(|k| tables.current_on(k))?;
-            Some((id, Confidence::Kernel))
+            self.by_thread(thread, tables)
+                .map(|id| (id, Confidence::Kernel))
         });
         // Several waiting requests share the id: the kernel facts choose among them.
         if with_id.len() > 1 {
@@ -178,7 +219,9 @@ impl Linker {
                 },
             ));
         }
-        best_by_content(tables, key.0, head).map(|id| (id, Confidence::Low))
+        best_by_content(tables, key.0, head)
+            .or_else(|| Self::oldest_in(tables, key.0))
+            .map(|id| (id, Confidence::Low))
     }
 }
 

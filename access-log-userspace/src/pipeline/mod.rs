@@ -68,6 +68,11 @@ struct TrackedAttempt {
 struct InboundRequest {
     request: Request,
     connection: ConnectionKey,
+    /// The thread that read its head.
+    reader: ThreadKey,
+    /// Its body (if any) has been read whole: a gateway that buffers bodies may call the
+    /// backend now.
+    ready: bool,
     attempts: Vec<TrackedAttempt>,
     /// A backend's answer the gateway may still retry (a 5xx or 429, as nginx's
     /// proxy_next_upstream http_5xx does): (attempt index, status, when). It ends the request
@@ -119,15 +124,19 @@ impl Tables {
             .is_some_and(InboundRequest::awaiting_backend)
     }
 
-    /// The oldest request on an inbound connection that still needs a backend.
-    fn current_on(&self, key: ConnectionKey) -> Option<u64> {
-        let connection = self.connections.get(&key)?;
-        connection
-            .awaiting
-            .iter()
-            .flatten()
-            .copied()
-            .find(|id| self.waiting(*id))
+    /// After a read on inbound connection `key`: every request waiting there has its body
+    /// whole, but the newest, while its body is still coming.
+    fn update_ready(&mut self, key: ConnectionKey) {
+        let Some(connection) = self.connections.get(&key) else {
+            return;
+        };
+        let in_body = connection.requests.in_body();
+        let count = connection.awaiting.len();
+        for (index, number) in connection.awaiting.iter().enumerate() {
+            if let Some(request) = number.and_then(|n| self.requests.get_mut(&n)) {
+                request.ready = index + 1 < count || !in_body;
+            }
+        }
     }
 }
 
@@ -242,6 +251,7 @@ impl Pipeline {
                 }
             }
             Record::Exit { .. } => self.exit(header.tgid, at, out),
+            Record::Wake { woken, .. } => self.linker.woke(thread, *woken),
             Record::Data {
                 moved,
                 offset,
@@ -372,7 +382,7 @@ impl Pipeline {
                 self.stats.drained_reads += 1;
                 return;
             }
-            self.linker.inbound_read(thread, key);
+            self.linker.inbound_read(thread);
         }
         let connection = self
             .tables
@@ -391,6 +401,9 @@ impl Pipeline {
         self.heads(key, thread, direction, heads, at, out);
         if answered {
             self.upgrade_answered(key, thread, direction, at, out);
+        }
+        if carries_requests && direction == Direction::Inbound {
+            self.tables.update_ready(key);
         }
     }
 
@@ -554,6 +567,8 @@ impl Pipeline {
             InboundRequest {
                 request,
                 connection: key,
+                reader: thread,
+                ready: false,
                 attempts: Vec::new(),
                 retryable_answer: None,
             },

@@ -140,6 +140,14 @@ impl Stream {
         self.state = State::Unsynced;
     }
 
+    /// Whether the stream is inside a message body (the head before it is complete).
+    pub fn in_body(&self) -> bool {
+        matches!(
+            self.state,
+            State::Body(_) | State::Chunked(_) | State::UntilClose
+        )
+    }
+
     /// Whether the next byte fed would start a head (or is looked at for one): not inside a
     /// body, a head or a chunk line.
     pub fn at_head_start(&self) -> bool {

@@ -1,25 +1,39 @@
-//! Compares the observer's events with the gateway's own log: pairings correct, wrong, missing,
-//! low-confidence, and error classifications.
-use std::collections::HashMap;
+//! Compares the observer's events with the truth: for each request (named by its client's
+//! address and its place on that connection), its one ending event, the backend's answer, the
+//! backend's address and the attempts. A request with no ending, with two, an event nobody
+//! sent and a run without truth all count against the observer.
+use std::{collections::HashMap, net::IpAddr};
 
 use serde_json::Value;
 
-use super::{token_of, Plan, Truth};
+use super::{Plan, RunConfig, Truth};
+use crate::load::Delivery;
 
 /// The figures of one run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
+    pub name: String,
     pub requests_sent: usize,
     pub answered_to_client: usize,
-    pub with_ground_truth: usize,
+    /// Requests the truth knows something of (a backend's answer, the gateway's log).
+    pub with_truth: usize,
     pub incoming_found: usize,
+    /// Requests a backend answered.
     pub proxied: usize,
     pub paired_correct: usize,
     pub paired_wrong: usize,
+    /// Proxied requests with no REQUEST_COMPLETE.
     pub paired_missing: usize,
     pub low_confidence: usize,
     pub errors_expected: usize,
     pub errors_correct: usize,
+    /// Requests whose INCOMING_REQUEST has no ending event.
+    pub without_ending: usize,
+    /// Of those, requests a LOST event names.
+    pub lost: usize,
+    /// Requests with more than one ending event, and events that match no request sent.
+    pub duplicates: usize,
+    pub extra: usize,
     /// The first few disagreements, to read.
     pub examples: Vec<String>,
 }
@@ -27,19 +41,21 @@ pub struct Report {
 impl Report {
     pub fn pairing_rate(&self) -> f64 {
         if self.proxied == 0 {
-            return 1.0;
+            return 0.0;
         }
         self.paired_correct as f64 / self.proxied as f64
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "requests sent {}, answered {}, in the gateway's log {}, INCOMING_REQUEST found {}; \
-             proxied {}: paired correctly {} ({:.3} %), wrong {}, missing {}, low-confidence {}; \
-             errors classified correctly {} of {}",
+            "{}: requests {}, answered {}, with truth {}, INCOMING_REQUEST found {}; proxied {}: \
+             paired correctly {} ({:.3} %), wrong {}, missing {}, low confidence {}; errors \
+             classified correctly {} of {}; without an ending event {} (named in LOST {}); \
+             duplicate endings {}; extra events {}",
+            self.name,
             self.requests_sent,
             self.answered_to_client,
-            self.with_ground_truth,
+            self.with_truth,
             self.incoming_found,
             self.proxied,
             self.paired_correct,
@@ -49,6 +65,27 @@ impl Report {
             self.low_confidence,
             self.errors_correct,
             self.errors_expected,
+            self.without_ending,
+            self.lost,
+            self.duplicates,
+            self.extra,
+        )
+    }
+
+    /// A row of the README's table.
+    pub fn table_row(&self, gateway: &str, mix: &str) -> String {
+        format!(
+            "| {gateway} | {mix} | {} | {} | {} ({:.2} %) | {} | {} | {} | {} / {} | {} |",
+            self.requests_sent,
+            self.proxied,
+            self.paired_correct,
+            100.0 * self.pairing_rate(),
+            self.paired_wrong + self.duplicates + self.extra,
+            self.paired_missing,
+            self.low_confidence,
+            self.errors_correct,
+            self.errors_expected,
+            self.without_ending,
         )
     }
 
@@ -63,177 +100,336 @@ fn text<'v>(event: &'v Value, key: &str) -> &'v str {
     event.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-/// Compares the observer's events with the gateway's own log.
+/// Compares the observer's events with the truth. Fails when there is no truth to compare
+/// with: a measurement without truth says nothing.
 pub fn compare(
+    config: &RunConfig,
     plan: &Plan,
-    answered: &[Result<u16, String>],
+    delivered: &[Delivery],
     truth: &HashMap<u64, Truth>,
     events: &[Value],
-) -> Report {
+) -> Result<Report, String> {
     let mut report = Report {
+        name: config.name(),
         requests_sent: plan.planned.len(),
-        answered_to_client: answered.iter().filter(|s| s.is_ok()).count(),
+        answered_to_client: delivered.iter().filter(|d| d.status.is_ok()).count(),
+        with_truth: truth.len(),
         ..Report::default()
     };
-    for (planned, outcome) in plan.planned.iter().zip(answered) {
-        if let Err(error) = outcome {
-            report.note(format!(
-                "n={} {:?}: client error {error}",
-                planned.token, planned.route
-            ));
-        }
+    if truth.is_empty() || report.answered_to_client == 0 {
+        return Err(format!(
+            "{}: no truth to compare with ({} requests answered, {} with a trace outside the \
+             observer)",
+            report.name,
+            report.answered_to_client,
+            truth.len()
+        ));
     }
-    // A client may send a request twice (a retry after a kept-alive connection closed): the
-    // token then has several INCOMING_REQUESTs; the one that completed counts.
-    let mut incoming: HashMap<u64, Vec<&Value>> = HashMap::new();
+    // Each client address's INCOMING_REQUESTs, in the order the observer wrote them.
+    let mut incoming: HashMap<&str, Vec<&Value>> = HashMap::new();
     let mut endings: HashMap<&str, Vec<&Value>> = HashMap::new();
+    let mut lost: HashMap<&str, usize> = HashMap::new();
     for event in events {
         match text(event, "Event") {
-            "INCOMING_REQUEST" => {
-                if let Some(token) = token_of(text(event, "RequestInURL")) {
-                    incoming.entry(token).or_default().push(event);
-                }
-            }
-            "REQUEST_COMPLETE" | "ERROR" => endings
+            "INCOMING_REQUEST" => incoming
+                .entry(text(event, "RemoteIP"))
+                .or_default()
+                .push(event),
+            "REQUEST_COMPLETE" | "ERROR" if event.get("ResponseTo").is_some() => endings
                 .entry(text(event, "ResponseTo"))
                 .or_default()
                 .push(event),
+            "LOST" => {
+                for id in text(event, "RequestIDs")
+                    .split(',')
+                    .filter(|i| !i.is_empty())
+                {
+                    *lost.entry(id).or_default() += 1;
+                }
+            }
             _ => {}
         }
     }
-    for planned in &plan.planned {
-        let Some(truth) = truth.get(&planned.token) else {
+    let mut matched: HashMap<&str, usize> = HashMap::new();
+    for (planned, delivery) in plan.planned.iter().zip(delivered) {
+        let route = planned.route;
+        if let Err(error) = &delivery.status {
+            report.note(format!(
+                "{route:?} #{}: client error {error}",
+                planned.token
+            ));
+            continue;
+        }
+        let Some(source) = delivery.source.map(|ip: IpAddr| ip.to_string()) else {
             continue;
         };
-        report.with_ground_truth += 1;
-        let seen = incoming
-            .get(&planned.token)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if !seen.is_empty() {
-            report.incoming_found += 1;
+        let Some(request) = incoming
+            .get(source.as_str())
+            .and_then(|list| list.get(delivery.sequence))
+        else {
+            report.note(format!(
+                "{route:?} #{}: no INCOMING_REQUEST from {source} (#{} there)",
+                planned.token, delivery.sequence
+            ));
+            if route.expected_error().is_some() {
+                report.errors_expected += 1;
+            } else if truth.contains_key(&planned.token) {
+                report.proxied += 1;
+                report.paired_missing += 1;
+            }
+            continue;
+        };
+        *matched
+            .entry(incoming.get_key_value(source.as_str()).expect("found").0)
+            .or_default() += 1;
+        report.incoming_found += 1;
+        let id = text(request, "MessageID");
+        let mine = endings.get(id).map(Vec::as_slice).unwrap_or_default();
+        if mine.is_empty() {
+            report.without_ending += 1;
+            if lost.contains_key(id) {
+                report.lost += 1;
+            }
         }
-        let all_endings: Vec<&Value> = seen
-            .iter()
-            .filter_map(|e| endings.get(text(e, "MessageID")))
-            .flatten()
-            .copied()
-            .collect();
-        let ending = all_endings
-            .iter()
-            .find(|e| text(e, "Event") == "REQUEST_COMPLETE")
-            .or(all_endings.last())
-            .copied();
-        let answered_upstream = truth
-            .upstream
-            .last()
-            .and_then(|(_, status)| status.parse::<u16>().ok());
-        if let Some(expected) = planned.route.expected_error() {
+        if mine.len() > 1 {
+            report.duplicates += 1;
+            report.note(format!(
+                "{route:?} #{}: {} ending events: {mine:?}",
+                planned.token,
+                mine.len()
+            ));
+        }
+        let ending = mine.first().copied();
+        if ending.is_some_and(|e| e.get("PairingConfidence").is_some()) {
+            report.low_confidence += 1;
+        }
+        if let Some((code, source)) = route.expected_error() {
             report.errors_expected += 1;
-            let got = ending.filter(|e| text(e, "Event") == "ERROR");
-            let source = planned.route.expected_source().unwrap_or_default();
-            match got {
+            match ending {
                 Some(event)
-                    if text(event, "ERROR_CODE") == expected
-                        && text(event, "ErrorSource") == source
-                        && !text(event, "ERROR_MESSAGE").is_empty() =>
+                    if mine.len() == 1
+                        && text(event, "Event") == "ERROR"
+                        && text(event, "ERROR_CODE") == code
+                        && text(event, "ErrorSource") == source =>
                 {
                     report.errors_correct += 1
                 }
                 other => report.note(format!(
-                    "n={} {:?}: expected ERROR {expected}, got {}",
+                    "{route:?} #{}: expected ERROR {code} ({source}), got {}",
                     planned.token,
-                    planned.route,
                     other.map_or("nothing".to_owned(), |e| e.to_string())
                 )),
             }
-            if ending.is_some_and(|e| e.get("PairingConfidence").is_some()) {
-                report.low_confidence += 1;
-            }
             continue;
         }
-        let Some(backend_status) = answered_upstream else {
+        let Some(truth) = truth.get(&planned.token) else {
+            continue;
+        };
+        let Some(answer) = truth.served.last() else {
             continue;
         };
         report.proxied += 1;
         let Some(event) = ending.filter(|e| text(e, "Event") == "REQUEST_COMPLETE") else {
             report.paired_missing += 1;
             report.note(format!(
-                "n={} {:?}: no REQUEST_COMPLETE (truth {truth:?}, got {})",
+                "{route:?} #{}: no REQUEST_COMPLETE (truth {truth:?}, got {})",
                 planned.token,
-                planned.route,
                 ending.map_or("nothing".to_owned(), |e| e.to_string())
             ));
             continue;
         };
-        if event.get("PairingConfidence").is_some() {
-            report.low_confidence += 1;
-        }
-        let out_url = text(event, "RequestOutURL");
-        let (address, _) = truth.upstream.last().expect("answered above");
         let status_ok =
-            event.get("StatusCode").and_then(Value::as_u64) == Some(backend_status.into());
-        let address_ok = out_url
+            event.get("StatusCode").and_then(Value::as_u64) == Some(answer.status.into());
+        let address_ok = text(event, "RequestOutURL")
             .strip_prefix("http://")
-            .is_some_and(|rest| rest.starts_with(&format!("{address}/")) || rest == address);
-        let token_ok = !planned.route.keeps_query() || token_of(out_url) == Some(planned.token);
-        let attempts_ok =
-            event.get("Attempts").and_then(Value::as_u64) == Some(truth.upstream.len() as u64);
-        if status_ok && address_ok && token_ok && attempts_ok {
+            .is_some_and(|rest| rest.starts_with(&format!("127.0.0.1:{}/", answer.port)));
+        let attempts = truth.attempts.unwrap_or(truth.served.len());
+        let attempts_ok = event.get("Attempts").and_then(Value::as_u64) == Some(attempts as u64);
+        if status_ok && address_ok && attempts_ok && mine.len() == 1 {
             report.paired_correct += 1;
         } else {
             report.paired_wrong += 1;
             report.note(format!(
-                "n={} {:?}: truth {truth:?}, got {event}",
-                planned.token, planned.route
+                "{route:?} #{}: truth {truth:?}, got {event}",
+                planned.token
             ));
         }
     }
-    report
+    // INCOMING_REQUESTs nobody sent (beyond each connection's requests), and endings of
+    // requests that were never announced.
+    for (source, list) in &incoming {
+        let extra = list
+            .len()
+            .saturating_sub(matched.get(source).copied().unwrap_or(0));
+        if extra > 0 {
+            report.extra += extra;
+            report.note(format!(
+                "{extra} INCOMING_REQUEST from {source} beyond what it sent"
+            ));
+        }
+    }
+    let announced: std::collections::HashSet<&str> = incoming
+        .values()
+        .flatten()
+        .map(|e| text(e, "MessageID"))
+        .collect();
+    for (id, list) in &endings {
+        if !announced.contains(id) {
+            report.extra += list.len();
+            report.note(format!(
+                "an ending for {id}, which no INCOMING_REQUEST announced"
+            ));
+        }
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accuracy::{parse_nginx_truth, plan, Route};
+    use crate::{
+        accuracy::{plan, Mix, Route},
+        backend::Served,
+        gateway::Kind,
+    };
+
+    fn config() -> RunConfig {
+        RunConfig {
+            gateway: Kind::Nginx,
+            mix: Mix::Identical,
+            requests: 2,
+            connections: 1,
+            id_header: false,
+            seed: 3,
+        }
+    }
+
+    fn delivered(count: usize) -> Vec<Delivery> {
+        (0..count)
+            .map(|sequence| Delivery {
+                status: Ok(200),
+                source: Some("127.1.1.1".parse().unwrap()),
+                sequence,
+            })
+            .collect()
+    }
+
+    fn truth(plan: &Plan) -> HashMap<u64, Truth> {
+        plan.planned
+            .iter()
+            .map(|p| {
+                (
+                    p.token,
+                    Truth {
+                        served: vec![Served {
+                            token: p.token,
+                            status: p.status,
+                            port: 9,
+                        }],
+                        attempts: None,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn events(plan: &Plan, statuses: &[u16], extra: &str) -> Vec<Value> {
+        let mut lines = vec![
+            r#"{"Event":"INCOMING_REQUEST","MessageID":"a","RemoteIP":"127.1.1.1"}"#.to_owned(),
+            r#"{"Event":"INCOMING_REQUEST","MessageID":"b","RemoteIP":"127.1.1.1"}"#.to_owned(),
+        ];
+        for (id, status) in ["a", "b"].iter().zip(statuses) {
+            lines.push(format!(
+                r#"{{"Event":"REQUEST_COMPLETE","ResponseTo":"{id}","StatusCode":{status},"Attempts":1,"RequestOutURL":"http://127.0.0.1:9/v1/pool/items?page=3"}}"#
+            ));
+        }
+        if !extra.is_empty() {
+            lines.push(extra.to_owned());
+        }
+        let _ = plan;
+        lines
+            .iter()
+            .map(|s| serde_json::from_str(s).unwrap())
+            .collect()
+    }
 
     #[test]
-    fn parses_nginx_ground_truth_with_retries() {
-        let truth = parse_nginx_truth(
-            "200|/retry/items?n=7&s=1|127.0.0.1:1, 127.0.0.1:2|502, 201\n404|/x?n=8|-|-\n",
-        );
+    fn a_swapped_pairing_is_counted_wrong_and_a_right_one_right() {
+        let plan = plan(2, 3, false, &[(Route::Pooled, 1)]);
+        let statuses: Vec<u16> = plan.planned.iter().map(|p| p.status).collect();
+        assert_ne!(statuses[0], statuses[1], "seed 3 plans two statuses");
+        let truth = truth(&plan);
+        let right = compare(
+            &config(),
+            &plan,
+            &delivered(2),
+            &truth,
+            &events(&plan, &statuses, ""),
+        )
+        .unwrap();
         assert_eq!(
-            truth[&7].upstream,
-            vec![
-                ("127.0.0.1:1".to_owned(), "502".to_owned()),
-                ("127.0.0.1:2".to_owned(), "201".to_owned())
-            ]
+            (right.paired_correct, right.paired_wrong),
+            (2, 0),
+            "{right:?}"
         );
+        let swapped = [statuses[1], statuses[0]];
+        let wrong = compare(
+            &config(),
+            &plan,
+            &delivered(2),
+            &truth,
+            &events(&plan, &swapped, ""),
+        )
+        .unwrap();
         assert_eq!(
-            truth[&8],
-            Truth {
-                status: 404,
-                upstream: vec![]
-            }
+            (wrong.paired_correct, wrong.paired_wrong),
+            (0, 2),
+            "{wrong:?}"
         );
     }
 
     #[test]
-    fn a_wrong_pairing_is_counted_wrong() {
+    fn duplicate_and_extra_endings_count_against_the_observer() {
         let plan = plan(2, 3, false, &[(Route::Pooled, 1)]);
-        let truth = parse_nginx_truth(
-            "200|/pool/items?n=1|127.0.0.1:9|200\n200|/pool/items?n=2|127.0.0.1:9|201\n",
+        let statuses: Vec<u16> = plan.planned.iter().map(|p| p.status).collect();
+        let truth = truth(&plan);
+        let duplicate = format!(
+            r#"{{"Event":"ERROR","ResponseTo":"a","StatusCode":{},"ERROR_CODE":"1"}}"#,
+            statuses[0]
         );
-        let events: Vec<Value> = [
-            r#"{"Event":"INCOMING_REQUEST","MessageID":"a","RequestInURL":"/pool/items?n=1"}"#,
-            r#"{"Event":"INCOMING_REQUEST","MessageID":"b","RequestInURL":"/pool/items?n=2"}"#,
-            r#"{"Event":"REQUEST_COMPLETE","ResponseTo":"a","StatusCode":200,"Attempts":1,"RequestOutURL":"http://127.0.0.1:9/v1/pool/items?n=1"}"#,
-            r#"{"Event":"REQUEST_COMPLETE","ResponseTo":"b","StatusCode":200,"Attempts":1,"RequestOutURL":"http://127.0.0.1:9/v1/pool/items?n=1"}"#,
-        ]
-        .iter()
-        .map(|s| serde_json::from_str(s).unwrap())
-        .collect();
-        let report = compare(&plan, &[Ok(200), Ok(201)], &truth, &events);
-        assert_eq!((report.paired_correct, report.paired_wrong), (1, 1));
+        let report = compare(
+            &config(),
+            &plan,
+            &delivered(2),
+            &truth,
+            &events(&plan, &statuses, &duplicate),
+        )
+        .unwrap();
+        assert_eq!(report.duplicates, 1, "{report:?}");
+        assert_eq!(report.paired_correct, 1, "{report:?}");
+        let stray = r#"{"Event":"REQUEST_COMPLETE","ResponseTo":"zz","StatusCode":200}"#;
+        let report = compare(
+            &config(),
+            &plan,
+            &delivered(2),
+            &truth,
+            &events(&plan, &statuses, stray),
+        )
+        .unwrap();
+        assert_eq!(report.extra, 1, "{report:?}");
+    }
+
+    #[test]
+    fn no_truth_is_a_failed_measurement() {
+        let plan = plan(2, 3, false, &[(Route::Pooled, 1)]);
+        let statuses: Vec<u16> = plan.planned.iter().map(|p| p.status).collect();
+        let result = compare(
+            &config(),
+            &plan,
+            &delivered(2),
+            &HashMap::new(),
+            &events(&plan, &statuses, ""),
+        );
+        assert!(result.is_err());
     }
 }

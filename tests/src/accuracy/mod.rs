@@ -1,35 +1,42 @@
 //! The accuracy measurement: a planned mix of requests (routes, keep-alive or not, GET and
-//! POST, random backend latencies and statuses, failing backends), the gateway's own log as
-//! ground truth (`truth`), and the comparison of the observer's events against it (`compare`).
+//! POST, random backend latencies and statuses, failing backends) or a run of identical
+//! requests, on a real gateway with the observer attached; truth from outside the observer
+//! (`truth`: what each backend answered to each request's token, the gateway's own log where
+//! it says more); and the comparison of the observer's events against it (`compare`).
+//!
+//! Requests carry nothing the observer reads that tells them apart: no token in the URL, the
+//! same User-Agent; the token, the status each asks the backend for and its delay travel in
+//! headers the observer does not read. Each request is named in the events by its client's
+//! address (every connection has one of its own) and its place on that connection.
 mod compare;
 mod configs;
 mod truth;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 pub use compare::{compare, Report};
-pub use truth::{parse_apache_truth, parse_nginx_truth, token_of, Truth};
+pub use truth::{parse_nginx_truth, Truth};
 
 use crate::{
     backend::Backend,
     free_port,
-    gateway::{Gateway, Kind},
-    load::Request,
+    gateway::Kind,
+    load::{Delivery, Request},
     observer::Observer,
 };
 
-/// What a planned request exercises. Every gateway config maps these paths.
+/// What a planned request exercises. Every gateway's config maps the paths it supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Route {
-    /// Keep-alive upstream pool, path rewritten by prefix, query kept.
+    /// Keep-alive upstream pool of two backends, path rewritten by prefix, query kept.
     Pooled,
     /// The same with a request body.
     PooledPost,
     /// A new upstream connection per request.
     Fresh,
-    /// Keep-alive pool, rewritten to one fixed path without the query: content cannot link it.
+    /// Keep-alive pool, rewritten to one fixed path without the query (nginx).
     Rewritten,
-    /// Two upstream servers, the first refusing: about half the requests retry.
+    /// Two upstream servers, the first refusing: about half the requests retry (nginx).
     Retry,
     /// A backend that refuses connections.
     Down,
@@ -43,42 +50,29 @@ pub enum Route {
 }
 
 impl Route {
-    pub fn path(self) -> &'static str {
+    /// The target every request of the route sends: the same for all of them.
+    pub fn target(self) -> &'static str {
         match self {
-            Route::Pooled | Route::PooledPost => "/pool/items",
-            Route::Fresh => "/fresh/items",
-            Route::Rewritten => "/rewrite/items",
-            Route::Retry => "/retry/items",
-            Route::Down => "/down/items",
-            Route::Slow => "/slow/items",
-            Route::AuthMissing | Route::AuthWrong | Route::AuthRight => "/auth/items",
+            Route::Pooled | Route::PooledPost => "/pool/items?page=3",
+            Route::Fresh => "/fresh/items?page=3",
+            Route::Rewritten => "/rewrite/items?page=3",
+            Route::Retry => "/retry/items?page=3",
+            Route::Down => "/down/items?page=3",
+            Route::Slow => "/slow/items?page=3",
+            Route::AuthMissing | Route::AuthWrong | Route::AuthRight => "/auth/items?page=3",
             Route::Unknown => "/nothing/here",
         }
     }
 
-    /// Whether the backend request carries the client's query (the token).
-    fn keeps_query(self) -> bool {
-        !matches!(self, Route::Rewritten)
-    }
-
-    /// The error the observer should report, for routes that end in one.
-    /// The ErrorSource that goes with each expected ERROR_CODE.
-    fn expected_source(self) -> Option<&'static str> {
+    /// The error the observer should report, with its ErrorSource, for routes that end in
+    /// one.
+    fn expected_error(self) -> Option<(&'static str, &'static str)> {
         match self {
-            Route::Down | Route::Slow => Some("fault"),
-            Route::AuthMissing | Route::AuthWrong => Some("_auth_failure_handler_"),
-            Route::Unknown => Some("main"),
-            _ => None,
-        }
-    }
-
-    fn expected_error(self) -> Option<&'static str> {
-        match self {
-            Route::Down => Some("101503"),
-            Route::Slow => Some("101504"),
-            Route::AuthMissing => Some("900902"),
-            Route::AuthWrong => Some("900901"),
-            Route::Unknown => Some("404"),
+            Route::Down => Some(("101503", "fault")),
+            Route::Slow => Some(("101504", "fault")),
+            Route::AuthMissing => Some(("900902", "_auth_failure_handler_")),
+            Route::AuthWrong => Some(("900901", "_auth_failure_handler_")),
+            Route::Unknown => Some(("404", "main")),
             _ => None,
         }
     }
@@ -92,6 +86,8 @@ pub const RIGHT_KEY: &str = "right-key";
 pub struct Planned {
     pub token: u64,
     pub route: Route,
+    /// The status it asks the backend for.
+    pub status: u16,
 }
 
 pub struct Plan {
@@ -115,13 +111,17 @@ impl XorShift {
     }
 }
 
-/// Plans `count` requests over the routes the gateway supports, weighted like an API's
-/// traffic: mostly proxied, a few percent of each failure.
+/// The statuses a backend is asked for: 48 of them, so that a wrong pairing rarely matches
+/// the backend's answer by chance (204 and 205 carry no body, and the backend sends one).
+pub const STATUSES: u64 = 50;
+
+/// Plans `count` requests over `routes` (weights out of their sum).
 pub fn plan(count: usize, seed: u64, id_header: bool, routes: &[(Route, u32)]) -> Plan {
     let mut random = XorShift(seed | 1);
     let total: u32 = routes.iter().map(|(_, weight)| weight).sum();
     let mut requests = Vec::with_capacity(count);
     let mut planned = Vec::with_capacity(count);
+    let body = vec![b'x'; 1500];
     for token in 1..=count as u64 {
         let mut pick = random.below(total as u64) as u32;
         let route = routes
@@ -136,10 +136,7 @@ pub fn plan(count: usize, seed: u64, id_header: bool, routes: &[(Route, u32)]) -
             })
             .map(|(route, _)| *route)
             .unwrap_or(Route::Pooled);
-        // Fifty statuses, so that a wrong pairing rarely matches the backend's status by
-        // chance (the rewritten route drops the query that otherwise names the request).
-        // (204 and 205 carry no body, and the backend sends one.)
-        let status = match 200 + random.below(50) {
+        let status = match 200 + random.below(STATUSES) as u16 {
             204 | 205 => 200,
             status => status,
         };
@@ -151,6 +148,7 @@ pub fn plan(count: usize, seed: u64, id_header: bool, routes: &[(Route, u32)]) -
         let mut headers = vec![
             ("X-Want-Status".to_owned(), status.to_string()),
             ("X-Want-Delay-Ms".to_owned(), delay.to_string()),
+            ("X-Token".to_owned(), token.to_string()),
         ];
         match route {
             Route::AuthWrong => headers.push(("apikey".into(), "wrong-key".into())),
@@ -160,20 +158,23 @@ pub fn plan(count: usize, seed: u64, id_header: bool, routes: &[(Route, u32)]) -
         if id_header {
             headers.push(("X-Request-ID".into(), format!("accuracy-{seed}-{token}")));
         }
-        let body =
-            (route == Route::PooledPost).then(|| vec![b'x'; 100 + random.below(3000) as usize]);
+        let post = route == Route::PooledPost;
         requests.push(Request {
-            method: if body.is_some() { "POST" } else { "GET" },
-            target: format!("{}?n={token}&s={}", route.path(), random.below(1000)),
+            method: if post { "POST" } else { "GET" },
+            target: route.target().to_owned(),
             headers,
-            body,
+            body: post.then(|| body.clone()),
         });
-        planned.push(Planned { token, route });
+        planned.push(Planned {
+            token,
+            route,
+            status,
+        });
     }
     Plan { requests, planned }
 }
 
-/// Routes and weights (out of 1000) each gateway serves.
+/// Routes and weights (out of 1000) a gateway serves in a mixed run.
 pub fn routes(kind: Kind) -> Vec<(Route, u32)> {
     let mut routes = vec![
         (Route::Pooled, 430),
@@ -193,13 +194,42 @@ pub fn routes(kind: Kind) -> Vec<(Route, u32)> {
     routes
 }
 
+/// What a run sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mix {
+    /// Every route the gateway serves, errors included.
+    Routes,
+    /// Every request the same: GET /pool/items?page=3 through the keep-alive pool.
+    Identical,
+}
+
 /// One accuracy run's settings.
+#[derive(Clone, Debug)]
 pub struct RunConfig {
     pub gateway: Kind,
+    pub mix: Mix,
     pub requests: usize,
     pub connections: usize,
     pub id_header: bool,
     pub seed: u64,
+}
+
+impl RunConfig {
+    pub fn name(&self) -> String {
+        format!(
+            "{}, {}, {}",
+            self.gateway.name(),
+            match self.mix {
+                Mix::Routes => "every route",
+                Mix::Identical => "identical requests",
+            },
+            if self.id_header {
+                "X-Request-ID"
+            } else {
+                "no id header"
+            }
+        )
+    }
 }
 
 /// Starts backends, the gateway and the observer, drives the planned load, and compares.
@@ -208,64 +238,74 @@ pub fn run(config: &RunConfig) -> Result<Report, String> {
     let two = Backend::start().map_err(|e| format!("starting a backend: {e}"))?;
     let dead = free_port();
     let port = free_port();
-    let gateway = match config.gateway {
-        // Relative log paths resolve in the gateway's own directory (nginx -p, ServerRoot).
-        Kind::Nginx => Gateway::nginx(
-            "accuracy",
-            2,
-            &configs::nginx_block(
-                std::path::Path::new("logs"),
-                port,
-                one.port(),
-                two.port(),
-                dead,
-            ),
-            port,
-        )?,
-        Kind::Apache => Gateway::apache(
-            "accuracy",
-            &configs::apache_body(std::path::Path::new("logs"), one.port(), two.port(), dead),
-            port,
-        )?,
+    let backends = configs::Backends {
+        one: one.port(),
+        two: two.port(),
+        dead,
     };
+    let mut gateway = configs::start(config.gateway, port, &backends)?;
     let observer = Observer::attach(gateway.master_pid(), &[])?;
-    let plan = plan(
-        config.requests,
-        config.seed,
-        config.id_header,
-        &routes(config.gateway),
-    );
+    let routes = match config.mix {
+        Mix::Routes => routes(config.gateway),
+        Mix::Identical => vec![(Route::Pooled, 1)],
+    };
+    let plan = plan(config.requests, config.seed, config.id_header, &routes);
     let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let answered = crate::load::run(address, &plan.requests, config.connections, |worker| {
-        worker % 2 == 0
-    });
+    let delivered: Vec<Delivery> =
+        crate::load::run(address, &plan.requests, config.connections, |worker| {
+            worker % 2 == 0
+        });
     // Let the last records drain, then stop the observer and the gateway (which flushes its
     // log).
-    let expected = answered.iter().filter(|s| s.is_ok()).count();
-    observer.wait_for(Duration::from_secs(10), |events| {
+    let answered = delivered.iter().filter(|d| d.status.is_ok()).count();
+    observer.wait_for(Duration::from_secs(15), |events| {
         events
             .iter()
-            .filter(|e| e["Event"] != "INCOMING_REQUEST")
+            .filter(|e| e["Event"] == "REQUEST_COMPLETE" || e["Event"] == "ERROR")
             .count()
-            >= expected
+            >= answered
     });
     let (events, _) = observer.stop();
     gateway.stop();
-    let log = gateway.read("logs/truth.log");
-    let truth = match config.gateway {
-        Kind::Nginx => parse_nginx_truth(&log),
-        // The balancer route's member comes from Apache's log; the other routes have one
-        // backend each.
-        Kind::Apache => parse_apache_truth(&log, |path| {
-            let backend = if path.starts_with("/fresh/") {
-                two.port()
-            } else if path.starts_with("/auth/") {
-                one.port()
-            } else {
-                return None;
-            };
-            Some(format!("127.0.0.1:{backend}"))
-        }),
+    let mut served: HashMap<u64, Vec<crate::backend::Served>> = HashMap::new();
+    for record in one.served().into_iter().chain(two.served()) {
+        served.entry(record.token).or_default().push(record);
+    }
+    let attempts = match config.gateway {
+        Kind::Nginx => parse_nginx_truth(&gateway.read("logs/truth.log")),
+        _ => HashMap::new(),
     };
-    Ok(compare(&plan, &answered, &truth, &events))
+    let truth = truth::combine(&plan, &served, &attempts);
+    compare(config, &plan, &delivered, &truth, &events)
+}
+
+/// Whether a run met its targets: every request announced and ended exactly once, 99.9 % of
+/// the proxied ones paired right (100 % with an id header), every error classified.
+pub fn check(config: &RunConfig, report: &Report) -> Result<(), String> {
+    let mut failures = Vec::new();
+    if report.answered_to_client != report.requests_sent {
+        failures.push("not every request was answered".to_owned());
+    }
+    if report.incoming_found != report.answered_to_client {
+        failures.push("not every request has its INCOMING_REQUEST".to_owned());
+    }
+    if report.without_ending > 0 || report.duplicates > 0 || report.extra > 0 {
+        failures.push("requests without exactly one ending event, or extra events".to_owned());
+    }
+    let target = if config.id_header { 1.0 } else { 0.999 };
+    if report.proxied == 0 || report.pairing_rate() < target {
+        failures.push(format!(
+            "pairing {:.3} % below the target {:.1} %",
+            100.0 * report.pairing_rate(),
+            100.0 * target
+        ));
+    }
+    if report.errors_correct != report.errors_expected {
+        failures.push("errors classified wrong".to_owned());
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", report.summary(), failures.join("; ")))
+    }
 }

@@ -1,85 +1,71 @@
-//! The gateways' own logs, read as ground truth: what each request got, and which upstream
-//! attempts the gateway made for it.
+//! Truth from outside the observer: what each backend answered to each request's token (the
+//! backends record it), and where the gateway logs its attempts (nginx's `$upstream_addr` and
+//! `$upstream_status`), how many it made.
 use std::collections::HashMap;
 
-/// What the gateway logged for one request: its answer and each upstream attempt.
-#[derive(Clone, Debug, PartialEq, Eq)]
+use super::Plan;
+use crate::backend::Served;
+
+/// What is known of one request without the observer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Truth {
-    pub status: u16,
-    /// (address, status) per upstream attempt, as the gateway logged them.
-    pub upstream: Vec<(String, String)>,
+    /// Each answer a backend gave to the request's token, in order.
+    pub served: Vec<Served>,
+    /// The backend attempts the gateway made (refused connects included), where its log says.
+    pub attempts: Option<usize>,
 }
 
-/// The `n=` token of a URL.
-pub fn token_of(url: &str) -> Option<u64> {
-    let query = url.split_once('?')?.1;
-    query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("n="))
-        .and_then(|n| n.parse().ok())
-}
+/// nginx's ground-truth line: `$http_x_token|$status|$upstream_addr|$upstream_status`.
+pub const NGINX_TRUTH_FORMAT: &str = "$http_x_token|$status|$upstream_addr|$upstream_status";
 
-/// nginx's ground-truth line: `$status|$request_uri|$upstream_addr|$upstream_status`.
-pub const NGINX_TRUTH_FORMAT: &str = "$status|$request_uri|$upstream_addr|$upstream_status";
-
-pub fn parse_nginx_truth(log: &str) -> HashMap<u64, Truth> {
+/// Attempts per token from nginx's log: `$upstream_addr` separates attempts with ", " (and
+/// ": " across upstream groups).
+pub fn parse_nginx_truth(log: &str) -> HashMap<u64, usize> {
     log.lines()
         .filter_map(|line| {
             let mut fields = line.split('|');
-            let status = fields.next()?.parse().ok()?;
-            let token = token_of(fields.next()?)?;
+            let token = fields.next()?.trim().parse().ok()?;
+            let _status = fields.next()?;
             let addresses = fields.next()?;
-            let statuses = fields.next()?;
-            let split = |s: &str| -> Vec<String> {
-                s.split([',', ':'])
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty() && *p != "-")
-                    .map(str::to_owned)
-                    .collect()
-            };
-            // $upstream_addr separates attempts with ", " (and ": " across upstream groups).
-            let addresses: Vec<String> = addresses
-                .split([','])
+            let attempts = addresses
+                .split([',', ':'])
                 .map(str::trim)
-                .filter(|p| !p.is_empty() && *p != "-")
-                .map(str::to_owned)
-                .collect();
-            let statuses = split(statuses);
-            let upstream = addresses.into_iter().zip(statuses).collect();
-            Some((token, Truth { status, upstream }))
+                .filter(|p| !p.is_empty() && *p != "-" && p.contains('.'))
+                .count();
+            Some((token, attempts))
         })
         .collect()
 }
 
-/// Apache's ground-truth line: `%>s|%U%q|%{BALANCER_WORKER_NAME}e`; the balancer names the
-/// member it chose, a route with one backend names none (it comes from the route).
-pub const APACHE_TRUTH_FORMAT: &str = "%>s|%U%q|%{BALANCER_WORKER_NAME}e";
-
-pub fn parse_apache_truth(
-    log: &str,
-    backend_of: impl Fn(&str) -> Option<String>,
+/// The truth of every planned request that left a trace outside the observer.
+pub fn combine(
+    plan: &Plan,
+    served: &HashMap<u64, Vec<Served>>,
+    attempts: &HashMap<u64, usize>,
 ) -> HashMap<u64, Truth> {
-    log.lines()
-        .filter_map(|line| {
-            let mut fields = line.split('|');
-            let status: u16 = fields.next()?.trim().parse().ok()?;
-            let url = fields.next()?;
-            let worker = fields
-                .next()
-                .map(str::trim)
-                .filter(|w| !w.is_empty() && *w != "-")
-                .map(|w| {
-                    w.trim_start_matches("http://")
-                        .trim_end_matches('/')
-                        .to_owned()
-                });
-            let token = token_of(url)?;
-            let path = url.split('?').next()?;
-            let upstream = match worker.or_else(|| backend_of(path)) {
-                Some(address) if status < 500 => vec![(address, status.to_string())],
-                _ => Vec::new(),
+    plan.planned
+        .iter()
+        .filter_map(|planned| {
+            let truth = Truth {
+                served: served.get(&planned.token).cloned().unwrap_or_default(),
+                attempts: attempts.get(&planned.token).copied(),
             };
-            Some((token, Truth { status, upstream }))
+            (!truth.served.is_empty() || truth.attempts.is_some()).then_some((planned.token, truth))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nginx_attempts_with_retries() {
+        let truth = parse_nginx_truth(
+            "7|200|127.0.0.1:1, 127.0.0.1:2|502, 201\n8|404|-|-\n9|200|127.0.0.1:1|200\n",
+        );
+        assert_eq!(truth[&7], 2);
+        assert_eq!(truth[&8], 0);
+        assert_eq!(truth[&9], 1);
+    }
 }
