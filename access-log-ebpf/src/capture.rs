@@ -9,8 +9,9 @@ use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_user};
 
 use crate::maps::{count, header, lose_record, Caller, DataRecord, COPY_MASK, EVENTS, SCRATCH};
 
-/// Most iovecs looked at in one readv/writev/sendmsg/recvmsg; heads sit in the first few.
-const MAX_IOVECS: usize = 8;
+/// Most iovecs looked at in one readv/writev/sendmsg/recvmsg: Varnish writes each header line
+/// of a request as an iovec of its own.
+const MAX_IOVECS: usize = 32;
 
 #[inline(always)]
 fn bounded(value: u64) -> u64 {
@@ -210,7 +211,9 @@ fn copy_vector(record: &mut DataRecord, iov: u64, count: u64, wanted: u64) -> u6
         if end != offset + length {
             break;
         }
-        offset = end;
+        // Masked so that the verifier sees one range, not one exact value per path: the
+        // states of every iteration then prune to one.
+        offset = bounded(end);
     }
     offset
 }

@@ -181,21 +181,22 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(caller) = watched_caller() else {
         return Ok(());
     };
-    let Some(call) = take(caller, CALL_ACCEPT) else {
-        return Ok(());
-    };
+    // The saved arguments are missing when the thread was already blocked in accept() at
+    // attach (Varnish's and Apache's acceptor threads): the socket itself names the peer.
+    let pointer = take(caller, CALL_ACCEPT).map_or(0, |call| call.pointer);
     let fd = ret(ctx)?;
     if fd < 0 {
         return Ok(());
     }
-    let mut remote = read_address(call.pointer);
-    // A unix-socket accept (nginx's own channels) is not a client connection.
-    if remote.family == 0 && call.pointer != 0 {
-        return Ok(());
-    }
-    if call.pointer == 0 {
-        // No address buffer (libuv): the peer comes from the socket itself.
+    let mut remote = read_address(pointer);
+    if remote.family == 0 {
+        // No address buffer (libuv), or none seen: ask the socket.
         remote = crate::socket::peer(fd as i32);
+    }
+    // A unix-socket accept (a gateway's own channels) is not a client connection; an accept
+    // whose peer is unknown (no buffer, no walk on this kernel) is followed all the same.
+    if remote.family == 0 && (pointer != 0 || crate::socket::walks()) {
+        return Ok(());
     }
     follow(caller, fd as i32, role::INBOUND);
     submit(ConnectionRecord {

@@ -22,6 +22,12 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     _pad: 0,
 };
 
+/// Whether the walk from an fd to its socket is possible on this kernel.
+#[inline(always)]
+pub fn walks() -> bool {
+    offsets().task_files != 0
+}
+
 #[inline(always)]
 fn offsets() -> KernelOffsets {
     // SAFETY: a read of a load-time constant.

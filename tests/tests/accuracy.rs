@@ -8,8 +8,14 @@ use tests::{
     require_root,
 };
 
+/// One run at a time: two gateways under load on two cores would measure each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn measure(gateway: Kind, mix: Mix, id_header: bool) {
     require_root();
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let config = RunConfig {
         gateway,
         mix,
@@ -51,3 +57,5 @@ macro_rules! gateway_runs {
 gateway_runs!(nginx, Kind::Nginx);
 gateway_runs!(apache, Kind::Apache);
 gateway_runs!(haproxy, Kind::Haproxy);
+gateway_runs!(caddy, Kind::Caddy);
+gateway_runs!(varnish, Kind::Varnish);

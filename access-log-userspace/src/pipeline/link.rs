@@ -9,12 +9,18 @@
 //!    attempt) retries for that attempt's request;
 //! 3. connect() binding: the first request written on a new connection is the one it was
 //!    connected for;
-//! 4. the thread's own requests, oldest first: a thread serves the requests it read in the
-//!    order it read them, those whose body is complete before those still reading one;
-//! 5. the requests of the thread that woke this one (a fetch thread, a goroutine moved to a
-//!    new OS thread), oldest first;
-//! 6. the oldest request of the process waiting for a backend, then content (method, query,
-//!    path tail): marked low confidence.
+//! 4. the thread's own requests: a thread calls the backend for the requests it read in the
+//!    order it read them (one at a time for nginx and Apache, a batch for HAProxy), those
+//!    whose body is complete before those still reading one;
+//! 5. the requests handed to this thread when another woke it (`sched_waking`: a client thread
+//!    waking a fetch thread): the waker's first request by rule 4 at the moment of the
+//!    wake-up, reserved for this thread;
+//! 6. the oldest request of the process waiting for a backend and not handed to another
+//!    thread, counting those still waiting for a connection they asked for: a connection pool
+//!    gives a freed or new connection to its oldest waiter (Go's transport), a task queue
+//!    gives a task to whichever thread is free (Varnish); order alone, so marked low
+//!    confidence;
+//! 7. content (method, query, path tail): marked low confidence.
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -31,8 +37,9 @@ use crate::{
 struct Thread {
     /// The inbound request whose backend attempt this thread just saw fail.
     retry_for: Option<u64>,
-    /// The thread (id) that woke this one last.
-    woken_by: Option<u32>,
+    /// The requests handed over with wake-ups, oldest first: a thread woken twice before it
+    /// got to work serves what it was handed in order.
+    handed: std::collections::VecDeque<u64>,
 }
 
 /// The facts pairing rests on, beyond what the connections and requests hold.
@@ -42,6 +49,8 @@ pub(super) struct Linker {
     /// Requests not yet ended by their id-header value, per process (values come from clients:
     /// the default hasher resists collisions).
     ids: std::collections::HashMap<(u32, Arc<str>), Vec<u64>>,
+    /// Requests handed to a thread by a wake-up: reserved for that thread (id).
+    handed_to: HashMap<u64, u32>,
 }
 
 /// The outcome of an attempt whose backend ended the stream: EOF is a close, an errno a reset.
@@ -67,9 +76,21 @@ impl Linker {
         }
     }
 
-    /// A thread woke another of its process.
-    pub fn woke(&mut self, waker: ThreadKey, woken: u32) {
-        self.threads.entry((waker.0, woken)).or_default().woken_by = Some(waker.1);
+    /// A thread woke another: its first waiting request (if any) is handed over.
+    pub fn woke(&mut self, waker: ThreadKey, woken: u32, tables: &Tables) {
+        let Some(handed) = self.first_of(tables, waker) else {
+            return;
+        };
+        let state = self.threads.entry((waker.0, woken)).or_default();
+        if !state.handed.contains(&handed) {
+            if state.handed.len() == 4 {
+                state.handed.pop_front();
+            }
+            state.handed.push_back(handed);
+        }
+        // Handed new work, the thread is not about to retry an old attempt.
+        state.retry_for = None;
+        self.handed_to.insert(handed, woken);
     }
 
     /// A thread completed an inbound request head.
@@ -82,8 +103,9 @@ impl Linker {
         }
     }
 
-    /// A request ended: its id no longer links.
+    /// A request ended: its id no longer links, and no thread holds it.
     pub fn forget(&mut self, tgid: u32, number: u64, id: Option<&Arc<str>>) {
+        self.handed_to.remove(&number);
         let Some(id) = id else {
             return;
         };
@@ -110,10 +132,34 @@ impl Linker {
     /// After a gap in the records, what threads did last is unknown.
     pub fn forget_threads(&mut self) {
         self.threads.clear();
+        self.handed_to.clear();
     }
 
-    /// The oldest candidate read by `reader` (those whose body is complete first).
-    fn oldest_of(tables: &Tables, reader: ThreadKey) -> Option<u64> {
+    /// Whether `number` was handed to a thread other than `thread`.
+    fn reserved_elsewhere(&self, number: u64, thread: ThreadKey) -> bool {
+        self.handed_to
+            .get(&number)
+            .is_some_and(|tid| *tid != thread.1)
+    }
+
+    /// The oldest candidate of the whole process.
+    fn first_waiting(&self, tables: &Tables, thread: ThreadKey) -> Option<u64> {
+        tables
+            .requests
+            .iter()
+            .filter(|(number, r)| {
+                r.connection.0 == thread.0
+                    && candidate(r)
+                    && !self.reserved_elsewhere(**number, thread)
+            })
+            .map(|(number, r)| (!r.ready, *number))
+            .min()
+            .map(|(_, number)| number)
+    }
+
+    /// The first candidate read by `reader`: oldest first, those whose body is complete
+    /// first.
+    fn first_of(&self, tables: &Tables, reader: ThreadKey) -> Option<u64> {
         tables
             .requests
             .iter()
@@ -123,12 +169,21 @@ impl Linker {
             .map(|(_, number)| number)
     }
 
-    /// The oldest candidate of the whole process.
-    fn oldest_in(tables: &Tables, tgid: u32) -> Option<u64> {
+    /// The oldest request of the process waiting for a connection for its backend call: a
+    /// candidate, or one whose connect is under way elsewhere than `key`.
+    fn oldest_in(&self, tables: &Tables, thread: ThreadKey, key: ConnectionKey) -> Option<u64> {
         tables
             .requests
             .iter()
-            .filter(|(_, r)| r.connection.0 == tgid && candidate(r))
+            .filter(|(number, r)| {
+                r.connection.0 == thread.0
+                    && !self.reserved_elsewhere(**number, thread)
+                    && r.retryable_answer.is_none()
+                    && r.attempts.iter().all(|a| {
+                        a.attempt.outcome == AttemptOutcome::Connecting && a.connection != key
+                            || !a.attempt.outcome.in_progress()
+                    })
+            })
             .map(|(number, r)| (!r.ready, *number))
             .min()
             .map(|(_, number)| number)
@@ -143,11 +198,18 @@ impl Linker {
         {
             return Some(id);
         }
-        if let Some(id) = Self::oldest_of(tables, thread) {
+        if let Some(id) = self.first_of(tables, thread) {
             return Some(id);
         }
-        let waker = state.and_then(|s| s.woken_by)?;
-        Self::oldest_of(tables, (thread.0, waker))
+        if let Some(id) = state.and_then(|s| {
+            s.handed
+                .iter()
+                .copied()
+                .find(|id| tables.requests.get(id).is_some_and(candidate))
+        }) {
+            return Some(id);
+        }
+        None
     }
 
     /// The request a thread's new connect() is for.
@@ -155,7 +217,8 @@ impl Linker {
         if let Some(id) = self.by_thread(thread, tables) {
             return Some((id, Confidence::Kernel));
         }
-        Self::oldest_in(tables, thread.0).map(|id| (id, Confidence::Low))
+        self.first_waiting(tables, thread)
+            .map(|id| (id, Confidence::Low))
     }
 
     /// The request an outbound request head on `key` serves.
@@ -185,7 +248,7 @@ impl Linker {
                         tables
                             .requests
                             .get(n)
-                            .is_some_and(|r| candidate(r) || connecting_here(r))
+                            .is_some_and(|r| r.retryable_answer.is_none() || connecting_here(r))
                     })
                     .collect()
             })
@@ -194,10 +257,15 @@ impl Linker {
             return Some((*only, Confidence::Exact));
         }
         let bound = bound.filter(|(id, _)| tables.requests.get(id).is_some_and(connecting_here));
-        let by_kernel = bound.or_else(|| {
-            self.by_thread(thread, tables)
-                .map(|id| (id, Confidence::Kernel))
-        });
+        let by_kernel = bound
+            .or_else(|| {
+                self.by_thread(thread, tables)
+                    .map(|id| (id, Confidence::Kernel))
+            })
+            .or_else(|| {
+                self.oldest_in(tables, thread, key)
+                    .map(|id| (id, Confidence::Low))
+            });
         // Several waiting requests share the id: the kernel facts choose among them.
         if with_id.len() > 1 {
             return match by_kernel {
@@ -219,9 +287,7 @@ impl Linker {
                 },
             ));
         }
-        best_by_content(tables, key.0, head)
-            .or_else(|| Self::oldest_in(tables, key.0))
-            .map(|id| (id, Confidence::Low))
+        best_by_content(tables, key.0, head).map(|id| (id, Confidence::Low))
     }
 }
 

@@ -251,7 +251,7 @@ impl Pipeline {
                 }
             }
             Record::Exit { .. } => self.exit(header.tgid, at, out),
-            Record::Wake { woken, .. } => self.linker.woke(thread, *woken),
+            Record::Wake { woken, .. } => self.linker.woke(thread, *woken, &self.tables),
             Record::Data {
                 moved,
                 offset,
@@ -620,6 +620,12 @@ impl Pipeline {
         let Some(request) = self.tables.requests.get_mut(&id) else {
             return;
         };
+        // Sent here, it was not sent on a connection it was also connecting: a pool gives a
+        // waiting request whichever connection comes first (Go's transport), and the one
+        // dialed for it goes to another request.
+        request
+            .attempts
+            .retain(|a| a.connection == key || a.attempt.outcome != AttemptOutcome::Connecting);
         let connecting = request
             .attempts
             .iter_mut()
