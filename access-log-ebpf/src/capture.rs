@@ -81,10 +81,10 @@ pub fn emit(
         let _ = send(record, head, captured);
         return;
     };
-    // Continuation: only a read carrying requests that starts with a request line (pipelined
-    // requests, a long URL), only when the whole first window came. A read inside a body
-    // (an upload) is not copied further.
-    let last = if continues && captured == wanted && moved > 0 && starts_like_request(record) {
+    // Continuation: only a read carrying requests that holds head text (pipelined requests,
+    // read in pieces that start anywhere in a head; a long URL), only when the whole first
+    // window came. A read inside a body (an upload) is not copied further.
+    let last = if continues && captured == wanted && moved > 0 && head_text(record) {
         let moved = moved as u64;
         if moved < MAX_REQUEST_READ as u64 {
             moved
@@ -130,15 +130,19 @@ pub fn emit(
     }
 }
 
-/// Whether the captured bytes start with a method and a space (`GET `, `OPTIONS `).
+/// How far into a read a line end is looked for.
+const HEAD_LINE: usize = 64;
+
+/// Whether the captured bytes read as HTTP head text: a line end (CR LF) within the first
+/// [`HEAD_LINE`] bytes, only printable ASCII before it. A binary or form-encoded body has none.
 #[inline(always)]
-fn starts_like_request(record: &DataRecord) -> bool {
-    for index in 0..8 {
+fn head_text(record: &DataRecord) -> bool {
+    for index in 0..HEAD_LINE {
         let byte = record.data[index];
-        if byte == b' ' {
-            return index >= 3;
+        if byte == b'\r' {
+            return record.data[index + 1] == b'\n';
         }
-        if !byte.is_ascii_uppercase() {
+        if !(0x20..0x7f).contains(&byte) {
             return false;
         }
     }

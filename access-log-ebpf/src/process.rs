@@ -58,7 +58,10 @@ fn try_thread_waking(ctx: &TracePointContext) -> Result<(), i64> {
     let offset = (waking_pid_offset() & 0xff) as usize;
     // SAFETY: a read inside the tracepoint record; the helper fails cleanly.
     let woken: u32 = unsafe { ctx.read_at(offset) }.map_err(|e| e as i64)?;
-    if woken == caller.tid || woken == 0 {
+    // Only a thread of a watched process is handed work: a write that wakes the backend's or
+    // the client's reader is no fact about the gateway.
+    // SAFETY: the value is only tested for presence.
+    if woken == caller.tid || woken == 0 || unsafe { WATCHED.get(woken) }.is_none() {
         return Ok(());
     }
     let mut head = header(caller, kind::WAKE, -1);

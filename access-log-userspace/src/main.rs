@@ -36,6 +36,13 @@ enum Command {
         /// The capture file to write (replaced if it exists).
         #[arg(long)]
         output: PathBuf,
+        /// Also mask the value of this parameter (repeatable; the captured bytes are masked
+        /// wherever a credential parameter stands, as the events' URLs are redacted).
+        #[arg(long = "redact-query", value_name = "NAME")]
+        redact_query: Vec<String>,
+        /// Keep the captured bytes as received, credentials included.
+        #[arg(long)]
+        no_redact: bool,
     },
     /// Turn a capture file into events, offline and without privileges.
     ///
@@ -58,7 +65,16 @@ fn main() {
             events,
             output,
         } => command::attach::run(&target, &events, output.as_ref()),
-        Command::Record { target, output } => command::record::run(&target, &output),
+        Command::Record {
+            target,
+            output,
+            redact_query,
+            no_redact,
+        } => command::record::run(
+            &target,
+            &output,
+            access_log::event::redact::Redactor::new(!no_redact, &redact_query),
+        ),
         Command::Replay {
             file,
             events,

@@ -1079,3 +1079,31 @@ fn requests_the_observer_did_not_see_end_are_named_when_it_stops() {
         s.of(EventKind::IncomingRequest)[0].text("MessageID")
     );
 }
+
+#[test]
+fn a_call_linked_right_after_a_gap_ends_in_the_loss_record_not_a_pairing() {
+    // The head of a request was lost; its backend call comes after the gap and would pair
+    // with the next request the thread read.
+    let mut s = Script::new(CATALOG);
+    s.accept(5);
+    s.accept(6);
+    s.lost_before = 1;
+    s.data(6, call::RECVFROM, b"GET /orders/next HTTP/1.1\r\n\r\n");
+    s.connect(20, -115);
+    s.data(20, call::WRITEV, b"GET /v1/orders/lost HTTP/1.0\r\n\r\n");
+    s.answer(20, call::RECVFROM, "200 OK");
+    s.answer(6, call::WRITEV, "200 OK");
+    assert!(
+        s.of(EventKind::RequestComplete).is_empty(),
+        "{:#?}",
+        s.events
+    );
+    // The gap's own record (one record lost, no request in flight), then the request.
+    let lost = s.of(EventKind::Lost);
+    assert_eq!(lost.len(), 2, "{:#?}", s.events);
+    assert_eq!(lost[0].get("RecordsLost"), Some(&Value::Integer(1)));
+    assert_eq!(
+        lost[1].text("RequestIDs"),
+        s.of(EventKind::IncomingRequest)[0].text("MessageID")
+    );
+}

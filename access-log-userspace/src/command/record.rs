@@ -8,9 +8,12 @@ use std::{
 use anyhow::Context as _;
 
 use super::{live::Live, TargetArgs};
-use crate::kernel::{capture_file::Writer, ConnectionKey, Direction, Endpoint, RecordConsumer};
+use crate::{
+    event::redact::Redactor,
+    kernel::{capture_file::Writer, ConnectionKey, Direction, Endpoint, RecordConsumer},
+};
 
-pub fn run(target: &TargetArgs, output: &Path) -> anyhow::Result<()> {
+pub fn run(target: &TargetArgs, output: &Path, redactor: Redactor) -> anyhow::Result<()> {
     let file = File::create(output)
         .with_context(|| format!("cannot create capture file {}", output.display()))?;
     let mut live = Live::start(target)?;
@@ -18,6 +21,8 @@ pub fn run(target: &TargetArgs, output: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", output.display()))?;
     let mut consumer = CaptureConsumer {
         writer,
+        redactor,
+        masked: Vec::new(),
         records: 0,
         failed: None,
     };
@@ -40,6 +45,9 @@ pub fn run(target: &TargetArgs, output: &Path) -> anyhow::Result<()> {
 /// Writes what it receives to the capture file; the first write error stops the writing.
 struct CaptureConsumer<W: Write> {
     writer: Writer<W>,
+    /// Masks credential parameters in the captured bytes before they are written.
+    redactor: Redactor,
+    masked: Vec<u8>,
     records: u64,
     failed: Option<std::io::Error>,
 }
@@ -69,7 +77,16 @@ impl<W: Write> RecordConsumer for CaptureConsumer<W> {
 
     fn record(&mut self, bytes: &[u8]) {
         if self.failed.is_none() {
-            let result = self.writer.record(bytes);
+            const HEADER: usize = size_of::<access_log_common::RecordHeader>();
+            self.masked.clear();
+            self.masked.extend_from_slice(bytes);
+            if crate::kernel::record::read_header(bytes)
+                .is_ok_and(|h| h.kind == access_log_common::kind::DATA)
+                && self.masked.len() > HEADER
+            {
+                self.redactor.mask(&mut self.masked[HEADER..]);
+            }
+            let result = self.writer.record(&self.masked);
             if result.is_ok() {
                 self.records += 1;
             }

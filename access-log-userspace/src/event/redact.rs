@@ -104,6 +104,40 @@ impl Redactor {
     }
 }
 
+impl Redactor {
+    /// Masks, in place and with `X`s of the same length, the value of every `name=value` of a
+    /// redacted name anywhere in `bytes` (a request line, a `Location` or `Referer` header, a
+    /// body): a capture's raw bytes keep their framing and lose their credentials.
+    pub fn mask(&self, bytes: &mut [u8]) {
+        if self.names.is_empty() {
+            return;
+        }
+        let delimiter = |b: u8| b"&?;# \"',<>\r\n\t".contains(&b);
+        let mut index = 0;
+        while index < bytes.len() {
+            if bytes[index] != b'=' {
+                index += 1;
+                continue;
+            }
+            let name_start = bytes[..index]
+                .iter()
+                .rposition(|&b| delimiter(b) || b == b'/' || b == b'=')
+                .map_or(0, |p| p + 1);
+            let value_end = bytes[index + 1..]
+                .iter()
+                .position(|&b| delimiter(b))
+                .map_or(bytes.len(), |p| index + 1 + p);
+            if name_start < index {
+                let name = String::from_utf8_lossy(&bytes[name_start..index]).into_owned();
+                if self.redacts(&name) {
+                    bytes[index + 1..value_end].fill(b'X');
+                }
+            }
+            index = value_end.max(index + 1);
+        }
+    }
+}
+
 /// A parameter name with its %XX escapes (and `+`) decoded, for comparison only.
 fn percent_decoded(name: &str) -> Cow<'_, str> {
     if !name.contains(['%', '+']) {
@@ -169,6 +203,28 @@ mod tests {
         assert_eq!(redact("/a?password=p%26q=r"), "/a?password=REDACTED");
         // A query cut by the capture window: what came is redacted.
         assert_eq!(redact("/a?secret=abc"), "/a?secret=REDACTED");
+    }
+
+    #[test]
+    fn a_capture_is_masked_in_place_wherever_a_credential_stands() {
+        let redactor = Redactor::new(true, &[]);
+        let mut bytes = b"GET /a?access_token=SECRET&page=2&sig=s HTTP/1.1\r\n\
+Referer: http://x/?token=T1\r\n\r\n{\"path\":\"/a?api_key=K9\"}"
+            .to_vec();
+        let length = bytes.len();
+        redactor.mask(&mut bytes);
+        assert_eq!(bytes.len(), length);
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            "GET /a?access_token=XXXXXX&page=2&sig=X HTTP/1.1\r\n\
+Referer: http://x/?token=XX\r\n\r\n{\"path\":\"/a?api_key=XX\"}"
+        );
+        let mut other = b"monkey=1&keys=2".to_vec();
+        redactor.mask(&mut other);
+        assert_eq!(&other[..], b"monkey=1&keys=2");
+        let mut off = b"GET /a?token=t HTTP/1.1\r\n".to_vec();
+        Redactor::off().mask(&mut off);
+        assert_eq!(&off[..], b"GET /a?token=t HTTP/1.1\r\n");
     }
 
     #[test]

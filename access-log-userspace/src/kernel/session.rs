@@ -86,6 +86,10 @@ impl Session {
         let tree = procfs::process_tree(config.pid);
         for pid in &tree {
             probes.watch(*pid)?;
+            // Its threads too: a wake-up of one of them is a hand-off inside the gateway.
+            for thread in procfs::threads(*pid) {
+                probes.watch(thread)?;
+            }
         }
         let mut tls_probes = 0;
         for target in &tls_scan.targets {

@@ -78,6 +78,9 @@ struct InboundRequest {
     /// proxy_next_upstream http_5xx does): (attempt index, status, when). It ends the request
     /// when the gateway passes it on, and becomes a failed attempt when another one starts.
     retryable_answer: Option<(usize, u16, u64)>,
+    /// Linked right after a gap in the records, when the call may have been a request's
+    /// whose head was lost: it ends in the loss record, not in a pairing that may be wrong.
+    tainted: bool,
 }
 
 impl InboundRequest {
@@ -103,6 +106,10 @@ impl InboundRequest {
         self.attempts.iter().map(|a| a.attempt.clone()).collect()
     }
 }
+
+/// How long after a gap a link that is not exact is not trusted: the gateway's calls for
+/// requests whose heads were lost come within it.
+const QUARANTINE_NS: u64 = 250_000_000;
 
 /// Whether a gateway may try another backend after this answer (nginx: proxy_next_upstream
 /// http_500 ... http_504, http_429; Apache: failonstatus).
@@ -151,6 +158,8 @@ pub struct Pipeline {
     lost_seen: u64,
     /// The newest record's time, for outcomes that no record brings (finish).
     last_seen_ns: u64,
+    /// Until when a link that is not exact is not trusted (a gap was seen shortly before).
+    quarantine_until: u64,
     stats: PipelineStats,
 }
 
@@ -168,6 +177,7 @@ impl Pipeline {
             next_request: 1,
             lost_seen: 0,
             last_seen_ns: 0,
+            quarantine_until: 0,
             stats: PipelineStats::default(),
         }
     }
@@ -239,7 +249,7 @@ impl Pipeline {
             } => self.connect_failed_late(key, thread, *result),
             Record::Connect { remote, result, .. } => {
                 self.replace(key, at, out);
-                self.connect(key, thread, remote.as_ref(), *result);
+                self.connect(key, thread, remote.as_ref(), *result, at);
             }
             Record::Close { tcp_state, .. } => {
                 self.peer_state(key, *tcp_state);
@@ -276,6 +286,7 @@ impl Pipeline {
     /// link, and every connection's order of requests and answers is unknown. Those requests
     /// end in a loss record rather than in a pairing that may be wrong.
     fn gap(&mut self, lost: u64, at: u64, out: &mut Vec<Outcome>) {
+        self.quarantine_until = at + QUARANTINE_NS;
         self.stats.gaps += 1;
         self.stats.records_lost += lost;
         let numbers: Vec<u64> = self.tables.requests.keys().copied().collect();
@@ -286,8 +297,12 @@ impl Pipeline {
         self.linker.forget_threads();
     }
 
-    /// Ends `number` with `ending`: removes it and hands out its outcome.
+    /// Ends `number` with `ending`: removes it and hands out its outcome (a tainted request
+    /// ends in a loss record).
     fn end(&mut self, number: u64, ending: Ending, at: u64, out: &mut Vec<Outcome>) {
+        if self.tables.requests.get(&number).is_some_and(|r| r.tainted) {
+            return self.lose(vec![number], LossReason::RingFull, 0, at, out);
+        }
         let Some(request) = self.tables.requests.remove(&number) else {
             return;
         };
@@ -446,7 +461,7 @@ impl Pipeline {
                     self.gateway_response(key, response, at, out)
                 }
                 (Direction::Outbound, Head::Request(request)) => {
-                    self.outbound_request(key, thread, request)
+                    self.outbound_request(key, thread, request, at)
                 }
                 (Direction::Outbound, Head::Response(response)) => {
                     self.backend_response(key, thread, response, at, out)
@@ -480,11 +495,13 @@ impl Pipeline {
         thread: ThreadKey,
         remote: Option<&Endpoint>,
         result: i64,
+        at: u64,
     ) {
         let mut connection = Connection::new(Direction::Outbound, remote, &self.interest);
         let failed = result < 0 && result != errno::EINPROGRESS;
         if let Some((id, confidence)) = self.linker.link_connect(thread, &self.tables) {
             if let Some(request) = self.tables.requests.get_mut(&id) {
+                request.tainted |= at < self.quarantine_until;
                 request.start_attempt(
                     key,
                     Attempt {
@@ -571,6 +588,7 @@ impl Pipeline {
                 ready: false,
                 attempts: Vec::new(),
                 retryable_answer: None,
+                tainted: false,
             },
         );
     }
@@ -586,7 +604,13 @@ impl Pipeline {
         }
     }
 
-    fn outbound_request(&mut self, key: ConnectionKey, thread: ThreadKey, head: RequestHead) {
+    fn outbound_request(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        head: RequestHead,
+        at: u64,
+    ) {
         let Some(connection) = self.tables.connections.get_mut(&key) else {
             return;
         };
@@ -617,9 +641,11 @@ impl Pipeline {
             self.stats.unlinked_outbound += 1;
             return;
         };
+        let quarantined = at < self.quarantine_until && confidence != Confidence::Exact;
         let Some(request) = self.tables.requests.get_mut(&id) else {
             return;
         };
+        request.tainted |= quarantined;
         // Sent here, it was not sent on a connection it was also connecting: a pool gives a
         // waiting request whichever connection comes first (Go's transport), and the one
         // dialed for it goes to another request.
