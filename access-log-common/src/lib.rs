@@ -45,6 +45,25 @@ pub mod kind {
     /// id): work handed from one thread to another (a fetch thread, a goroutine's new OS
     /// thread).
     pub const WAKE: u32 = 9;
+    /// A Go program's net/http transport call, a [`super::GoCallRecord`]: `call` says which
+    /// (see [`super::go_call`]), `goroutine` is the goroutine that made it.
+    pub const GO_CALL: u32 = 10;
+}
+
+/// The Go net/http transport functions probed, in a [`kind::GO_CALL`] record's `call`.
+pub mod go_call {
+    /// `(*persistConn).roundTrip`: a handler's goroutine hands its request to a connection.
+    pub const ROUND_TRIP: u32 = 1;
+    /// `(*persistConn).writeLoop`: the goroutine that writes a connection's requests starts.
+    pub const WRITE_LOOP: u32 = 2;
+}
+
+/// Bits of the value of a process's entry in the kernel's watched-process table.
+pub mod watched {
+    /// The process is watched.
+    pub const YES: u32 = 1;
+    /// The process runs Go: its data records carry the goroutine (R14 in Go's register ABI).
+    pub const GO: u32 = 2;
 }
 
 /// Bits of [`RecordHeader::flags`].
@@ -149,8 +168,10 @@ pub struct RecordHeader {
     /// Records the kernel had failed to deliver (ring buffer full), over the whole session,
     /// when it made this one: a rise from one record to the next says a gap lies between them.
     pub lost_before: u64,
+    /// In a Go program, the goroutine (its `g` address) that made the call; 0 elsewhere.
+    pub goroutine: u64,
 }
-const _: () = assert!(core::mem::size_of::<RecordHeader>() == 56);
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == 64);
 
 /// A socket address as the kernel gave it; `family` is AF_INET (2) or AF_INET6 (10), or 0 when
 /// unknown. `port` is in host byte order; IPv4 addresses use the first four bytes of `addr`.
@@ -171,7 +192,16 @@ pub struct ConnectionRecord {
     pub header: RecordHeader,
     pub remote: SocketAddress,
 }
-const _: () = assert!(core::mem::size_of::<ConnectionRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<ConnectionRecord>() == 88);
+
+/// The record of a Go transport call: the header, then the `*persistConn` it concerns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoCallRecord {
+    pub header: RecordHeader,
+    pub connection: u64,
+}
+const _: () = assert!(core::mem::size_of::<GoCallRecord>() == 72);
 
 /// The record for a connect on a unix stream socket: the header, then the path as given to
 /// connect() (NUL-terminated when shorter; an abstract socket starts with a NUL byte).
@@ -182,7 +212,7 @@ pub struct UnixConnectRecord {
     pub path: [u8; UNIX_PATH_MAX],
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<UnixConnectRecord>() == 168);
+const _: () = assert!(core::mem::size_of::<UnixConnectRecord>() == 176);
 
 /// Offsets (bytes) of the kernel structure members the programs walk from the current task to
 /// a socket's state and peer, read from the kernel's BTF at load time. A zero `task_files`

@@ -2,7 +2,7 @@
 //! registers the task saved at syscall entry (x86-64 keeps them intact through the call), so
 //! no enter program and no per-call map entry are needed. A bounded head of the bytes actually
 //! moved is copied. Calls on anything that is not a followed socket return after two lookups.
-use access_log_common::{call, role};
+use access_log_common::{call, role, watched};
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
@@ -54,6 +54,21 @@ fn syscall_arguments() -> Result<[u64; 4], i64> {
     Ok([di, si, dx, r10])
 }
 
+/// Offset in `struct pt_regs` of r14, which holds the running goroutine (`g`) in Go's register
+/// ABI (Go 1.17 and later) at every syscall a goroutine makes.
+const REG_R14: usize = 8;
+
+/// The goroutine of a Go program's current syscall.
+#[inline(always)]
+fn running_goroutine() -> u64 {
+    // SAFETY: as for syscall_arguments.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const u8;
+        bpf_probe_read_kernel(regs.add(REG_R14) as *const u64).unwrap_or(0)
+    }
+}
+
 /// Whether a receive only peeked (nginx peeks one byte to tell TLS from plaintext): the bytes
 /// stay queued and come again with the real read. recvfrom's flags are its fourth argument,
 /// recvmsg's its third.
@@ -79,6 +94,10 @@ fn exit(ctx: &TracePointContext, data_call: u32) -> Result<(), i64> {
         return Ok(());
     }
     let arguments = syscall_arguments()?;
+    let mut caller = caller;
+    if caller.flags & watched::GO != 0 {
+        caller.goroutine = running_goroutine();
+    }
     let [first, pointer, length, _] = arguments;
     let (fd, data_call) = match data_call {
         // splice(fd_in, off_in, fd_out, ...): either end may be the socket.

@@ -9,6 +9,7 @@
 mod capture;
 mod connection;
 mod data;
+mod go;
 mod maps;
 mod process;
 mod socket;

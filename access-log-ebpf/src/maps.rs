@@ -58,9 +58,10 @@ pub fn fork_child_pid_offset() -> u32 {
     unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) }
 }
 
-/// Thread groups whose sockets are followed: the attached process and its descendants.
+/// Thread groups whose sockets are followed (the attached process and its descendants), and
+/// their threads, with [`access_log_common::watched`] bits.
 #[map]
-pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 
 /// Followed sockets of watched processes, with their [`access_log_common::role`].
 #[map]
@@ -124,6 +125,10 @@ pub struct Caller {
     pub pid_tgid: u64,
     pub tgid: u32,
     pub tid: u32,
+    /// The process's [`access_log_common::watched`] bits.
+    pub flags: u32,
+    /// In a Go program, the goroutine making the call (set by the program that knows it).
+    pub goroutine: u64,
 }
 
 /// The watched-process filter: every program calls this first and returns for anyone else.
@@ -131,12 +136,14 @@ pub struct Caller {
 pub fn watched_caller() -> Option<Caller> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: the value is only tested for presence.
-    unsafe { WATCHED.get(tgid) }?;
+    // SAFETY: the value is copied.
+    let flags = unsafe { WATCHED.get(tgid) }.copied()?;
     Some(Caller {
         pid_tgid,
         tgid,
         tid: pid_tgid as u32,
+        flags,
+        goroutine: 0,
     })
 }
 
@@ -189,6 +196,7 @@ pub fn header(caller: Caller, kind: u32, fd: i32) -> RecordHeader {
         offset: 0,
         flags: 0,
         lost_before: lost_so_far(),
+        goroutine: caller.goroutine,
     }
 }
 

@@ -15,16 +15,16 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
 }
 
 fn try_process_fork(ctx: &TracePointContext) -> Result<(), i64> {
-    // The parent is the current task.
-    if watched_caller().is_none() {
+    // The parent is the current task; the child inherits its bits.
+    let Some(parent) = watched_caller() else {
         return Ok(());
-    }
+    };
     let offset = (fork_child_pid_offset() & 0xff) as usize;
     // SAFETY: a read inside the tracepoint record; the helper fails cleanly.
     let child: u32 = unsafe { ctx.read_at(offset) }.map_err(|e| e as i64)?;
     // A new thread of a watched process is inserted too: harmless (its tgid is already
     // watched) and removed again at its exit.
-    if WATCHED.insert(child, 1, 0).is_err() {
+    if WATCHED.insert(child, parent.flags, 0).is_err() {
         count(counter::WATCH_TABLE_FULL);
     }
     Ok(())

@@ -54,10 +54,16 @@ fn main() -> anyhow::Result<()> {
                         Record::Shutdown { .. } => "shutdown".into(),
                         Record::Exit { .. } => "exit".into(),
                         Record::Wake { woken, .. } => format!("wake {woken}"),
+                        Record::GoCall { connection, .. } => {
+                            format!(
+                                "go call {} g {:#x} conn {connection:#x}",
+                                h.call, h.goroutine
+                            )
+                        }
                     };
                     println!(
-                        "{} {}/{} fd {} lost {} {what}",
-                        h.timestamp_ns, h.tgid, h.tid, h.fd, h.lost_before
+                        "{} {}/{} fd {} lost {} g {:#x} {what}",
+                        h.timestamp_ns, h.tgid, h.tid, h.fd, h.lost_before, h.goroutine
                     );
                 }
                 Err(error) => println!("undecodable: {error}"),

@@ -25,7 +25,7 @@ fn measure(gateway: Kind, mix: Mix, id_header: bool) {
         seed: 7,
     };
     let report = run(&config).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{}", report.summary());
+    eprintln!("{}\n{}", report.summary(), report.examples.join("\n"));
     if let Err(failure) = check(&config, &report) {
         panic!("{failure}\n{}", report.examples.join("\n"));
     }

@@ -5,6 +5,8 @@
 pub mod btf;
 pub mod capture_file;
 pub mod errno;
+pub mod go;
+pub mod probe_sites;
 #[cfg(feature = "kernel")]
 pub mod probes;
 pub mod procfs;

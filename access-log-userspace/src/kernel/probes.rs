@@ -13,6 +13,7 @@ use aya::{
 use super::{
     procfs::{self, ProcError},
     tls::TlsTarget,
+    tls_sites::ProbeSite,
     Direction,
 };
 
@@ -225,9 +226,19 @@ impl Probes {
     /// Attaches the TLS probes to a library or executable, for every process that maps it (a
     /// PID filter would miss workers forked later); the programs filter by tgid themselves.
     pub fn attach_tls(&mut self, target: &TlsTarget) -> Result<usize, ProbeError> {
+        self.attach_sites(&target.sites, &target.path, &target.shown)
+    }
+
+    /// Attaches the probes at `sites` of the file at `path` (`shown` in messages).
+    pub fn attach_sites(
+        &mut self,
+        sites: &[ProbeSite],
+        path: &std::path::Path,
+        shown: &str,
+    ) -> Result<usize, ProbeError> {
         let mut attached = 0;
-        for site in &target.sites {
-            for program_name in [site.entry_program, site.exit_program] {
+        for site in sites {
+            for program_name in std::iter::once(site.entry_program).chain(site.exit_program) {
                 let program: &mut UProbe = self
                     .ebpf
                     .program_mut(program_name)
@@ -240,10 +251,10 @@ impl Probes {
                         .map_err(program_error(format!("loading {program_name}")))?;
                 }
                 program
-                    .attach(site.file_offset, &target.path, UProbeScope::AllProcesses)
+                    .attach(site.file_offset, path, UProbeScope::AllProcesses)
                     .map_err(program_error(format!(
-                        "attaching {program_name} to {} in {}",
-                        site.function, target.shown
+                        "attaching {program_name} to {} in {shown}",
+                        site.function
                     )))?;
                 attached += 1;
             }
@@ -252,9 +263,10 @@ impl Probes {
         Ok(attached)
     }
 
-    pub fn watch(&mut self, pid: u32) -> Result<(), ProbeError> {
+    /// Watches a process (or thread) with the [`access_log_common::watched`] bits `flags`.
+    pub fn watch(&mut self, pid: u32, flags: u32) -> Result<(), ProbeError> {
         self.watched
-            .insert(pid, 1, 0)
+            .insert(pid, flags, 0)
             .map_err(map_error(format!("adding PID {pid} to the watched set")))
     }
 

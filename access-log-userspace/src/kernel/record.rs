@@ -5,7 +5,7 @@ use std::{
 };
 
 use access_log_common::{
-    flags, kind, ConnectionRecord, RecordHeader, SocketAddress, UnixConnectRecord,
+    flags, kind, ConnectionRecord, GoCallRecord, RecordHeader, SocketAddress, UnixConnectRecord,
 };
 
 use super::Endpoint;
@@ -52,6 +52,12 @@ pub enum Record<'a> {
         header: RecordHeader,
         woken: u32,
     },
+    /// A Go program's transport call (`header.call`, one of [`access_log_common::go_call`])
+    /// by goroutine `header.goroutine`, about the connection `connection` (a `*persistConn`).
+    GoCall {
+        header: RecordHeader,
+        connection: u64,
+    },
 }
 
 impl Record<'_> {
@@ -63,7 +69,8 @@ impl Record<'_> {
             | Record::Close { header, .. }
             | Record::Shutdown { header }
             | Record::Exit { header }
-            | Record::Wake { header, .. } => header,
+            | Record::Wake { header, .. }
+            | Record::GoCall { header, .. } => header,
         }
     }
 }
@@ -205,6 +212,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         }),
         kind::SHUTDOWN => Ok(Record::Shutdown { header }),
         kind::EXIT => Ok(Record::Exit { header }),
+        kind::GO_CALL => {
+            if bytes.len() < size_of::<GoCallRecord>() {
+                return Err(DecodeError::Short(bytes.len()));
+            }
+            // SAFETY: plain old data, length checked above.
+            let record: GoCallRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            Ok(Record::GoCall {
+                header,
+                connection: record.connection,
+            })
+        }
         kind::WAKE => Ok(Record::Wake {
             header,
             woken: header.result.clamp(0, u32::MAX as i64) as u32,

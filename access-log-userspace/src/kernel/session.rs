@@ -2,7 +2,9 @@
 //! the programs, the watched processes, the sockets that already exist) and the drain of the
 //! ring buffer into a [`RecordConsumer`]. The loop that decides when to drain and when to stop
 //! belongs to the command that runs it.
-use access_log_common::{kind, ConnectionRecord};
+use std::{collections::HashSet, os::unix::fs::MetadataExt as _, path::PathBuf};
+
+use access_log_common::{kind, watched, ConnectionRecord};
 
 use super::{
     probes::{self, KernelDrops, NotRoot, ProbeConfig, ProbeError, Probes},
@@ -81,16 +83,34 @@ impl Session {
             offsets,
         })?;
         // Root first: from here on the kernel adds every child forked; then the children that
-        // exist already, then the sockets they already hold.
-        probes.watch(config.pid)?;
+        // exist already, then the sockets they already hold. A Go program's transport is
+        // probed, and its data records carry the goroutine.
+        let mut go_programs = Vec::new();
+        let root_flags = watched::YES | go_flag(config.pid, &mut go_programs, &mut notes);
+        probes.watch(config.pid, root_flags)?;
         let tree = procfs::process_tree(config.pid);
         for pid in &tree {
-            probes.watch(*pid)?;
+            let flags = if *pid == config.pid {
+                root_flags
+            } else {
+                watched::YES | go_flag(*pid, &mut go_programs, &mut notes)
+            };
+            probes.watch(*pid, flags)?;
             // Its threads too: a wake-up of one of them is a hand-off inside the gateway.
             for thread in procfs::threads(*pid) {
-                probes.watch(thread)?;
+                probes.watch(thread, flags)?;
             }
         }
+        let mut go_probes = 0;
+        for (path, shown, sites) in &go_programs {
+            go_probes += probes.attach_sites(sites, path, shown)?;
+            let names: Vec<&str> = sites.iter().map(|s| s.function.as_str()).collect();
+            notes.push(format!(
+                "access-log: {shown} is a Go program: its net/http transport is probed at {}",
+                names.join(", ")
+            ));
+        }
+        let _ = go_probes;
         let mut tls_probes = 0;
         for target in &tls_scan.targets {
             tls_probes += probes.attach_tls(target)?;
@@ -209,6 +229,48 @@ impl Session {
         Drained {
             records,
             root_exited,
+        }
+    }
+}
+
+/// The [`watched::GO`] bit for a Go program whose transport can be probed (its sites added to
+/// `programs` once per executable), 0 for any other; a Go program that cannot be probed is
+/// named in `notes`.
+fn go_flag(
+    pid: u32,
+    programs: &mut Vec<(PathBuf, String, Vec<super::tls_sites::ProbeSite>)>,
+    notes: &mut Vec<String>,
+) -> u32 {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return 0;
+    };
+    let shown = exe.display().to_string();
+    let path = PathBuf::from(format!("/proc/{pid}/root")).join(shown.trim_start_matches('/'));
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return 0;
+    };
+    let known: HashSet<(u64, u64)> = programs
+        .iter()
+        .filter_map(|(p, _, _)| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino())))
+        .collect();
+    if known.contains(&(meta.dev(), meta.ino())) {
+        return watched::GO;
+    }
+    let Ok(data) = std::fs::read(&path) else {
+        return 0;
+    };
+    match super::go::sites(&data) {
+        Ok(sites) => {
+            programs.push((path, shown, sites));
+            watched::GO
+        }
+        Err(super::go::GoError::NotGo) => 0,
+        Err(why) => {
+            notes.push(format!(
+                "access-log: PID {pid} ({shown}) is a Go program whose transport is not probed: \
+                 {why}; its pairings rest on thread facts"
+            ));
+            0
         }
     }
 }

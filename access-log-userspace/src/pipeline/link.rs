@@ -26,6 +26,8 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap as HashMap;
 
 use super::{outcome::Confidence, InboundRequest, Tables};
+use access_log_common::go_call;
+
 use crate::{
     kernel::{errno, ConnectionKey, ThreadKey},
     pipeline::outcome::AttemptOutcome,
@@ -51,6 +53,20 @@ pub(super) struct Linker {
     ids: std::collections::HashMap<(u32, Arc<str>), Vec<u64>>,
     /// Requests handed to a thread by a wake-up: reserved for that thread (id).
     handed_to: HashMap<u64, u32>,
+    /// Go programs: the goroutine facts that replace thread facts there.
+    go: GoFacts,
+}
+
+/// What a Go program's transport showed: the request each goroutine read last, the request
+/// each connection (`*persistConn`) was handed, and the connection each writer goroutine
+/// writes. The outbound request a writer goroutine writes is its connection's request.
+#[derive(Default)]
+struct GoFacts {
+    /// Processes whose records carry goroutines.
+    programs: rustc_hash::FxHashSet<u32>,
+    read_by: HashMap<(u32, u64), u64>,
+    handed: HashMap<(u32, u64), u64>,
+    writer_of: HashMap<(u32, u64), u64>,
 }
 
 /// The outcome of an attempt whose backend ended the stream: EOF is a close, an errno a reset.
@@ -93,8 +109,18 @@ impl Linker {
         self.handed_to.insert(handed, woken);
     }
 
-    /// A thread completed an inbound request head.
-    pub fn request(&mut self, thread: ThreadKey, number: u64, id: Option<&Arc<str>>) {
+    /// A thread (and, in a Go program, a goroutine) completed an inbound request head.
+    pub fn request(
+        &mut self,
+        thread: ThreadKey,
+        goroutine: u64,
+        number: u64,
+        id: Option<&Arc<str>>,
+    ) {
+        if goroutine != 0 {
+            self.go.programs.insert(thread.0);
+            self.go.read_by.insert((thread.0, goroutine), number);
+        }
         if let Some(id) = id {
             self.ids
                 .entry((thread.0, id.clone()))
@@ -123,10 +149,37 @@ impl Linker {
         self.threads.entry(thread).or_default().retry_for = Some(number);
     }
 
+    /// A Go program's transport call: a goroutine handed its request to `connection`
+    /// (roundTrip), or started writing `connection`'s requests (writeLoop).
+    pub fn go_call(&mut self, tgid: u32, function: u32, goroutine: u64, connection: u64) {
+        match function {
+            go_call::ROUND_TRIP => {
+                if let Some(number) = self.go.read_by.get(&(tgid, goroutine)).copied() {
+                    self.go.handed.insert((tgid, connection), number);
+                }
+            }
+            go_call::WRITE_LOOP => {
+                self.go.writer_of.insert((tgid, goroutine), connection);
+            }
+            _ => {}
+        }
+    }
+
+    /// The request a Go writer goroutine's outbound request serves, by the transport's facts.
+    fn by_goroutine(&mut self, tgid: u32, goroutine: u64, tables: &Tables) -> Option<u64> {
+        let connection = *self.go.writer_of.get(&(tgid, goroutine))?;
+        let number = self.go.handed.remove(&(tgid, connection))?;
+        tables.requests.contains_key(&number).then_some(number)
+    }
+
     /// A process is gone: its threads' facts with it.
     pub fn process_exited(&mut self, tgid: u32) {
         self.threads.retain(|(owner, _), _| *owner != tgid);
         self.ids.retain(|(owner, _), _| *owner != tgid);
+        self.go.programs.remove(&tgid);
+        self.go.read_by.retain(|(owner, _), _| *owner != tgid);
+        self.go.handed.retain(|(owner, _), _| *owner != tgid);
+        self.go.writer_of.retain(|(owner, _), _| *owner != tgid);
     }
 
     /// After a gap in the records, what threads did last is unknown.
@@ -212,8 +265,12 @@ impl Linker {
         None
     }
 
-    /// The request a thread's new connect() is for.
+    /// The request a thread's new connect() is for. None in a Go program: its dial goroutine
+    /// runs wherever the scheduler puts it, and the transport's calls pair its requests.
     pub fn link_connect(&self, thread: ThreadKey, tables: &Tables) -> Option<(u64, Confidence)> {
+        if self.go.programs.contains(&thread.0) {
+            return None;
+        }
         if let Some(id) = self.by_thread(thread, tables) {
             return Some((id, Confidence::Kernel));
         }
@@ -221,15 +278,20 @@ impl Linker {
             .map(|id| (id, Confidence::Low))
     }
 
-    /// The request an outbound request head on `key` serves.
+    /// The request an outbound request head on `key` serves (written by `goroutine` in a Go
+    /// program).
     pub fn link_request(
-        &self,
+        &mut self,
         key: ConnectionKey,
         thread: ThreadKey,
+        goroutine: u64,
         bound: Option<(u64, Confidence)>,
         head: &RequestHead,
         tables: &Tables,
     ) -> Option<(u64, Confidence)> {
+        let by_go = (goroutine != 0)
+            .then(|| self.by_goroutine(key.0, goroutine, tables))
+            .flatten();
         // A request this one may serve: a candidate, or connecting on this very connection.
         let connecting_here = |r: &InboundRequest| {
             r.attempts
@@ -255,6 +317,9 @@ impl Linker {
             .unwrap_or_default();
         if let [only] = with_id.as_slice() {
             return Some((*only, Confidence::Exact));
+        }
+        if let Some(number) = by_go {
+            return Some((number, Confidence::Kernel));
         }
         let bound = bound.filter(|(id, _)| tables.requests.get(id).is_some_and(connecting_here));
         let by_kernel = bound

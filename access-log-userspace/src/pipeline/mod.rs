@@ -160,6 +160,8 @@ pub struct Pipeline {
     last_seen_ns: u64,
     /// Until when a link that is not exact is not trusted (a gap was seen shortly before).
     quarantine_until: u64,
+    /// The goroutine of the record being processed (Go programs; 0 elsewhere).
+    goroutine: u64,
     stats: PipelineStats,
 }
 
@@ -178,6 +180,7 @@ impl Pipeline {
             lost_seen: 0,
             last_seen_ns: 0,
             quarantine_until: 0,
+            goroutine: 0,
             stats: PipelineStats::default(),
         }
     }
@@ -229,6 +232,7 @@ impl Pipeline {
         let thread = (header.tgid, header.tid);
         let at = header.timestamp_ns;
         self.last_seen_ns = self.last_seen_ns.max(at);
+        self.goroutine = header.goroutine;
         if header.lost_before > self.lost_seen {
             let lost = header.lost_before - self.lost_seen;
             self.lost_seen = header.lost_before;
@@ -262,6 +266,10 @@ impl Pipeline {
             }
             Record::Exit { .. } => self.exit(header.tgid, at, out),
             Record::Wake { woken, .. } => self.linker.woke(thread, *woken, &self.tables),
+            Record::GoCall { connection, .. } => {
+                self.linker
+                    .go_call(header.tgid, header.call, header.goroutine, *connection)
+            }
             Record::Data {
                 moved,
                 offset,
@@ -577,7 +585,7 @@ impl Pipeline {
             received_ns: at,
         };
         self.linker
-            .request(thread, number, request.head.id.as_ref());
+            .request(thread, self.goroutine, number, request.head.id.as_ref());
         out.push(Outcome::Incoming(request.clone()));
         self.tables.requests.insert(
             number,
@@ -619,9 +627,9 @@ impl Pipeline {
         let unix = connection.unix;
         let tls = connection.tls;
         let bound = connection.bound.take();
-        let link = self
-            .linker
-            .link_request(key, thread, bound, &head, &self.tables);
+        let link =
+            self.linker
+                .link_request(key, thread, self.goroutine, bound, &head, &self.tables);
         let connection = self
             .tables
             .connections
