@@ -84,7 +84,12 @@ pub fn emit(
     // Continuation: only a read carrying requests that holds head text (pipelined requests,
     // read in pieces that start anywhere in a head; a long URL), only when the whole first
     // window came. A read inside a body (an upload) is not copied further.
-    let last = if continues && captured == wanted && moved > 0 && head_text(record) {
+    let last = if continues
+        && moved > 0
+        && moved as u64 > captured
+        && captured == wanted
+        && head_text(record)
+    {
         let moved = moved as u64;
         if moved < MAX_REQUEST_READ as u64 {
             moved

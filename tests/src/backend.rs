@@ -54,6 +54,29 @@ impl Connection for UnixStream {
     }
 }
 
+/// Serves every connection `incoming` yields on a thread of its own, until `stop` is set;
+/// answers are recorded in `served` with `port`.
+fn accept_loop<S: Connection>(
+    incoming: impl Iterator<Item = io::Result<S>> + Send + 'static,
+    port: u16,
+    stop: Arc<AtomicBool>,
+    served: Arc<Mutex<Vec<Served>>>,
+) {
+    thread::spawn(move || {
+        for stream in incoming {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Ok(stream) = stream {
+                let log = served.clone();
+                thread::spawn(move || {
+                    let _ = serve(stream, port, &log);
+                });
+            }
+        }
+    });
+}
+
 impl Backend {
     /// Starts a backend on a free loopback port.
     pub fn start() -> io::Result<Backend> {
@@ -61,21 +84,8 @@ impl Backend {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(Mutex::new(Vec::new()));
-        let (stopping, log) = (stop.clone(), served.clone());
-        let port = addr.port();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopping.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Ok(stream) = stream {
-                    let log = log.clone();
-                    thread::spawn(move || {
-                        let _ = serve(stream, port, &log);
-                    });
-                }
-            }
-        });
+        let incoming = std::iter::from_fn(move || Some(listener.accept().map(|(s, _)| s)));
+        accept_loop(incoming, addr.port(), stop.clone(), served.clone());
         Ok(Backend {
             addr,
             unix: None,
@@ -90,20 +100,8 @@ impl Backend {
         let listener = UnixListener::bind(path)?;
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(Mutex::new(Vec::new()));
-        let (stopping, log) = (stop.clone(), served.clone());
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopping.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Ok(stream) = stream {
-                    let log = log.clone();
-                    thread::spawn(move || {
-                        let _ = serve(stream, 0, &log);
-                    });
-                }
-            }
-        });
+        let incoming = std::iter::from_fn(move || Some(listener.accept().map(|(s, _)| s)));
+        accept_loop(incoming, 0, stop.clone(), served.clone());
         Ok(Backend {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             unix: Some(path.to_owned()),

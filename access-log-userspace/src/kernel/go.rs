@@ -70,6 +70,23 @@ fn entries(table: &[u8], names: &[&str]) -> Result<Vec<Option<u64>>, GoError> {
     Ok(found)
 }
 
+/// Whether the process runs a Go executable (one with Go's build information).
+pub fn is_go_program(pid: u32) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let path = std::path::PathBuf::from(format!("/proc/{pid}/root"))
+        .join(exe.to_string_lossy().trim_start_matches('/'));
+    std::fs::read(path)
+        .ok()
+        .and_then(|data| {
+            object::File::parse(&*data)
+                .ok()
+                .map(|file| file.section_by_name(".go.buildinfo").is_some())
+        })
+        .unwrap_or(false)
+}
+
 /// The probe sites of a Go executable's net/http transport.
 pub fn sites(data: &[u8]) -> Result<Vec<ProbeSite>, GoError> {
     let file = object::File::parse(data).map_err(|_| GoError::NotGo)?;

@@ -75,7 +75,6 @@ fn map_error(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Pro
 const ATTACHMENTS: &[(&str, &str, &str)] = &[
     ("process_fork", "sched", "sched_process_fork"),
     ("process_exit", "sched", "sched_process_exit"),
-    ("thread_waking", "sched", "sched_waking"),
     ("socket_enter", "syscalls", "sys_enter_socket"),
     ("socket_exit", "syscalls", "sys_exit_socket"),
     ("accept_enter", "syscalls", "sys_enter_accept"),
@@ -106,6 +105,9 @@ pub struct ProbeConfig {
     pub tls_probes: bool,
     /// Where the kernel structures the programs walk keep their members (all zero: no walk).
     pub offsets: access_log_common::KernelOffsets,
+    /// Follow wake-ups between the gateway's threads (`sched_waking`, which runs on every
+    /// wake-up of the host): only worth it for a gateway whose threads hand work to each other.
+    pub wake_ups: bool,
 }
 
 /// Kernel-side counts of what could not be done.
@@ -189,7 +191,11 @@ impl Probes {
             })?;
         let mut loaded = HashSet::new();
         let mut attached = 0;
-        for (program_name, category, name) in ATTACHMENTS {
+        let wake_ups = [("thread_waking", "sched", "sched_waking")];
+        let attachments = ATTACHMENTS
+            .iter()
+            .chain(wake_ups.iter().filter(|_| config.wake_ups));
+        for (program_name, category, name) in attachments {
             let program: &mut TracePoint = ebpf
                 .program_mut(program_name)
                 .ok_or(ProbeError::Missing(program_name))?

@@ -75,12 +75,20 @@ impl Session {
                  leaving is told from the gateway closing only by the reads that see it"
             ));
         }
+        // Wake-ups are hand-offs only between threads of one process: a gateway of
+        // single-threaded processes (nginx's workers) has none, and a Go program's are the
+        // runtime's own, read otherwise.
+        let processes = procfs::process_tree(config.pid);
+        let wake_ups = processes
+            .iter()
+            .any(|pid| procfs::threads(*pid).len() > 1 && !super::go::is_go_program(*pid));
         let mut probes = Probes::load(&ProbeConfig {
             capture_bytes: config.capture_bytes,
             response_capture_bytes: config.response_capture_bytes,
             ring_bytes: config.ring_bytes,
             tls_probes: !tls_scan.targets.is_empty(),
             offsets,
+            wake_ups,
         })?;
         // Root first: from here on the kernel adds every child forked; then the children that
         // exist already, then the sockets they already hold. A Go program's transport is

@@ -914,20 +914,32 @@ impl Pipeline {
                 } else {
                     Ending::Dropped
                 };
-                for id in connection.awaiting.iter().flatten().copied() {
-                    let held = self
-                        .tables
-                        .requests
-                        .get(&id)
-                        .and_then(|r| r.retryable_answer);
-                    match held {
-                        // The client left, or was dropped, after the backend answered.
-                        Some((attempt, status, held_at)) => {
-                            self.end(id, Ending::Backend { attempt, status }, held_at, out)
-                        }
-                        None => self.end(id, ending, at, out),
-                    }
+                self.end_unanswered(&connection, ending, at, out);
+            }
+        }
+    }
+
+    /// Ends the requests an inbound connection still had waiting with `ending`; one whose
+    /// backend answer was held ends with that answer (the client left, or the connection went,
+    /// after the backend answered).
+    fn end_unanswered(
+        &mut self,
+        connection: &Connection,
+        ending: Ending,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        for id in connection.awaiting.iter().flatten().copied() {
+            let held = self
+                .tables
+                .requests
+                .get(&id)
+                .and_then(|r| r.retryable_answer);
+            match held {
+                Some((attempt, status, held_at)) => {
+                    self.end(id, Ending::Backend { attempt, status }, held_at, out)
                 }
+                None => self.end(id, ending, at, out),
             }
         }
     }
@@ -950,19 +962,7 @@ impl Pipeline {
             match connection.direction {
                 Direction::Outbound => self.outbound_closed(key, &connection, None),
                 Direction::Inbound => {
-                    for id in connection.awaiting.iter().flatten().copied() {
-                        let held = self
-                            .tables
-                            .requests
-                            .get(&id)
-                            .and_then(|r| r.retryable_answer);
-                        match held {
-                            Some((attempt, status, held_at)) => {
-                                self.end(id, Ending::Backend { attempt, status }, held_at, out)
-                            }
-                            None => self.end(id, Ending::GatewayExited, at, out),
-                        }
-                    }
+                    self.end_unanswered(&connection, Ending::GatewayExited, at, out);
                 }
             }
         }
