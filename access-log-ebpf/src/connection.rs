@@ -77,23 +77,32 @@ fn read_address(pointer: u64) -> SocketAddress {
     if pointer == 0 {
         return address;
     }
-    // sockaddr_in6 is 28 bytes: family, port, flowinfo, addr[16], scope.
+    // Exactly the address's size, by its family: a 16-byte sockaddr_in may end a page (Go's
+    // do), and reading a sockaddr_in6's 28 bytes there fails.
     // SAFETY: the helper fails cleanly on a bad pointer.
-    let Ok(raw) = (unsafe { bpf_probe_read_user(pointer as *const [u8; 28]) }) else {
+    let Ok(family) = (unsafe { bpf_probe_read_user(pointer as *const u16) }) else {
         return address;
     };
-    let family = u16::from_ne_bytes([raw[0], raw[1]]);
-    address.port = u16::from_be_bytes([raw[2], raw[3]]);
     match family {
         AF_INET => {
-            address.family = family;
-            address.addr[..4].copy_from_slice(&raw[4..8]);
+            // family, port, addr[4]
+            // SAFETY: as above.
+            if let Ok(raw) = unsafe { bpf_probe_read_user(pointer as *const [u8; 8]) } {
+                address.family = family;
+                address.port = u16::from_be_bytes([raw[2], raw[3]]);
+                address.addr[..4].copy_from_slice(&raw[4..8]);
+            }
         }
         AF_INET6 => {
-            address.family = family;
-            address.addr.copy_from_slice(&raw[8..24]);
+            // family, port, flowinfo, addr[16]
+            // SAFETY: as above.
+            if let Ok(raw) = unsafe { bpf_probe_read_user(pointer as *const [u8; 24]) } {
+                address.family = family;
+                address.port = u16::from_be_bytes([raw[2], raw[3]]);
+                address.addr.copy_from_slice(&raw[8..24]);
+            }
         }
-        _ => address.port = 0,
+        _ => {}
     }
     address
 }
@@ -285,9 +294,14 @@ fn try_connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
         submit_unix(head, call.pointer);
         return Ok(());
     }
+    let mut remote = read_address(call.pointer);
+    if remote.family == 0 {
+        // The address could not be read: the socket knows where it connects.
+        remote = crate::socket::peer(call.fd);
+    }
     submit(ConnectionRecord {
         header: head,
-        remote: read_address(call.pointer),
+        remote,
     });
     Ok(())
 }

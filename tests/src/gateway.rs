@@ -214,7 +214,11 @@ impl Gateway {
             .map_err(|e| format!("starting caddy: {e}"))?;
         write(&gateway.pid_file(), &child.id().to_string())?;
         gateway.child = Some(child);
-        wait_for_port(port, Duration::from_secs(20))?;
+        if let Err(e) = wait_for_port(port, Duration::from_secs(20)) {
+            let log = fs::read_to_string(gateway.dir.join("logs/caddy.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            return Err(format!("caddy did not start: {e}; its log ends: {tail:?}"));
+        }
         Ok(gateway)
     }
 
