@@ -24,6 +24,8 @@ struct Script {
     outcomes: Vec<Outcome>,
     events: Vec<Event>,
     lost_before: u64,
+    /// The thread the next records come from.
+    thread: u32,
 }
 
 impl Script {
@@ -42,6 +44,7 @@ impl Script {
             outcomes: Vec::new(),
             events: Vec::new(),
             lost_before: 0,
+            thread: WORKER,
         }
     }
 
@@ -51,7 +54,7 @@ impl Script {
             timestamp_ns: self.now,
             kind: record_kind,
             tgid: WORKER,
-            tid: WORKER,
+            tid: self.thread,
             fd,
             call: data_call,
             lost_before: self.lost_before,
@@ -116,6 +119,12 @@ impl Script {
             more: false,
             captured: &[],
         });
+    }
+
+    /// The current thread wakes thread `woken` (sched_waking).
+    fn wake(&mut self, woken: u32) {
+        let header = self.header(kind::WAKE, -1, 0);
+        self.feed(Record::Wake { header, woken });
     }
 
     fn close(&mut self, fd: i32) {
@@ -316,6 +325,172 @@ fn a_backend_call_made_by_the_thread_another_woke_serves_the_waker_request() {
     assert_eq!(done.len(), 1, "{:#?}", s.events);
     assert_eq!(done[0].text("ResponseTo"), incoming[0].text("MessageID"));
     assert_eq!(done[0].text("PairingConfidence"), None);
+}
+
+/// Varnish, with no wake-up to hand the fetches over: two client threads (101, 102) read
+/// identical requests, and two fetch threads (300, 301) call the backend with nothing to say
+/// for whom, so order pairs them (low confidence), the wrong way round here.
+fn fetches_with_no_hand_over() -> Script {
+    let mut s = Script::new(CATALOG);
+    // Wake-ups of this process are followed.
+    s.thread = 500;
+    s.wake(501);
+    for (thread, fd) in [(101, 5), (102, 6)] {
+        s.thread = thread;
+        s.accept(fd);
+        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
+    }
+    for (thread, fd) in [(300, 20), (301, 21)] {
+        s.thread = thread;
+        s.connect(fd, -115);
+        s.data(fd, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    }
+    s
+}
+
+/// The status each request's REQUEST_COMPLETE reports, and whether any was low confidence.
+fn statuses(s: &Script) -> (Vec<u64>, bool) {
+    let incoming = s.of(EventKind::IncomingRequest);
+    let done = s.of(EventKind::RequestComplete);
+    let status = |request: &&Event| {
+        let ending = done
+            .iter()
+            .find(|d| d.text("ResponseTo") == request.text("MessageID"))
+            .expect("each request completes");
+        match ending.get("StatusCode") {
+            Some(Value::Integer(status)) => *status,
+            other => panic!("no status: {other:?}"),
+        }
+    };
+    let low = done
+        .iter()
+        .any(|d| d.text("PairingConfidence") == Some("low"));
+    (incoming.iter().map(status).collect(), low)
+}
+
+#[test]
+fn a_worker_woken_by_two_client_threads_serves_the_later_ones_request() {
+    // Varnish: client thread 101 releases the pool's lock and wakes worker 300 waiting for
+    // it, then hands its fetch to another worker; client thread 102 hands its fetch to 300.
+    let mut s = Script::new(CATALOG);
+    for (thread, fd) in [(101, 5), (102, 6)] {
+        s.thread = thread;
+        s.accept(fd);
+        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
+    }
+    s.thread = 101;
+    s.wake(300);
+    s.thread = 102;
+    s.wake(300);
+    s.thread = 300;
+    s.connect(20, -115);
+    s.data(20, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.answer(20, call::READ, "202 Accepted");
+    s.thread = 101;
+    s.wake(301);
+    s.thread = 301;
+    s.connect(21, -115);
+    s.data(21, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.answer(21, call::READ, "201 Created");
+    s.thread = 101;
+    s.answer(5, call::WRITEV, "201 Created");
+    s.thread = 102;
+    s.answer(6, call::WRITEV, "202 Accepted");
+    assert_eq!(statuses(&s), (vec![201, 202], false), "{:#?}", s.events);
+}
+
+#[test]
+fn a_client_threads_last_wake_up_is_its_hand_over() {
+    // Varnish: client thread 101 hands its fetch to worker 300; 102 releases a lock 300
+    // waits for, then hands its own fetch to 301; 300 calls the backend first.
+    let mut s = Script::new(CATALOG);
+    for (thread, fd) in [(101, 5), (102, 6)] {
+        s.thread = thread;
+        s.accept(fd);
+        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
+    }
+    s.thread = 101;
+    s.wake(300);
+    s.thread = 102;
+    s.wake(300);
+    s.wake(301);
+    s.thread = 300;
+    s.connect(20, -115);
+    s.data(20, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.answer(20, call::READ, "201 Created");
+    s.thread = 301;
+    s.connect(21, -115);
+    s.data(21, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.answer(21, call::READ, "202 Accepted");
+    s.thread = 101;
+    s.answer(5, call::WRITEV, "201 Created");
+    s.thread = 102;
+    s.answer(6, call::WRITEV, "202 Accepted");
+    assert_eq!(statuses(&s), (vec![201, 202], false), "{:#?}", s.events);
+}
+
+#[test]
+fn a_worker_that_woke_a_client_thread_serves_its_request_with_low_confidence() {
+    // Varnish: worker 300 releases the pool's lock, waking client thread 101, which gives
+    // 300 its task with no wake-up; 102's request is older. No wake-up comes with the
+    // answers to confirm either pairing.
+    let mut s = Script::new(CATALOG);
+    for (thread, fd) in [(102, 6), (101, 5)] {
+        s.thread = thread;
+        s.accept(fd);
+        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
+    }
+    s.thread = 300;
+    s.wake(101);
+    s.connect(20, -115);
+    s.data(20, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.answer(20, call::READ, "201 Created");
+    s.thread = 301;
+    s.connect(21, -115);
+    s.data(21, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.answer(21, call::READ, "202 Accepted");
+    s.thread = 101;
+    s.answer(5, call::WRITEV, "201 Created");
+    s.thread = 102;
+    s.answer(6, call::WRITEV, "202 Accepted");
+    assert_eq!(statuses(&s), (vec![202, 201], true), "{:#?}", s.events);
+}
+
+#[test]
+fn the_thread_a_fetch_thread_wakes_with_the_answer_owns_it() {
+    // The fetch thread that reads an answer wakes the client thread waiting for it, as its
+    // very next act: that wake-up trades the two low-confidence pairings.
+    let mut s = fetches_with_no_hand_over();
+    s.thread = 301;
+    s.answer(21, call::READ, "202 Accepted");
+    s.wake(101);
+    s.thread = 300;
+    s.answer(20, call::READ, "201 Created");
+    s.wake(102);
+    s.thread = 101;
+    s.answer(5, call::WRITEV, "202 Accepted");
+    s.thread = 102;
+    s.answer(6, call::WRITEV, "201 Created");
+    assert_eq!(statuses(&s), (vec![202, 201], false), "{:#?}", s.events);
+}
+
+#[test]
+fn an_answer_whose_thread_does_something_else_first_keeps_its_pairing() {
+    // The fetch thread closes its connection before it wakes anyone: the wake-up says
+    // nothing, and the pairings by order stand (low confidence), ended when the gateway
+    // passes them on.
+    let mut s = fetches_with_no_hand_over();
+    s.thread = 301;
+    s.answer(21, call::READ, "202 Accepted");
+    s.close(21);
+    s.wake(101);
+    s.thread = 300;
+    s.answer(20, call::READ, "201 Created");
+    s.thread = 101;
+    s.answer(5, call::WRITEV, "202 Accepted");
+    s.thread = 102;
+    s.answer(6, call::WRITEV, "201 Created");
+    assert_eq!(statuses(&s), (vec![201, 202], true), "{:#?}", s.events);
 }
 
 #[test]

@@ -28,8 +28,28 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A loopback port free right now.
+/// A loopback port free right now, below the kernel's range of ephemeral ports: a port the
+/// kernel handed out (`bind` to port 0) is handed out again to the next outgoing connection,
+/// which then holds it when a gateway starts listening there ("address already in use").
 pub fn free_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // Ports from 10000 up to the ephemeral range, starting at a place of this process's own
+    // so that test binaries running side by side rarely try the same ones.
+    let (low, high) = (10_000, ephemeral_low.max(10_001));
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..1000 {
+        let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = low + start.wrapping_add(step.wrapping_mul(97)) % (high - low);
+        if let Ok(port) = u16::try_from(port) {
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -14,18 +14,26 @@
 //!    whose body is complete before those still reading one;
 //! 5. the requests handed to this thread when another woke it (`sched_waking`: a client thread
 //!    waking a fetch thread): the waker's first request by rule 4 at the moment of the
-//!    wake-up, reserved for this thread;
-//! 6. the oldest request of the process waiting for a backend and not handed to another
+//!    wake-up, reserved for this thread until its waker wakes another; of several, the last
+//!    (a thread takes one task at a time: the wake-ups before the hand-over were a lock's);
+//! 6. the request of a thread this thread woke (a worker releasing the pool's lock wakes the
+//!    client thread waiting for it, which then gives it its task with no wake-up): marked low
+//!    confidence;
+//! 7. the oldest request of the process waiting for a backend and not handed to another
 //!    thread, counting those still waiting for a connection they asked for: a connection pool
 //!    gives a freed or new connection to its oldest waiter (Go's transport), a task queue
 //!    gives a task to whichever thread is free (Varnish); order alone, so marked low
 //!    confidence;
-//! 7. content (method, query, path tail): marked low confidence.
+//! 8. content (method, query, path tail): marked low confidence.
+//!
+//! A low-confidence pairing is checked again when its answer comes, where the process's
+//! wake-ups are followed: the thread that read the answer wakes the request's own thread next
+//! (see `Pipeline::answer_woke`).
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::{outcome::Confidence, InboundRequest, Tables};
+use super::{outcome::Confidence, Hold, InboundRequest, Tables};
 use access_log_common::go_call;
 
 use crate::{
@@ -39,9 +47,24 @@ use crate::{
 struct Thread {
     /// The inbound request whose backend attempt this thread just saw fail.
     retry_for: Option<u64>,
-    /// The requests handed over with wake-ups, oldest first: a thread woken twice before it
-    /// got to work serves what it was handed in order.
+    /// The requests handed over with wake-ups, oldest first. A thread woken by several before
+    /// it got to work serves the newest still waiting and not handed to another since: a
+    /// worker is handed one task at a time, and a client thread hands its task over with its
+    /// last wake-up (one before, to a worker waiting for the pool's lock it released, was
+    /// the lock's).
     handed: std::collections::VecDeque<u64>,
+    /// The waiting requests of the threads this thread woke, oldest first.
+    woke_for: std::collections::VecDeque<u64>,
+}
+
+/// Adds `number` to a short list of facts, newest last (a thread's recent wake-ups).
+fn remember(list: &mut std::collections::VecDeque<u64>, number: u64) {
+    if !list.contains(&number) {
+        if list.len() == 4 {
+            list.pop_front();
+        }
+        list.push_back(number);
+    }
 }
 
 /// The facts pairing rests on, beyond what the connections and requests hold.
@@ -55,6 +78,10 @@ pub(super) struct Linker {
     handed_to: HashMap<u64, u32>,
     /// Go programs: the goroutine facts that replace thread facts there.
     go: GoFacts,
+    /// Processes whose wake-ups are followed (a wake-up record was seen).
+    waking: rustc_hash::FxHashSet<u32>,
+    /// Answers held for confirmation, by the thread that read them: (request, when).
+    answered: HashMap<ThreadKey, (u64, u64)>,
 }
 
 /// What a Go program's transport showed: the request each goroutine read last, the request
@@ -81,8 +108,26 @@ pub(super) fn hang_up_outcome(moved: i64) -> AttemptOutcome {
 /// Whether a request can be the one a new backend call serves: no attempt under way and no
 /// answer held (a held answer's retry is found by rule 2).
 fn candidate(request: &InboundRequest) -> bool {
-    request.retryable_answer.is_none() && request.awaiting_backend()
+    request.held_answer.is_none() && request.awaiting_backend()
 }
+
+/// Whether a request may own an answer its thread was woken for: nothing paired to it by
+/// more than order (no attempt under way but ones paired with low confidence, no answer held
+/// but one held for confirmation).
+fn may_own_answer(request: &InboundRequest) -> bool {
+    match request.held_answer {
+        Some(held) => held.hold == Hold::Unconfirmed,
+        None => request
+            .attempts
+            .iter()
+            .filter(|a| a.attempt.outcome.in_progress())
+            .all(|a| a.attempt.confidence == Confidence::Low),
+    }
+}
+
+/// How soon after reading an answer held for confirmation its thread's wake-up counts (the
+/// next act of that thread in any case).
+const ANSWER_WAKE_NS: u64 = 5_000_000;
 
 impl Linker {
     /// A thread read from an inbound connection: a retry it was about to make is off.
@@ -92,18 +137,54 @@ impl Linker {
         }
     }
 
+    /// Whether the process's wake-ups are followed.
+    pub fn wakes_followed(&self, tgid: u32) -> bool {
+        self.waking.contains(&tgid)
+    }
+
+    /// `thread` read an answer for `number` that waits for its next wake-up to confirm it.
+    pub fn answer_held(&mut self, thread: ThreadKey, number: u64, at: u64) {
+        self.answered.insert(thread, (number, at));
+    }
+
+    /// `thread` did something other than wake a thread: an answer it held waits no more.
+    pub fn thread_acted(&mut self, thread: ThreadKey) {
+        if !self.answered.is_empty() {
+            self.answered.remove(&thread);
+        }
+    }
+
+    /// The request whose held answer `waker` read just before this wake-up, if any.
+    pub fn take_answered(&mut self, waker: ThreadKey, at: u64) -> Option<u64> {
+        let (number, answered_at) = self.answered.remove(&waker)?;
+        (at.saturating_sub(answered_at) <= ANSWER_WAKE_NS).then_some(number)
+    }
+
+    /// The request of thread `woken` that an answer held for `answered` may belong to: the
+    /// oldest one it read that [`may_own_answer`].
+    pub fn answer_owner(&self, tables: &Tables, woken: ThreadKey, answered: u64) -> Option<u64> {
+        tables
+            .requests
+            .iter()
+            .filter(|(number, r)| **number != answered && r.reader == woken && may_own_answer(r))
+            .map(|(number, _)| *number)
+            .min()
+    }
+
     /// A thread woke another: its first waiting request (if any) is handed over.
     pub fn woke(&mut self, waker: ThreadKey, woken: u32, tables: &Tables) {
+        self.waking.insert(waker.0);
+        if let Some(waiting) = self.first_of(tables, (waker.0, woken)) {
+            remember(
+                &mut self.threads.entry(waker).or_default().woke_for,
+                waiting,
+            );
+        }
         let Some(handed) = self.first_of(tables, waker) else {
             return;
         };
         let state = self.threads.entry((waker.0, woken)).or_default();
-        if !state.handed.contains(&handed) {
-            if state.handed.len() == 4 {
-                state.handed.pop_front();
-            }
-            state.handed.push_back(handed);
-        }
+        remember(&mut state.handed, handed);
         // Handed new work, the thread is not about to retry an old attempt.
         state.retry_for = None;
         self.handed_to.insert(handed, woken);
@@ -180,12 +261,15 @@ impl Linker {
         self.go.read_by.retain(|(owner, _), _| *owner != tgid);
         self.go.handed.retain(|(owner, _), _| *owner != tgid);
         self.go.writer_of.retain(|(owner, _), _| *owner != tgid);
+        self.waking.remove(&tgid);
+        self.answered.retain(|(owner, _), _| *owner != tgid);
     }
 
     /// After a gap in the records, what threads did last is unknown.
     pub fn forget_threads(&mut self) {
         self.threads.clear();
         self.handed_to.clear();
+        self.answered.clear();
     }
 
     /// Whether `number` was handed to a thread other than `thread`.
@@ -231,7 +315,7 @@ impl Linker {
             .filter(|(number, r)| {
                 r.connection.0 == thread.0
                     && !self.reserved_elsewhere(**number, thread)
-                    && r.retryable_answer.is_none()
+                    && r.held_answer.is_none()
                     && r.attempts.iter().all(|a| {
                         a.attempt.outcome == AttemptOutcome::Connecting && a.connection != key
                             || !a.attempt.outcome.in_progress()
@@ -254,15 +338,23 @@ impl Linker {
         if let Some(id) = self.first_of(tables, thread) {
             return Some(id);
         }
-        if let Some(id) = state.and_then(|s| {
-            s.handed
-                .iter()
-                .copied()
-                .find(|id| tables.requests.get(id).is_some_and(candidate))
-        }) {
-            return Some(id);
-        }
-        None
+        state?.handed.iter().rev().copied().find(|id| {
+            tables.requests.get(id).is_some_and(candidate) && !self.reserved_elsewhere(*id, thread)
+        })
+    }
+
+    /// Rule 6: the newest waiting request of a thread `thread` woke, not handed to another.
+    fn by_wake_given(&self, thread: ThreadKey, tables: &Tables) -> Option<u64> {
+        self.threads
+            .get(&thread)?
+            .woke_for
+            .iter()
+            .rev()
+            .copied()
+            .find(|id| {
+                tables.requests.get(id).is_some_and(candidate)
+                    && !self.reserved_elsewhere(*id, thread)
+            })
     }
 
     /// The request a thread's new connect() is for. None in a Go program: its dial goroutine
@@ -274,7 +366,8 @@ impl Linker {
         if let Some(id) = self.by_thread(thread, tables) {
             return Some((id, Confidence::Kernel));
         }
-        self.first_waiting(tables, thread)
+        self.by_wake_given(thread, tables)
+            .or_else(|| self.first_waiting(tables, thread))
             .map(|id| (id, Confidence::Low))
     }
 
@@ -310,7 +403,7 @@ impl Linker {
                         tables
                             .requests
                             .get(n)
-                            .is_some_and(|r| r.retryable_answer.is_none() || connecting_here(r))
+                            .is_some_and(|r| r.held_answer.is_none() || connecting_here(r))
                     })
                     .collect()
             })
@@ -328,7 +421,8 @@ impl Linker {
                     .map(|id| (id, Confidence::Kernel))
             })
             .or_else(|| {
-                self.oldest_in(tables, thread, key)
+                self.by_wake_given(thread, tables)
+                    .or_else(|| self.oldest_in(tables, thread, key))
                     .map(|id| (id, Confidence::Low))
             });
         // Several waiting requests share the id: the kernel facts choose among them.

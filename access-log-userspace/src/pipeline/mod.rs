@@ -74,10 +74,10 @@ struct InboundRequest {
     /// backend now.
     ready: bool,
     attempts: Vec<TrackedAttempt>,
-    /// A backend's answer the gateway may still retry (a 5xx or 429, as nginx's
-    /// proxy_next_upstream http_5xx does): (attempt index, status, when). It ends the request
-    /// when the gateway passes it on, and becomes a failed attempt when another one starts.
-    retryable_answer: Option<(usize, u16, u64)>,
+    /// A backend's answer held instead of ending the request at once ([`Hold`]). It ends the
+    /// request when the gateway passes it on, and becomes a failed attempt when another one
+    /// starts.
+    held_answer: Option<HeldAnswer>,
     /// Linked right after a gap in the records, when the call may have been a request's
     /// whose head was lost: it ends in the loss record, not in a pairing that may be wrong.
     tainted: bool,
@@ -93,9 +93,9 @@ impl InboundRequest {
             .any(|a| a.attempt.outcome.in_progress())
     }
 
-    /// A new attempt starts: an answer held back as retryable was a failed attempt.
+    /// A new attempt starts: an answer held back was a failed attempt.
     fn start_attempt(&mut self, connection: ConnectionKey, attempt: Attempt) {
-        self.retryable_answer = None;
+        self.held_answer = None;
         self.attempts.push(TrackedAttempt {
             connection,
             attempt,
@@ -105,6 +105,28 @@ impl InboundRequest {
     fn attempts(&self) -> Vec<Attempt> {
         self.attempts.iter().map(|a| a.attempt.clone()).collect()
     }
+}
+
+/// A backend's answer to one of a request's attempts, held back.
+#[derive(Clone, Copy, Debug)]
+struct HeldAnswer {
+    attempt: usize,
+    status: u16,
+    /// When it was read.
+    at: u64,
+    hold: Hold,
+}
+
+/// Why an answer is held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// A 5xx or 429 the gateway may still retry (as nginx's proxy_next_upstream http_5xx
+    /// does); the thread that read it is the one that would.
+    Retryable,
+    /// Its attempt was paired with low confidence, in a process whose wake-ups are followed:
+    /// the thread that read it wakes the request's own thread next (Varnish's fetch thread
+    /// wakes the client thread waiting for the answer), which confirms or corrects the pairing.
+    Unconfirmed,
 }
 
 /// How long after a gap a link that is not exact is not trusted: the gateway's calls for
@@ -238,6 +260,14 @@ impl Pipeline {
             self.lost_seen = header.lost_before;
             self.gap(lost, at, out);
         }
+        // A thread that read an answer held for confirmation wakes the request's thread as
+        // its very next act: anything else it does first (a new call) voids that.
+        if !matches!(
+            record,
+            Record::Wake { .. } | Record::Data { offset: 1.., .. }
+        ) {
+            self.linker.thread_acted(thread);
+        }
         match record {
             Record::Accept { remote, .. } => {
                 self.replace(key, at, out);
@@ -265,7 +295,12 @@ impl Pipeline {
                 }
             }
             Record::Exit { .. } => self.exit(header.tgid, at, out),
-            Record::Wake { woken, .. } => self.linker.woke(thread, *woken, &self.tables),
+            Record::Wake { woken, .. } => {
+                if let Some(answered) = self.linker.take_answered(thread, at) {
+                    self.answer_woke(answered, (header.tgid, *woken), out);
+                }
+                self.linker.woke(thread, *woken, &self.tables)
+            }
             Record::GoCall { connection, .. } => {
                 self.linker
                     .go_call(header.tgid, header.call, header.goroutine, *connection)
@@ -320,12 +355,123 @@ impl Pipeline {
             request.request.head.id.as_ref(),
         );
         let attempts = request.attempts();
+        if std::env::var_os("AL_DEBUG").is_some() {
+            eprintln!(
+                "END {number} {} {} {:?} {:?}",
+                request.connection.1,
+                request.request.received_ns,
+                ending,
+                attempts
+                    .iter()
+                    .map(|a| (a.outcome, a.confidence))
+                    .collect::<Vec<_>>()
+            );
+        }
         out.push(Outcome::Ended(Box::new(Ended {
             request: request.request,
             attempts,
             ending,
             at,
         })));
+    }
+
+    /// Ends `number` with the backend's answer it held.
+    fn end_held(&mut self, number: u64, held: HeldAnswer, out: &mut Vec<Outcome>) {
+        let ending = Ending::Backend {
+            attempt: held.attempt,
+            status: held.status,
+        };
+        self.end(number, ending, held.at, out);
+    }
+
+    /// The thread that read an answer held as [`Hold::Unconfirmed`] (for request `answered`)
+    /// woke `woken` right after. The request's own thread: the pairing holds, and the request
+    /// ends. Another thread with a request that may own the answer (its own attempt paired
+    /// with low confidence, or none yet): the two requests trade those attempts, and that one
+    /// ends. Otherwise the answer stays held until the gateway passes it on.
+    fn answer_woke(&mut self, answered: u64, woken: ThreadKey, out: &mut Vec<Outcome>) {
+        let Some(request) = self.tables.requests.get_mut(&answered) else {
+            return;
+        };
+        let Some(held) = request.held_answer.filter(|h| h.hold == Hold::Unconfirmed) else {
+            return;
+        };
+        if std::env::var_os("AL_DEBUG").is_some() {
+            eprintln!(
+                "WOKE {answered} reader {} woken {}",
+                request.reader.1, woken.1
+            );
+        }
+        if request.reader == woken {
+            request.attempts[held.attempt].attempt.confidence = Confidence::Kernel;
+            return self.end_held(answered, held, out);
+        }
+        let Some(owner) = self.linker.answer_owner(&self.tables, woken, answered) else {
+            return;
+        };
+        let request = self
+            .tables
+            .requests
+            .get_mut(&answered)
+            .expect("looked up above");
+        request.held_answer = None;
+        let mut moved = request.attempts.remove(held.attempt);
+        moved.attempt.confidence = Confidence::Kernel;
+        let owner_request = self
+            .tables
+            .requests
+            .get_mut(&owner)
+            .expect("answer_owner names a request of the table");
+        let owner_held = owner_request.held_answer.take();
+        let traded = owner_held
+            .map(|h| h.attempt)
+            .or_else(|| {
+                owner_request
+                    .attempts
+                    .iter()
+                    .rposition(|a| a.attempt.outcome.in_progress())
+            })
+            .map(|index| owner_request.attempts.remove(index));
+        owner_request.attempts.push(moved);
+        let ending = HeldAnswer {
+            attempt: owner_request.attempts.len() - 1,
+            ..held
+        };
+        if let Some(traded) = traded {
+            self.relink(&traded, owner, answered);
+            let request = self
+                .tables
+                .requests
+                .get_mut(&answered)
+                .expect("looked up above");
+            request.attempts.push(traded);
+            request.held_answer = owner_held.map(|h| HeldAnswer {
+                attempt: request.attempts.len() - 1,
+                ..h
+            });
+        }
+        self.end_held(owner, ending, out);
+    }
+
+    /// An attempt under way moves from request `from` to request `to`: its connection now
+    /// waits for `to`'s answer.
+    fn relink(&mut self, attempt: &TrackedAttempt, from: u64, to: u64) {
+        let Some(connection) = self.tables.connections.get_mut(&attempt.connection) else {
+            return;
+        };
+        match attempt.attempt.outcome {
+            AttemptOutcome::Sent => {
+                if let Some(waiting) = connection.awaiting.iter_mut().find(|w| **w == Some(from)) {
+                    *waiting = Some(to);
+                }
+            }
+            AttemptOutcome::Connecting => {
+                if let Some((bound, _)) = connection.bound.as_mut().filter(|(b, _)| *b == from) {
+                    *bound = to;
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Ends the requests in `numbers` that are not ended yet, in one loss record.
@@ -595,7 +741,7 @@ impl Pipeline {
                 reader: thread,
                 ready: false,
                 attempts: Vec::new(),
-                retryable_answer: None,
+                held_answer: None,
                 tainted: false,
             },
         );
@@ -630,6 +776,9 @@ impl Pipeline {
         let link =
             self.linker
                 .link_request(key, thread, self.goroutine, bound, &head, &self.tables);
+        if std::env::var_os("AL_DEBUG").is_some() {
+            eprintln!("LINK {} {at} {} {link:?} {bound:?}", key.1, thread.1);
+        }
         let connection = self
             .tables
             .connections
@@ -717,12 +866,26 @@ impl Pipeline {
         else {
             return;
         };
-        request.attempts[index].attempt.outcome = AttemptOutcome::Answered(response.status);
-        if retryable(response.status) {
-            // Wait: the gateway may try another backend; the thread that read this answer
-            // is the one that would.
-            request.retryable_answer = Some((index, response.status, at));
-            self.linker.retry(thread, id);
+        let attempt = &mut request.attempts[index].attempt;
+        attempt.outcome = AttemptOutcome::Answered(response.status);
+        let hold = if retryable(response.status) {
+            Some(Hold::Retryable)
+        } else if attempt.confidence == Confidence::Low && self.linker.wakes_followed(key.0) {
+            Some(Hold::Unconfirmed)
+        } else {
+            None
+        };
+        if let Some(hold) = hold {
+            request.held_answer = Some(HeldAnswer {
+                attempt: index,
+                status: response.status,
+                at,
+                hold,
+            });
+            match hold {
+                Hold::Retryable => self.linker.retry(thread, id),
+                Hold::Unconfirmed => self.linker.answer_held(thread, id, at),
+            }
             return;
         }
         self.end(
@@ -785,10 +948,10 @@ impl Pipeline {
             // Ended already: the backend's answer ended it.
             return;
         };
-        let ending = match request.retryable_answer {
+        let ending = match request.held_answer {
             // The gateway passed on the backend's answer it held.
-            Some((attempt, status, held_at)) => {
-                return self.end(id, Ending::Backend { attempt, status }, held_at, out);
+            Some(held) => {
+                return self.end_held(id, held, out);
             }
             None => Ending::Gateway {
                 status: response.status,
@@ -930,15 +1093,9 @@ impl Pipeline {
         out: &mut Vec<Outcome>,
     ) {
         for id in connection.awaiting.iter().flatten().copied() {
-            let held = self
-                .tables
-                .requests
-                .get(&id)
-                .and_then(|r| r.retryable_answer);
+            let held = self.tables.requests.get(&id).and_then(|r| r.held_answer);
             match held {
-                Some((attempt, status, held_at)) => {
-                    self.end(id, Ending::Backend { attempt, status }, held_at, out)
-                }
+                Some(held) => self.end_held(id, held, out),
                 None => self.end(id, ending, at, out),
             }
         }
