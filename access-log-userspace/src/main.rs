@@ -26,6 +26,10 @@ enum Command {
         /// Append events to this file instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Also write the raw kernel records to this capture file, as `record` does: `replay`
+        /// turns it into the same events later (replaced if it exists).
+        #[arg(long, value_name = "FILE")]
+        save_records: Option<PathBuf>,
     },
     /// Record the raw kernel records of a gateway to a capture file, for `replay`.
     ///
@@ -64,7 +68,8 @@ fn main() {
             target,
             events,
             output,
-        } => command::attach::run(&target, &events, output.as_ref()),
+            save_records,
+        } => command::attach::run(&target, &events, output.as_ref(), save_records.as_deref()),
         Command::Record {
             target,
             output,

@@ -430,6 +430,73 @@ fn a_client_threads_last_wake_up_is_its_hand_over() {
 }
 
 #[test]
+fn a_worker_that_wakes_back_the_client_thread_that_handed_it_a_request_serves_that_one() {
+    // Varnish: client thread 101 hands its fetch to worker 300; 102's lock wakes 300 after;
+    // 300 tells 101 it took the request (a wake-up back), then calls the backend. 102 hands
+    // its own fetch to 301 only later.
+    let mut s = Script::new(CATALOG);
+    for (thread, fd) in [(101, 5), (102, 6)] {
+        s.thread = thread;
+        s.accept(fd);
+        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
+    }
+    s.thread = 101;
+    s.wake(300);
+    s.thread = 102;
+    s.wake(300);
+    s.thread = 300;
+    s.wake(101);
+    s.connect(20, -115);
+    s.data(20, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.answer(20, call::READ, "201 Created");
+    s.thread = 102;
+    s.wake(301);
+    s.thread = 301;
+    s.connect(21, -115);
+    s.data(21, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.answer(21, call::READ, "202 Accepted");
+    s.thread = 101;
+    s.answer(5, call::WRITEV, "201 Created");
+    s.thread = 102;
+    s.answer(6, call::WRITEV, "202 Accepted");
+    assert_eq!(statuses(&s), (vec![201, 202], false), "{:#?}", s.events);
+}
+
+#[test]
+fn a_hand_over_after_a_worker_woke_back_its_last_client_thread_is_the_one_it_serves() {
+    // Varnish: worker 300 ends 101's fetch with no backend call (a backend marked down) and
+    // wakes 101; then 102 hands it a fetch, which 300 makes.
+    let mut s = Script::new(CATALOG);
+    for (thread, fd) in [(101, 5), (102, 6)] {
+        s.thread = thread;
+        s.accept(fd);
+        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
+    }
+    s.thread = 101;
+    s.wake(300);
+    s.thread = 300;
+    s.wake(101);
+    s.thread = 102;
+    s.wake(300);
+    s.thread = 300;
+    s.connect(20, -115);
+    s.data(20, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.answer(20, call::READ, "201 Created");
+    s.thread = 101;
+    s.answer(5, call::WRITEV, "503 Service Unavailable");
+    s.thread = 102;
+    s.answer(6, call::WRITEV, "201 Created");
+    let incoming = s.of(EventKind::IncomingRequest);
+    let done = s.of(EventKind::RequestComplete);
+    let errors = s.of(EventKind::Error);
+    assert_eq!((done.len(), errors.len()), (1, 1), "{:#?}", s.events);
+    assert_eq!(done[0].text("ResponseTo"), incoming[1].text("MessageID"));
+    assert_eq!(done[0].get("StatusCode"), Some(&Value::Integer(201)));
+    assert_eq!(done[0].text("PairingConfidence"), None);
+    assert_eq!(errors[0].text("ResponseTo"), incoming[0].text("MessageID"));
+}
+
+#[test]
 fn a_worker_that_woke_a_client_thread_serves_its_request_with_low_confidence() {
     // Varnish: worker 300 releases the pool's lock, waking client thread 101, which gives
     // 300 its task with no wake-up; 102's request is older. No wake-up comes with the

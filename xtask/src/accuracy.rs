@@ -22,7 +22,8 @@ pub fn run(requests: usize, connections: usize, gateways: &[Kind]) -> anyhow::Re
                 requests,
                 connections,
                 id_header,
-                seed: 0x5eed,
+                random_key: 0x5a17,
+                save_records: None,
             };
             eprintln!(
                 "accuracy: {}: {requests} requests over {connections} connections",

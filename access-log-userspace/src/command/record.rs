@@ -10,30 +10,20 @@ use anyhow::Context as _;
 use super::{live::Live, TargetArgs};
 use crate::{
     event::redact::Redactor,
-    kernel::{capture_file::Writer, ConnectionKey, Direction, Endpoint, RecordConsumer},
+    kernel::{capture_file::Writer, Clock, ConnectionKey, Direction, Endpoint, RecordConsumer},
 };
 
 pub fn run(target: &TargetArgs, output: &Path, redactor: Redactor) -> anyhow::Result<()> {
-    let file = File::create(output)
-        .with_context(|| format!("cannot create capture file {}", output.display()))?;
+    let file = create(output)?;
     let mut live = Live::start(target)?;
-    let writer = Writer::new(BufWriter::new(file), live.session.clock)
+    let mut consumer = CaptureConsumer::new(file, live.session.clock, redactor)
         .with_context(|| format!("writing {}", output.display()))?;
-    let mut consumer = CaptureConsumer {
-        writer,
-        redactor,
-        masked: Vec::new(),
-        records: 0,
-        failed: None,
-    };
     let outcome = live.run(&mut consumer);
-    consumer.writer.flush()?;
-    if let Some(error) = consumer.failed {
-        return Err(error).with_context(|| format!("writing {}", output.display()));
-    }
+    let records = consumer
+        .finish()
+        .with_context(|| format!("writing {}", output.display()))?;
     eprintln!(
-        "summary: {} records written to {}; kernel: {}",
-        consumer.records,
+        "summary: {records} records written to {}; kernel: {}",
         output.display(),
         live.session.drops_summary()
     );
@@ -42,8 +32,15 @@ pub fn run(target: &TargetArgs, output: &Path, redactor: Redactor) -> anyhow::Re
     Ok(())
 }
 
+/// Creates (or replaces) a capture file, before anything is attached.
+pub(super) fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {
+    File::create(path)
+        .map(BufWriter::new)
+        .with_context(|| format!("cannot create capture file {}", path.display()))
+}
+
 /// Writes what it receives to the capture file; the first write error stops the writing.
-struct CaptureConsumer<W: Write> {
+pub(super) struct CaptureConsumer<W: Write> {
     writer: Writer<W>,
     /// Masks credential parameters in the captured bytes before they are written.
     redactor: Redactor,
@@ -53,6 +50,25 @@ struct CaptureConsumer<W: Write> {
 }
 
 impl<W: Write> CaptureConsumer<W> {
+    pub(super) fn new(out: W, clock: Clock, redactor: Redactor) -> std::io::Result<Self> {
+        Ok(CaptureConsumer {
+            writer: Writer::new(out, clock)?,
+            redactor,
+            masked: Vec::new(),
+            records: 0,
+            failed: None,
+        })
+    }
+
+    /// Flushes the file; the number of records written, or the first write error.
+    pub(super) fn finish(mut self) -> std::io::Result<u64> {
+        if let Some(error) = self.failed.take() {
+            return Err(error);
+        }
+        self.writer.flush()?;
+        Ok(self.records)
+    }
+
     fn keep(&mut self, result: std::io::Result<()>) {
         if let Err(error) = result {
             self.failed.get_or_insert(error);

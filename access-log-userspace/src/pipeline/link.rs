@@ -14,8 +14,10 @@
 //!    whose body is complete before those still reading one;
 //! 5. the requests handed to this thread when another woke it (`sched_waking`: a client thread
 //!    waking a fetch thread): the waker's first request by rule 4 at the moment of the
-//!    wake-up, reserved for this thread until its waker wakes another; of several, the last
-//!    (a thread takes one task at a time: the wake-ups before the hand-over were a lock's);
+//!    wake-up, reserved for this thread until its waker wakes another; of several, the one
+//!    named last: handed over last, or whose waker this thread woke in turn (Varnish's worker
+//!    tells the client thread it took the request); a thread takes one task at a time, and
+//!    other wake-ups were a lock's;
 //! 6. the request of a thread this thread woke (a worker releasing the pool's lock wakes the
 //!    client thread waiting for it, which then gives it its task with no wake-up): marked low
 //!    confidence;
@@ -47,24 +49,25 @@ use crate::{
 struct Thread {
     /// The inbound request whose backend attempt this thread just saw fail.
     retry_for: Option<u64>,
-    /// The requests handed over with wake-ups, oldest first. A thread woken by several before
-    /// it got to work serves the newest still waiting and not handed to another since: a
-    /// worker is handed one task at a time, and a client thread hands its task over with its
-    /// last wake-up (one before, to a worker waiting for the pool's lock it released, was
-    /// the lock's).
+    /// The requests handed over with wake-ups, named last first: handed over, or named again
+    /// when this thread woke the thread that handed it over. A thread woken by several before
+    /// it got to work serves the one named last still waiting and not handed to another
+    /// since: a worker is handed one task at a time, and a client thread hands its task over
+    /// with its last wake-up (one before, to a worker waiting for the pool's lock it
+    /// released, was the lock's).
     handed: std::collections::VecDeque<u64>,
     /// The waiting requests of the threads this thread woke, oldest first.
     woke_for: std::collections::VecDeque<u64>,
 }
 
-/// Adds `number` to a short list of facts, newest last (a thread's recent wake-ups).
+/// Puts `number` last in a short list of facts, newest last (a thread's recent wake-ups).
 fn remember(list: &mut std::collections::VecDeque<u64>, number: u64) {
-    if !list.contains(&number) {
-        if list.len() == 4 {
-            list.pop_front();
-        }
-        list.push_back(number);
+    if let Some(place) = list.iter().position(|n| *n == number) {
+        list.remove(place);
+    } else if list.len() == 4 {
+        list.pop_front();
     }
+    list.push_back(number);
 }
 
 /// The facts pairing rests on, beyond what the connections and requests hold.
@@ -175,10 +178,13 @@ impl Linker {
     pub fn woke(&mut self, waker: ThreadKey, woken: u32, tables: &Tables) {
         self.waking.insert(waker.0);
         if let Some(waiting) = self.first_of(tables, (waker.0, woken)) {
-            remember(
-                &mut self.threads.entry(waker).or_default().woke_for,
-                waiting,
-            );
+            let state = self.threads.entry(waker).or_default();
+            remember(&mut state.woke_for, waiting);
+            // Waking the thread that handed it a request names that request again (Varnish's
+            // worker tells the client thread it took it): the newest fact of what it serves.
+            if state.handed.contains(&waiting) {
+                remember(&mut state.handed, waiting);
+            }
         }
         let Some(handed) = self.first_of(tables, waker) else {
             return;

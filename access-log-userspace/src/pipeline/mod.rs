@@ -355,18 +355,6 @@ impl Pipeline {
             request.request.head.id.as_ref(),
         );
         let attempts = request.attempts();
-        if std::env::var_os("AL_DEBUG").is_some() {
-            eprintln!(
-                "END {number} {} {} {:?} {:?}",
-                request.connection.1,
-                request.request.received_ns,
-                ending,
-                attempts
-                    .iter()
-                    .map(|a| (a.outcome, a.confidence))
-                    .collect::<Vec<_>>()
-            );
-        }
         out.push(Outcome::Ended(Box::new(Ended {
             request: request.request,
             attempts,
@@ -396,12 +384,6 @@ impl Pipeline {
         let Some(held) = request.held_answer.filter(|h| h.hold == Hold::Unconfirmed) else {
             return;
         };
-        if std::env::var_os("AL_DEBUG").is_some() {
-            eprintln!(
-                "WOKE {answered} reader {} woken {}",
-                request.reader.1, woken.1
-            );
-        }
         if request.reader == woken {
             request.attempts[held.attempt].attempt.confidence = Confidence::Kernel;
             return self.end_held(answered, held, out);
@@ -776,9 +758,6 @@ impl Pipeline {
         let link =
             self.linker
                 .link_request(key, thread, self.goroutine, bound, &head, &self.tables);
-        if std::env::var_os("AL_DEBUG").is_some() {
-            eprintln!("LINK {} {at} {} {link:?} {bound:?}", key.1, thread.1);
-        }
         let connection = self
             .tables
             .connections

@@ -36,6 +36,8 @@ pub struct Report {
     pub extra: usize,
     /// The first few disagreements, to read.
     pub examples: Vec<String>,
+    /// The observer's events, as it printed them.
+    pub events: Vec<Value>,
 }
 
 impl Report {
@@ -300,7 +302,8 @@ mod tests {
             requests: 2,
             connections: 1,
             id_header: false,
-            seed: 3,
+            random_key: 3,
+            save_records: None,
         }
     }
 
@@ -357,7 +360,7 @@ mod tests {
     fn a_swapped_pairing_is_counted_wrong_and_a_right_one_right() {
         let plan = plan(2, 3, false, &[(Route::Pooled, 1)]);
         let statuses: Vec<u16> = plan.planned.iter().map(|p| p.status).collect();
-        assert_ne!(statuses[0], statuses[1], "seed 3 plans two statuses");
+        assert_ne!(statuses[0], statuses[1], "random key 3 plans two statuses");
         let truth = truth(&plan);
         let right = compare(
             &config(),

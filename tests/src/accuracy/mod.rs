@@ -116,8 +116,8 @@ impl XorShift {
 pub const STATUSES: u64 = 50;
 
 /// Plans `count` requests over `routes` (weights out of their sum).
-pub fn plan(count: usize, seed: u64, id_header: bool, routes: &[(Route, u32)]) -> Plan {
-    let mut random = XorShift(seed | 1);
+pub fn plan(count: usize, random_key: u64, id_header: bool, routes: &[(Route, u32)]) -> Plan {
+    let mut random = XorShift(random_key | 1);
     let total: u32 = routes.iter().map(|(_, weight)| weight).sum();
     let mut requests = Vec::with_capacity(count);
     let mut planned = Vec::with_capacity(count);
@@ -156,7 +156,10 @@ pub fn plan(count: usize, seed: u64, id_header: bool, routes: &[(Route, u32)]) -
             _ => {}
         }
         if id_header {
-            headers.push(("X-Request-ID".into(), format!("accuracy-{seed}-{token}")));
+            headers.push((
+                "X-Request-ID".into(),
+                format!("accuracy-{random_key}-{token}"),
+            ));
         }
         let post = route == Route::PooledPost;
         requests.push(Request {
@@ -211,7 +214,10 @@ pub struct RunConfig {
     pub requests: usize,
     pub connections: usize,
     pub id_header: bool,
-    pub seed: u64,
+    /// Which random draw of statuses and routes.
+    pub random_key: u64,
+    /// The observer also writes its raw records there (`attach --save-records`).
+    pub save_records: Option<std::path::PathBuf>,
 }
 
 impl RunConfig {
@@ -244,29 +250,28 @@ pub fn run(config: &RunConfig) -> Result<Report, String> {
         dead,
     };
     let mut gateway = configs::start(config.gateway, port, &backends)?;
-    let observer = Observer::attach(gateway.master_pid(), &[])?;
-    // For a developer: the raw records of the run, to read with the dump example.
-    let recorder = match std::env::var_os("ACCESS_LOG_ACCURACY_RECORD") {
-        Some(path) => {
-            let mut command = std::process::Command::new(crate::observer::binary());
-            command
-                .args([
-                    "record",
-                    "--pid",
-                    &gateway.master_pid().to_string(),
-                    "--output",
-                ])
-                .arg(path)
-                .stdout(std::process::Stdio::null());
-            Some(crate::observer::Attached::start(command, false)?)
-        }
-        None => None,
-    };
+    // For a developer too: the raw records of the run, to replay or read with the dump
+    // example.
+    let save_records = config
+        .save_records
+        .clone()
+        .or_else(|| std::env::var_os("ACCESS_LOG_ACCURACY_RECORD").map(std::path::PathBuf::from));
+    let save_arguments = save_records
+        .iter()
+        .flat_map(|path| ["--save-records".to_owned(), path.display().to_string()])
+        .collect::<Vec<_>>();
+    let save_arguments: Vec<&str> = save_arguments.iter().map(String::as_str).collect();
+    let observer = Observer::attach(gateway.master_pid(), &save_arguments)?;
     let routes = match config.mix {
         Mix::Routes => routes(config.gateway),
         Mix::Identical => vec![(Route::Pooled, 1)],
     };
-    let plan = plan(config.requests, config.seed, config.id_header, &routes);
+    let plan = plan(
+        config.requests,
+        config.random_key,
+        config.id_header,
+        &routes,
+    );
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let delivered: Vec<Delivery> =
         crate::load::run(address, &plan.requests, config.connections, |worker| {
@@ -283,9 +288,6 @@ pub fn run(config: &RunConfig) -> Result<Report, String> {
             >= answered
     });
     let (events, _) = observer.stop();
-    if let Some(recorder) = recorder {
-        recorder.stop()?;
-    }
     if let Some(path) = std::env::var_os("ACCESS_LOG_ACCURACY_EVENTS") {
         let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
         let _ = std::fs::write(&path, lines.join("\n"));
@@ -309,7 +311,9 @@ pub fn run(config: &RunConfig) -> Result<Report, String> {
         _ => HashMap::new(),
     };
     let truth = truth::combine(&plan, &served, &attempts);
-    compare(config, &plan, &delivered, &truth, &events)
+    let mut report = compare(config, &plan, &delivered, &truth, &events)?;
+    report.events = events;
+    Ok(report)
 }
 
 /// The share of proxied requests a run must pair right: 99.9 % with identical requests and
