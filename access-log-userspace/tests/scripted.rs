@@ -497,6 +497,39 @@ fn a_hand_over_after_a_worker_woke_back_its_last_client_thread_is_the_one_it_ser
 }
 
 #[test]
+fn of_two_open_hand_overs_the_content_tells_which_when_it_differs() {
+    // Varnish: 101 hands worker 300 a fetch of /orders/slow; 102, whose /orders/auth the
+    // gateway refuses itself, wakes 300 with a lock meanwhile.
+    let mut s = Script::new(CATALOG);
+    for (thread, fd, path) in [(101, 5, "slow"), (102, 6, "auth")] {
+        s.thread = thread;
+        s.accept(fd);
+        let head = format!("GET /orders/{path} HTTP/1.1\r\n\r\n");
+        s.data(fd, call::READ, head.as_bytes());
+    }
+    s.thread = 101;
+    s.wake(300);
+    s.thread = 102;
+    s.wake(300);
+    s.thread = 300;
+    s.connect(20, -115);
+    s.data(20, call::WRITEV, b"GET /v1/orders/slow HTTP/1.1\r\n\r\n");
+    s.thread = 102;
+    s.answer(6, call::WRITEV, "401 Unauthorized");
+    s.thread = 300;
+    s.answer(20, call::READ, "201 Created");
+    s.thread = 101;
+    s.answer(5, call::WRITEV, "201 Created");
+    let incoming = s.of(EventKind::IncomingRequest);
+    let done = s.of(EventKind::RequestComplete);
+    let errors = s.of(EventKind::Error);
+    assert_eq!((done.len(), errors.len()), (1, 1), "{:#?}", s.events);
+    assert_eq!(done[0].text("ResponseTo"), incoming[0].text("MessageID"));
+    assert_eq!(errors[0].text("ResponseTo"), incoming[1].text("MessageID"));
+    assert_eq!(errors[0].get("Attempts"), None, "{:#?}", errors[0]);
+}
+
+#[test]
 fn a_worker_that_woke_a_client_thread_serves_its_request_with_low_confidence() {
     // Varnish: worker 300 releases the pool's lock, waking client thread 101, which gives
     // 300 its task with no wake-up; 102's request is older. No wake-up comes with the

@@ -332,8 +332,14 @@ impl Linker {
             .map(|(_, number)| number)
     }
 
-    /// Rules 2, 4 and 5: the request a new backend call on `thread` serves by kernel facts.
-    fn by_thread(&self, thread: ThreadKey, tables: &Tables) -> Option<u64> {
+    /// Rules 2, 4 and 5: the request a new backend call on `thread` serves by kernel facts
+    /// (`head`: the backend request, once written).
+    fn by_thread(
+        &self,
+        thread: ThreadKey,
+        tables: &Tables,
+        head: Option<&RequestHead>,
+    ) -> Option<u64> {
         let state = self.threads.get(&thread);
         if let Some(id) = state
             .and_then(|s| s.retry_for)
@@ -344,9 +350,47 @@ impl Linker {
         if let Some(id) = self.first_of(tables, thread) {
             return Some(id);
         }
-        state?.handed.iter().rev().copied().find(|id| {
-            tables.requests.get(id).is_some_and(candidate) && !self.reserved_elsewhere(*id, thread)
-        })
+        let mut handed = self.open_hand_overs(thread, tables);
+        let named_last = handed.next()?;
+        // Several hand-overs still open: all but one were a lock's wake-ups. The content tells
+        // them apart where it differs (one route's request against another's); where it is
+        // the same, the one named last stands. A connect waits for the request it carries.
+        let Some(head) = head else {
+            return handed.next().is_none().then_some(named_last);
+        };
+        let score = |id: u64| {
+            tables
+                .requests
+                .get(&id)
+                .map_or(0, |r| content_score(&r.request.head, head))
+        };
+        Some(handed.fold(
+            named_last,
+            |best, id| {
+                if score(id) > score(best) {
+                    id
+                } else {
+                    best
+                }
+            },
+        ))
+    }
+
+    /// The requests handed over to `thread` still waiting and not handed to another since,
+    /// named last first.
+    fn open_hand_overs<'a>(
+        &'a self,
+        thread: ThreadKey,
+        tables: &'a Tables,
+    ) -> impl Iterator<Item = u64> + 'a {
+        self.threads
+            .get(&thread)
+            .into_iter()
+            .flat_map(|state| state.handed.iter().rev().copied())
+            .filter(move |id| {
+                tables.requests.get(id).is_some_and(candidate)
+                    && !self.reserved_elsewhere(*id, thread)
+            })
     }
 
     /// Rule 6: the newest waiting request of a thread `thread` woke, not handed to another.
@@ -369,8 +413,12 @@ impl Linker {
         if self.go.programs.contains(&thread.0) {
             return None;
         }
-        if let Some(id) = self.by_thread(thread, tables) {
+        if let Some(id) = self.by_thread(thread, tables, None) {
             return Some((id, Confidence::Kernel));
+        }
+        if self.open_hand_overs(thread, tables).nth(1).is_some() {
+            // Several hand-overs open: the request written on the connection tells.
+            return None;
         }
         self.by_wake_given(thread, tables)
             .or_else(|| self.first_waiting(tables, thread))
@@ -423,7 +471,7 @@ impl Linker {
         let bound = bound.filter(|(id, _)| tables.requests.get(id).is_some_and(connecting_here));
         let by_kernel = bound
             .or_else(|| {
-                self.by_thread(thread, tables)
+                self.by_thread(thread, tables, Some(head))
                     .map(|id| (id, Confidence::Kernel))
             })
             .or_else(|| {
@@ -489,7 +537,8 @@ fn contradicts(inbound: &RequestHead, outbound: &RequestHead) -> bool {
     in_query != out_query
 }
 
-/// How well an outbound request's content fits an inbound one (method, query, path tail).
+/// How well an outbound request's content fits an inbound one (method, query, path tail,
+/// whole path: a rewrite that adds a prefix keeps it).
 fn content_score(inbound: &RequestHead, outbound: &RequestHead) -> u32 {
     let (in_path, in_query) = split_target(&inbound.target);
     let (out_path, out_query) = split_target(&outbound.target);
@@ -497,6 +546,7 @@ fn content_score(inbound: &RequestHead, outbound: &RequestHead) -> u32 {
     u32::from(inbound.method == outbound.method)
         + u32::from(in_query == out_query)
         + u32::from(!last_segment.is_empty() && out_path.ends_with(last_segment))
+        + u32::from(out_path.ends_with(in_path))
 }
 
 fn split_target(target: &str) -> (&str, &str) {
