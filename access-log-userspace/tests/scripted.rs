@@ -127,6 +127,22 @@ impl Script {
         self.feed(Record::Wake { header, woken });
     }
 
+    /// Varnish's client threads: each `(thread, fd)` accepts a connection and reads the same
+    /// request, `GET /orders/same`.
+    fn client_threads(&mut self, threads: &[(u32, i32)]) {
+        for &(thread, fd) in threads {
+            self.thread = thread;
+            self.accept(fd);
+            self.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
+        }
+    }
+
+    /// The current thread connects on `fd` and sends the backend request for `/orders/same`.
+    fn fetch(&mut self, fd: i32) {
+        self.connect(fd, -115);
+        self.data(fd, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    }
+
     fn close(&mut self, fd: i32) {
         self.close_in_state(fd, 0);
     }
@@ -335,15 +351,10 @@ fn fetches_with_no_hand_over() -> Script {
     // Wake-ups of this process are followed.
     s.thread = 500;
     s.wake(501);
-    for (thread, fd) in [(101, 5), (102, 6)] {
-        s.thread = thread;
-        s.accept(fd);
-        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
-    }
+    s.client_threads(&[(101, 5), (102, 6)]);
     for (thread, fd) in [(300, 20), (301, 21)] {
         s.thread = thread;
-        s.connect(fd, -115);
-        s.data(fd, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+        s.fetch(fd);
     }
     s
 }
@@ -373,24 +384,18 @@ fn a_worker_woken_by_two_client_threads_serves_the_later_ones_request() {
     // Varnish: client thread 101 releases the pool's lock and wakes worker 300 waiting for
     // it, then hands its fetch to another worker; client thread 102 hands its fetch to 300.
     let mut s = Script::new(CATALOG);
-    for (thread, fd) in [(101, 5), (102, 6)] {
-        s.thread = thread;
-        s.accept(fd);
-        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
-    }
+    s.client_threads(&[(101, 5), (102, 6)]);
     s.thread = 101;
     s.wake(300);
     s.thread = 102;
     s.wake(300);
     s.thread = 300;
-    s.connect(20, -115);
-    s.data(20, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.fetch(20);
     s.answer(20, call::READ, "202 Accepted");
     s.thread = 101;
     s.wake(301);
     s.thread = 301;
-    s.connect(21, -115);
-    s.data(21, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.fetch(21);
     s.answer(21, call::READ, "201 Created");
     s.thread = 101;
     s.answer(5, call::WRITEV, "201 Created");
@@ -404,23 +409,17 @@ fn a_client_threads_last_wake_up_is_its_hand_over() {
     // Varnish: client thread 101 hands its fetch to worker 300; 102 releases a lock 300
     // waits for, then hands its own fetch to 301; 300 calls the backend first.
     let mut s = Script::new(CATALOG);
-    for (thread, fd) in [(101, 5), (102, 6)] {
-        s.thread = thread;
-        s.accept(fd);
-        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
-    }
+    s.client_threads(&[(101, 5), (102, 6)]);
     s.thread = 101;
     s.wake(300);
     s.thread = 102;
     s.wake(300);
     s.wake(301);
     s.thread = 300;
-    s.connect(20, -115);
-    s.data(20, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.fetch(20);
     s.answer(20, call::READ, "201 Created");
     s.thread = 301;
-    s.connect(21, -115);
-    s.data(21, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.fetch(21);
     s.answer(21, call::READ, "202 Accepted");
     s.thread = 101;
     s.answer(5, call::WRITEV, "201 Created");
@@ -435,25 +434,19 @@ fn a_worker_that_wakes_back_the_client_thread_that_handed_it_a_request_serves_th
     // 300 tells 101 it took the request (a wake-up back), then calls the backend. 102 hands
     // its own fetch to 301 only later.
     let mut s = Script::new(CATALOG);
-    for (thread, fd) in [(101, 5), (102, 6)] {
-        s.thread = thread;
-        s.accept(fd);
-        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
-    }
+    s.client_threads(&[(101, 5), (102, 6)]);
     s.thread = 101;
     s.wake(300);
     s.thread = 102;
     s.wake(300);
     s.thread = 300;
     s.wake(101);
-    s.connect(20, -115);
-    s.data(20, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.fetch(20);
     s.answer(20, call::READ, "201 Created");
     s.thread = 102;
     s.wake(301);
     s.thread = 301;
-    s.connect(21, -115);
-    s.data(21, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.fetch(21);
     s.answer(21, call::READ, "202 Accepted");
     s.thread = 101;
     s.answer(5, call::WRITEV, "201 Created");
@@ -467,11 +460,7 @@ fn a_hand_over_after_a_worker_woke_back_its_last_client_thread_is_the_one_it_ser
     // Varnish: worker 300 ends 101's fetch with no backend call (a backend marked down) and
     // wakes 101; then 102 hands it a fetch, which 300 makes.
     let mut s = Script::new(CATALOG);
-    for (thread, fd) in [(101, 5), (102, 6)] {
-        s.thread = thread;
-        s.accept(fd);
-        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
-    }
+    s.client_threads(&[(101, 5), (102, 6)]);
     s.thread = 101;
     s.wake(300);
     s.thread = 300;
@@ -479,8 +468,7 @@ fn a_hand_over_after_a_worker_woke_back_its_last_client_thread_is_the_one_it_ser
     s.thread = 102;
     s.wake(300);
     s.thread = 300;
-    s.connect(20, -115);
-    s.data(20, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.fetch(20);
     s.answer(20, call::READ, "201 Created");
     s.thread = 101;
     s.answer(5, call::WRITEV, "503 Service Unavailable");
@@ -535,19 +523,13 @@ fn a_worker_that_woke_a_client_thread_serves_its_request_with_low_confidence() {
     // 300 its task with no wake-up; 102's request is older. No wake-up comes with the
     // answers to confirm either pairing.
     let mut s = Script::new(CATALOG);
-    for (thread, fd) in [(102, 6), (101, 5)] {
-        s.thread = thread;
-        s.accept(fd);
-        s.data(fd, call::READ, b"GET /orders/same HTTP/1.1\r\n\r\n");
-    }
+    s.client_threads(&[(102, 6), (101, 5)]);
     s.thread = 300;
     s.wake(101);
-    s.connect(20, -115);
-    s.data(20, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.fetch(20);
     s.answer(20, call::READ, "201 Created");
     s.thread = 301;
-    s.connect(21, -115);
-    s.data(21, call::WRITEV, b"GET /v1/orders/same HTTP/1.1\r\n\r\n");
+    s.fetch(21);
     s.answer(21, call::READ, "202 Accepted");
     s.thread = 101;
     s.answer(5, call::WRITEV, "201 Created");

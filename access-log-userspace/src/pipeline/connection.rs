@@ -69,6 +69,17 @@ impl Connection {
         }
     }
 
+    /// Outbound: the inbound requests with an attempt under way here, those waiting for an
+    /// answer and the one it was connected for.
+    pub fn attempting(&self) -> Vec<u64> {
+        self.awaiting
+            .iter()
+            .flatten()
+            .copied()
+            .chain(self.bound.map(|(id, _)| id))
+            .collect()
+    }
+
     /// Forgets what waits on it and where its streams stand: after a gap in the records, the
     /// next answer could belong to any request.
     pub fn forget_order(&mut self) {

@@ -945,13 +945,7 @@ impl Pipeline {
             return;
         };
         let outcome = connection.hung_up.unwrap_or(AttemptOutcome::Closed);
-        let ids: Vec<u64> = connection
-            .awaiting
-            .iter()
-            .flatten()
-            .copied()
-            .chain(connection.bound.map(|(id, _)| id))
-            .collect();
+        let ids = connection.attempting();
         for id in ids {
             if let Some(request) = self.tables.requests.get_mut(&id) {
                 for tracked in request.attempts.iter_mut().filter(|a| a.connection == key) {
@@ -984,13 +978,7 @@ impl Pipeline {
         connection: &Connection,
         thread: Option<ThreadKey>,
     ) {
-        let ids: Vec<u64> = connection
-            .awaiting
-            .iter()
-            .flatten()
-            .copied()
-            .chain(connection.bound.map(|(id, _)| id))
-            .collect();
+        let ids = connection.attempting();
         for id in ids {
             let Some(request) = self.tables.requests.get_mut(&id) else {
                 continue;
