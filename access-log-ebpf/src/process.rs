@@ -4,8 +4,12 @@
 use access_log_common::{counter, kind};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
-use crate::maps::{
-    count, fork_child_pid_offset, header, submit, waking_pid_offset, watched_caller, WATCHED,
+use crate::{
+    maps::{
+        count, fork_child_pid_offset, header, submit, waking_pid_offset, watched_caller, CALLS,
+        WATCHED,
+    },
+    ssl::SSL_CALLS,
 };
 
 #[tracepoint]
@@ -38,6 +42,11 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
     if caller.tid == caller.tgid {
         submit(header(caller, kind::EXIT, -1));
     }
+    // A call the thread was inside ends with it: its entries would otherwise stay until the
+    // thread id is reused. Its sockets are the process's, and user space forgets those when
+    // the process has gone (it sees the exit record).
+    let _ = CALLS.remove(caller.pid_tgid);
+    let _ = SSL_CALLS.remove(caller.pid_tgid);
     let _ = WATCHED.remove(caller.tid);
     0
 }

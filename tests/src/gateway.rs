@@ -124,13 +124,25 @@ impl Gateway {
         let path = dir.join("nginx.conf");
         write(&path, &config)?;
         let gateway = Gateway::new(Kind::Nginx, dir, port, path);
-        run(Command::new("nginx")
-            .arg("-p")
-            .arg(&gateway.dir)
-            .arg("-c")
-            .arg(&gateway.config))?;
-        wait_for_port(port, Duration::from_secs(10))?;
+        gateway.start_nginx()?;
         Ok(gateway)
+    }
+
+    /// Runs nginx on this gateway's configuration, by its full path: its binary upgrade
+    /// (SIGUSR2) executes the path it was started with.
+    fn start_nginx(&self) -> Result<(), String> {
+        run(Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(&self.config))?;
+        wait_for_port(self.port, Duration::from_secs(10))
+    }
+
+    /// Stops nginx and starts it again on the same configuration: a new master process.
+    pub fn restart_nginx(&mut self) -> Result<(), String> {
+        self.stop();
+        self.start_nginx()
     }
 
     /// Starts Apache httpd (event MPM, mod_proxy) with `body` after the base config.

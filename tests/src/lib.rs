@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod load;
 pub mod observer;
 pub mod paced;
+pub mod steady;
 pub mod vectors;
 pub mod wire;
 

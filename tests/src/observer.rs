@@ -1,6 +1,7 @@
 //! The real observer, `target/release/access-log attach`, run against a gateway: waits for its
 //! `attached:` line, collects its JSON events as they come, stops it with SIGTERM.
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -42,7 +43,8 @@ pub fn binary() -> PathBuf {
 pub struct Attached {
     pub child: Child,
     pub lines: mpsc::Receiver<String>,
-    /// What it printed up to and including `attached:` (notes on TLS stacks, tracefs).
+    /// What it printed up to and including `attached:` (notes on TLS stacks, tracefs), and
+    /// the lines read since by [`Attached::wait_for_line`].
     pub before: Vec<String>,
 }
 
@@ -81,6 +83,20 @@ impl Attached {
                     let _ = child.wait();
                     return Err(format!("access-log did not attach: {}", seen.join("\n")));
                 }
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) for a stderr line containing `text`, keeping every line it
+    /// reads for [`Attached::wait`].
+    pub fn wait_for_line(&mut self, text: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.before.push(line.clone());
+            if line.contains(text) {
+                return Some(line);
             }
         }
     }
@@ -134,9 +150,16 @@ impl Observer {
     /// Attaches to `pid` with `--format json` and `extra` arguments; returns once every probe
     /// is attached.
     pub fn attach(pid: u32, extra: &[&str]) -> Result<Observer, String> {
+        Observer::attach_with(&["--pid", &pid.to_string()], extra)
+    }
+
+    /// Attaches with `target` (`--pid N` or `--pidfile FILE`), `--format json` and `extra`.
+    pub fn attach_with(target: &[&str], extra: &[&str]) -> Result<Observer, String> {
         let mut command = Command::new(binary());
         command
-            .args(["attach", "--pid", &pid.to_string(), "--format", "json"])
+            .arg("attach")
+            .args(target)
+            .args(["--format", "json"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
@@ -157,6 +180,17 @@ impl Observer {
             events,
             reader: Some(reader),
         })
+    }
+
+    /// The observer's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("running").child.id()
+    }
+
+    /// Waits (at most `timeout`) for a stderr line containing `text`; the line, if it came.
+    /// Lines read here are still returned by [`Observer::stop`].
+    pub fn wait_for_stderr(&mut self, text: &str, timeout: Duration) -> Option<String> {
+        self.process.as_mut()?.wait_for_line(text, timeout)
     }
 
     pub fn events(&self) -> Vec<Value> {
@@ -210,4 +244,42 @@ pub fn ending<'e>(events: &'e [Value], incoming: &Value) -> Option<&'e Value> {
     events
         .iter()
         .find(|e| e["ResponseTo"] == incoming["MessageID"] && e["Event"] != "INCOMING_REQUEST")
+}
+
+/// Every INCOMING_REQUEST ends in exactly one ending event or is named in a LOST event, and
+/// every ending answers an announced request.
+pub fn assert_every_request_ends_once(events: &[Value]) {
+    let mut ends: HashMap<String, usize> = HashMap::new();
+    for event in events {
+        match event["Event"].as_str() {
+            Some("REQUEST_COMPLETE" | "ERROR") => {
+                if let Some(to) = event["ResponseTo"].as_str() {
+                    *ends.entry(to.to_owned()).or_default() += 1;
+                }
+            }
+            Some("LOST") => {
+                for id in event["RequestIDs"].as_str().unwrap_or("").split(',') {
+                    if !id.is_empty() {
+                        *ends.entry(id.to_owned()).or_default() += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let incoming = of(events, "INCOMING_REQUEST");
+    for request in &incoming {
+        let id = request["MessageID"].as_str().unwrap();
+        assert_eq!(
+            ends.get(id),
+            Some(&1),
+            "{request} ends {:?} times",
+            ends.get(id)
+        );
+    }
+    assert_eq!(
+        ends.len(),
+        incoming.len(),
+        "endings for requests never announced"
+    );
 }

@@ -62,3 +62,17 @@ fn not_enough_privilege() {
         .expect("running setpriv");
     assert_one_line_error(&output, "must run as root");
 }
+
+#[test]
+fn pid_files_that_name_no_running_process() {
+    let dir = std::env::temp_dir().join(format!("access-log-cli-pid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.pid");
+    let attach = |file: &std::path::Path| run(&["attach", "--pidfile", file.to_str().unwrap()]);
+    assert_one_line_error(&attach(&file), "cannot read the pid file");
+    std::fs::write(&file, "nginx\n").unwrap();
+    assert_one_line_error(&attach(&file), "not a process id");
+    std::fs::write(&file, "999999999\n").unwrap();
+    assert_one_line_error(&attach(&file), "names PID 999999999, which is not running");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,7 +4,6 @@
 //! small for a burst. Each case asserts its exact events, and every INCOMING_REQUEST ends in
 //! exactly one event or is named in a LOST event.
 use std::{
-    collections::HashMap,
     fs,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -20,47 +19,9 @@ use tests::{
     curl, free_port,
     gateway::Gateway,
     load::{self, Request},
-    observer::{binary, of, Attached, Observer},
+    observer::{assert_every_request_ends_once, binary, of, Attached, Observer},
     require_root,
 };
-
-/// Every INCOMING_REQUEST ends in exactly one ending event or is named in a LOST event, and
-/// every ending answers an announced request.
-fn assert_every_request_ends_once(events: &[Value]) {
-    let mut ends: HashMap<String, usize> = HashMap::new();
-    for event in events {
-        match event["Event"].as_str() {
-            Some("REQUEST_COMPLETE" | "ERROR") => {
-                if let Some(to) = event["ResponseTo"].as_str() {
-                    *ends.entry(to.to_owned()).or_default() += 1;
-                }
-            }
-            Some("LOST") => {
-                for id in event["RequestIDs"].as_str().unwrap_or("").split(',') {
-                    if !id.is_empty() {
-                        *ends.entry(id.to_owned()).or_default() += 1;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let incoming = of(events, "INCOMING_REQUEST");
-    for request in &incoming {
-        let id = request["MessageID"].as_str().unwrap();
-        assert_eq!(
-            ends.get(id),
-            Some(&1),
-            "{request} ends {:?} times",
-            ends.get(id)
-        );
-    }
-    assert_eq!(
-        ends.len(),
-        incoming.len(),
-        "endings for requests never announced"
-    );
-}
 
 struct Setup {
     observer: Observer,

@@ -20,6 +20,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/wrk", "wrk"),
     ("/usr/sbin/haproxy", "haproxy"),
     ("/usr/sbin/varnishd", "varnish"),
+    ("/usr/sbin/logrotate", "logrotate"),
+    ("/usr/sbin/rsyslogd", "rsyslog"),
+    ("/usr/sbin/bpftool", "bpftool"),
 ];
 
 /// The bpf-linker release that loads the calling rustc's LLVM (the nightly's, LLVM 22).

@@ -24,7 +24,8 @@ pub fn run(
         .map(|path| record::create(path).map(|file| (file, path)))
         .transpose()?;
     let mut live = Live::start(target)?;
-    let mut consumer = EventConsumer::new(events, live.session.clock, sink)?;
+    let mut consumer =
+        EventConsumer::new(events, live.session.clock, sink)?.reopening(output, events);
     let mut saved = String::new();
     let outcome = match capture_file {
         Some((file, path)) => {
@@ -80,5 +81,15 @@ impl<C: RecordConsumer> RecordConsumer for Tee<'_, C> {
     fn batch_done(&mut self) {
         self.capture.batch_done();
         self.events.batch_done();
+    }
+
+    fn tick(&mut self) {
+        self.capture.tick();
+        self.events.tick();
+    }
+
+    /// The capture file is one stream from its header on: only the event outputs reopen.
+    fn reopen_outputs(&mut self) {
+        self.events.reopen_outputs();
     }
 }

@@ -1,13 +1,20 @@
 //! The loop of a live session, shared by `attach` and `record`: drains the ring buffer on a
 //! short tick (the kernel side does not wake us per record) in bounded batches, so Ctrl-C,
 //! SIGTERM, `--duration` and the gateway's exit are honoured within a tick under any load.
-use std::time::Duration;
+//! It follows the gateway, not a PID: when the attached process exits, the process its pid
+//! file names next, or the watched process that outlives it, is followed on. SIGHUP reopens
+//! the outputs.
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::TargetArgs;
 use crate::kernel::{
+    procfs,
     session::{RunTimeStats, Session, SessionConfig},
     RecordConsumer,
 };
@@ -16,6 +23,11 @@ use crate::kernel::{
 const BATCH: usize = 16384;
 /// How often the ring buffer is drained when it does not fill a batch.
 const TICK: Duration = Duration::from_millis(10);
+/// How often the consumer's clock work runs and the root's liveness is checked (its exit
+/// record may have been lost).
+const SECOND: Duration = Duration::from_secs(1);
+/// How often followed sockets are checked against the processes' descriptors.
+const SOCKET_SWEEP: Duration = Duration::from_secs(10);
 
 /// Why the loop ended, when it was not asked to.
 pub struct Outcome {
@@ -36,7 +48,9 @@ pub struct Live {
     runtime: tokio::runtime::Runtime,
     terminate: Signal,
     interrupt: Signal,
+    hangup: Signal,
     pub session: Session,
+    pidfile: Option<PathBuf>,
     run_time: Option<RunTimeStats>,
     duration: Option<f64>,
 }
@@ -47,15 +61,17 @@ impl Live {
             .enable_all()
             .build()
             .context("starting the event loop")?;
-        let (terminate, interrupt) = {
+        let (terminate, interrupt, hangup) = {
             let _context = runtime.enter();
             (
                 signal(SignalKind::terminate()).context("handling SIGTERM")?,
                 signal(SignalKind::interrupt()).context("handling SIGINT")?,
+                signal(SignalKind::hangup()).context("handling SIGHUP")?,
             )
         };
+        let pid = args.initial_pid()?;
         let session = Session::start(&SessionConfig {
-            pid: args.pid,
+            pid,
             capture_bytes: args.capture_bytes,
             response_capture_bytes: args.response_capture_bytes,
             ring_bytes: args.ring_bytes,
@@ -72,13 +88,15 @@ impl Live {
             runtime,
             terminate,
             interrupt,
+            hangup,
             session,
+            pidfile: args.pidfile.clone(),
             run_time,
             duration: args.duration,
         })
     }
 
-    /// Drains into `consumer` until told to stop.
+    /// Drains into `consumer` until told to stop, or until the gateway is gone.
     pub fn run(&mut self, consumer: &mut dyn RecordConsumer) -> Outcome {
         for (key, direction, remote) in &self.session.existing {
             consumer.existing(*key, *direction, remote.clone());
@@ -87,15 +105,20 @@ impl Live {
             runtime,
             terminate,
             interrupt,
+            hangup,
             session,
             duration,
+            pidfile,
             ..
         } = self;
-        let root = session.root();
         runtime.block_on(async {
             let deadline = tokio::time::sleep(Duration::from_secs_f64(duration.unwrap_or(1e9)));
             tokio::pin!(deadline);
             let mut next = tokio::time::Instant::now() + TICK;
+            let mut next_second = Instant::now() + SECOND;
+            let mut next_sweep = Instant::now() + SOCKET_SWEEP;
+            // The root exited and the pid file does not name its successor yet.
+            let mut waiting = false;
             let mut outcome = Outcome {
                 stopped_because: None,
             };
@@ -105,12 +128,60 @@ impl Live {
                     _ = terminate.recv() => break,
                     _ = interrupt.recv() => break,
                     _ = &mut deadline => break,
+                    _ = hangup.recv() => consumer.reopen_outputs(),
                     _ = tokio::time::sleep_until(next) => {}
                 }
                 let drained = session.drain(consumer, BATCH);
-                if drained.root_exited {
-                    outcome.stopped_because = Some(format!("the gateway (PID {root}) exited"));
-                    break;
+                let now = Instant::now();
+                let second = now >= next_second;
+                let root = session.root();
+                if waiting || drained.exited.contains(&root) || (second && !procfs::alive(root)) {
+                    match successor(session, pidfile.as_ref(), root) {
+                        Successor::Follow(pid, why) => {
+                            waiting = false;
+                            eprintln!(
+                                "access-log: the gateway's process {root} exited; following \
+                                 PID {pid} ({why})"
+                            );
+                            match session.follow(pid) {
+                                Ok(existing) => {
+                                    for note in &session.notes {
+                                        eprintln!("{note}");
+                                    }
+                                    for (key, direction, remote) in existing {
+                                        consumer.existing(key, direction, remote);
+                                    }
+                                }
+                                Err(error) => {
+                                    outcome.stopped_because =
+                                        Some(format!("cannot follow PID {pid}: {error}"));
+                                    break;
+                                }
+                            }
+                        }
+                        Successor::Wait(file) if !waiting => {
+                            waiting = true;
+                            eprintln!(
+                                "access-log: the gateway's process {root} exited; waiting for \
+                                 {} to name the next one",
+                                file.display()
+                            );
+                        }
+                        Successor::Wait(_) => {}
+                        Successor::Gone => {
+                            outcome.stopped_because =
+                                Some(format!("the gateway (PID {root}) exited"));
+                            break;
+                        }
+                    }
+                }
+                if second {
+                    next_second = now + SECOND;
+                    consumer.tick();
+                }
+                if now >= next_sweep {
+                    next_sweep = now + SOCKET_SWEEP;
+                    session.sweep_sockets();
                 }
                 next = tokio::time::Instant::now()
                     + if drained.records < BATCH {
@@ -139,5 +210,32 @@ impl Live {
                 nanoseconds as f64 / runs.max(1) as f64
             );
         }
+    }
+}
+
+/// Who carries on when the followed process exits.
+enum Successor {
+    /// This process, and why it is the one.
+    Follow(u32, String),
+    /// The pid file does not name a running process other than the one that exited (yet):
+    /// a restart is under way.
+    Wait(PathBuf),
+    /// Nothing watched runs any more and no pid file says what comes next.
+    Gone,
+}
+
+/// The process a pid file names, once it names a running one other than `old`; without a pid
+/// file, the watched process that outlives `old` (the new master of nginx's binary upgrade is
+/// the old one's child, reparented when it exits).
+fn successor(session: &Session, pidfile: Option<&PathBuf>, old: u32) -> Successor {
+    if let Some(file) = pidfile {
+        return match procfs::read_pid_file(file) {
+            Ok(pid) if pid != old => Successor::Follow(pid, format!("named by {}", file.display())),
+            _ => Successor::Wait(file.clone()),
+        };
+    }
+    match session.survivors().first() {
+        Some(pid) => Successor::Follow(*pid, "a watched process that outlived it".to_owned()),
+        None => Successor::Gone,
     }
 }

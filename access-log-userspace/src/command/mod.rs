@@ -30,9 +30,16 @@ use crate::{
 /// Which gateway to attach to and how much of its traffic to copy.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TargetArgs {
-    /// PID of the gateway (its master process: workers are followed too).
-    #[arg(long)]
-    pub pid: u32,
+    /// PID of the gateway (its master process: workers are followed too). When it exits, a
+    /// watched process that outlives it (the new master of nginx's binary upgrade) is
+    /// followed on; when none does, the run ends.
+    #[arg(long, required_unless_present = "pidfile", conflicts_with = "pidfile")]
+    pub pid: Option<u32>,
+    /// The gateway's pid file (nginx's `pid` directive): the process it names is followed, and
+    /// when that process exits the file is read again until it names the next one (a restart
+    /// or a binary upgrade is followed on; the run ends only when told to).
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<f64>,
@@ -52,6 +59,18 @@ pub struct TargetArgs {
     /// Measure the kernel programs' run time and print it at exit (`bpf: ...`).
     #[arg(long)]
     pub bpf_stats: bool,
+}
+
+impl TargetArgs {
+    /// The process to attach to first.
+    pub fn initial_pid(&self) -> Result<u32, crate::kernel::procfs::ProcError> {
+        match (&self.pidfile, self.pid) {
+            (Some(file), _) => crate::kernel::procfs::read_pid_file(file),
+            (None, Some(pid)) => Ok(pid),
+            // clap requires one of them.
+            (None, None) => Err(crate::kernel::procfs::ProcError::NoSuchProcess(0)),
+        }
+    }
 }
 
 /// A positive, finite number of seconds.
@@ -141,6 +160,8 @@ pub struct EventConsumer {
     pipeline: Pipeline,
     builder: EventBuilder,
     sink: Box<dyn Sink>,
+    /// The output file and how to write it, reopened on SIGHUP.
+    reopen: Option<(PathBuf, EventArgs)>,
     outcomes: Vec<Outcome>,
     undecodable: u64,
     write_failures: u64,
@@ -152,10 +173,17 @@ impl EventConsumer {
             pipeline: args.pipeline(),
             builder: EventBuilder::new(args.catalog()?, clock, args.redactor()),
             sink,
+            reopen: None,
             outcomes: Vec::new(),
             undecodable: 0,
             write_failures: 0,
         })
+    }
+
+    /// Reopens `path` (the sink's file) when told to: a log rotator renamed it.
+    pub fn reopening(mut self, path: Option<&PathBuf>, args: &EventArgs) -> Self {
+        self.reopen = path.map(|path| (path.clone(), args.clone()));
+        self
     }
 
     fn write_outcomes(&mut self) {
@@ -241,6 +269,22 @@ impl RecordConsumer for EventConsumer {
         if let Err(error) = self.sink.flush() {
             self.write_failures += 1;
             eprintln!("access-log: writing events failed: {error}");
+        }
+    }
+
+    /// Everything written so far goes to the old file; from here on, to a file opened anew at
+    /// the path. A file that cannot be opened keeps the old one (and says so).
+    fn reopen_outputs(&mut self) {
+        if self.reopen.is_none() {
+            return;
+        }
+        self.batch_done();
+        let Some((path, args)) = &self.reopen else {
+            return;
+        };
+        match args.sink(Some(path)) {
+            Ok(sink) => self.sink = sink,
+            Err(error) => eprintln!("access-log: {error:#}; still writing to the old file"),
         }
     }
 }

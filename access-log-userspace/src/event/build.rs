@@ -79,7 +79,8 @@ impl EventBuilder {
             .text("RequestInMethod", &request.head.method)
             .optional_text("UserAgent", request.head.user_agent.as_ref())
             .optional_text("RemoteIP", request.remote_ip.as_ref())
-            .text("ClientTLS", if request.tls { "true" } else { "false" });
+            .text("ClientTLS", if request.tls { "true" } else { "false" })
+            .integer("GatewayPID", request.process.into());
         let fields = if request.head.truncated {
             fields.text("RequestInURLTruncated", "true")
         } else {

@@ -103,4 +103,8 @@ pub trait RecordConsumer {
     fn record(&mut self, bytes: &[u8]);
     /// The end of a batch: a moment to flush output.
     fn batch_done(&mut self);
+    /// About once a second, records or not: a moment for what is due by the clock.
+    fn tick(&mut self) {}
+    /// SIGHUP: reopen output files (a log rotator renamed them).
+    fn reopen_outputs(&mut self) {}
 }

@@ -291,6 +291,41 @@ impl Probes {
             .map_err(map_error(format!("following socket {fd} of PID {pid}")))
     }
 
+    /// Forgets the sockets of processes that have gone (their exit seen): a process that
+    /// reuses one of their PIDs starts with none. Returns how many entries were removed.
+    pub fn forget_sockets_of(&mut self, gone: &HashSet<u32>) -> usize {
+        let stale: Vec<SocketKey> = self
+            .sockets
+            .keys()
+            .flatten()
+            .filter(|key| gone.contains(&key.tgid))
+            .collect();
+        stale
+            .iter()
+            .filter(|key| self.sockets.remove(key).is_ok())
+            .count()
+    }
+
+    /// The sockets the kernel follows, as (PID, fd).
+    pub fn followed_sockets(&self) -> Vec<SocketKey> {
+        self.sockets.keys().flatten().collect()
+    }
+
+    /// Stops following one socket (closed in a way the probes do not see).
+    pub fn unfollow_socket(&mut self, key: SocketKey) -> bool {
+        self.sockets.remove(&key).is_ok()
+    }
+
+    /// The thread and process ids in the watched set.
+    pub fn watched_ids(&self) -> Vec<u32> {
+        self.watched.keys().flatten().collect()
+    }
+
+    /// Whether a process (or thread) is in the watched set.
+    pub fn is_watched(&self, pid: u32) -> bool {
+        self.watched.get(&pid, 0).is_ok()
+    }
+
     /// Hands up to `limit` records waiting in the ring buffer to `handle`; returns how many.
     pub fn drain(&mut self, limit: usize, mut handle: impl FnMut(&[u8])) -> usize {
         let mut count = 0;

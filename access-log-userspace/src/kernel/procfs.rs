@@ -21,6 +21,12 @@ pub enum ProcError {
         "this kernel has no tracepoint {0} (needs syscall tracepoints: CONFIG_FTRACE_SYSCALLS)"
     )]
     MissingTracepoint(String),
+    #[error("cannot read the pid file {0}: {1}")]
+    PidFile(String, std::io::Error),
+    #[error("the pid file {0} holds {1:?}, not a process id")]
+    PidFileContent(String, String),
+    #[error("the pid file {0} names PID {1}, which is not running (is the gateway started?)")]
+    PidFileStale(String, u32),
 }
 
 /// Mounts tracefs when it is absent; returns whether it did.
@@ -113,11 +119,58 @@ pub fn threads(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
+/// The fields of /proc/PID/stat after the command name (state first), which may contain
+/// spaces and parentheses: they start after the last ')'.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+pub fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// Whether `pid` is a running process or thread (a zombie waiting to be reaped is gone).
+pub fn alive(pid: u32) -> bool {
+    stat_fields(pid)
+        .and_then(|fields| fields.into_iter().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// Whether `pid` is a process (its main thread), not another thread of one.
+pub fn is_process(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Tgid:"))
+            .and_then(|tgid| tgid.trim().parse::<u32>().ok())
+            == Some(pid)
+    })
+}
+
+/// Whether descriptor `fd` of `pid` is a socket now: `Some(false)` when the process or the
+/// descriptor is gone or is something else, `None` when /proc would not say (no permission).
+pub fn fd_is_socket(pid: u32, fd: i32) -> Option<bool> {
+    match fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+        Ok(link) => Some(socket_inode(&link).is_some()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// The process a pid file names, when it is running.
+pub fn read_pid_file(path: &Path) -> Result<u32, ProcError> {
+    let shown = path.display().to_string();
+    let text = fs::read_to_string(path).map_err(|e| ProcError::PidFile(shown.clone(), e))?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| ProcError::PidFileContent(shown.clone(), text.trim().to_owned()))?;
+    if pid == 0 || !alive(pid) {
+        return Err(ProcError::PidFileStale(shown, pid));
+    }
+    Ok(pid)
 }
 
 /// A connected TCP socket a watched process already had at attach.
@@ -278,6 +331,33 @@ mod tests {
             parse_hex_address("00000000000000000000000001000000:0050"),
             Some("[::1]:80".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn reads_pid_files() {
+        let dir = std::env::temp_dir().join(format!("access-log-pidfile-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gateway.pid");
+        fs::write(&file, format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(read_pid_file(&file).unwrap(), std::process::id());
+        fs::write(&file, "nginx\n").unwrap();
+        assert!(matches!(
+            read_pid_file(&file),
+            Err(ProcError::PidFileContent(_, text)) if text == "nginx"
+        ));
+        fs::write(&file, format!("{}\n", u32::MAX - 1)).unwrap();
+        assert!(matches!(
+            read_pid_file(&file),
+            Err(ProcError::PidFileStale(_, _))
+        ));
+        assert!(matches!(
+            read_pid_file(&dir.join("absent.pid")),
+            Err(ProcError::PidFile(_, _))
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(is_process(std::process::id()));
+        assert!(alive(std::process::id()));
+        assert!(fd_is_socket(std::process::id(), 0).is_some());
     }
 
     #[test]

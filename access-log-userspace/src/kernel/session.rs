@@ -4,7 +4,7 @@
 //! belongs to the command that runs it.
 use std::{collections::HashSet, os::unix::fs::MetadataExt as _, path::PathBuf};
 
-use access_log_common::{kind, watched, ConnectionRecord};
+use access_log_common::{kind, watched, ConnectionRecord, SocketKey};
 
 use super::{
     probes::{self, KernelDrops, NotRoot, ProbeConfig, ProbeError, Probes},
@@ -34,21 +34,41 @@ pub enum SessionError {
     Probe(#[from] ProbeError),
 }
 
+/// A connection a watched process held when it was first watched.
+pub type Existing = (ConnectionKey, Direction, Option<Endpoint>);
+
+/// A Go executable whose transport is probed: its path (through the process's root), the path
+/// shown, and the probe sites.
+type GoProgram = (PathBuf, String, Vec<super::tls_sites::ProbeSite>);
+
 pub struct Session {
     probes: Probes,
     pub clock: Clock,
     /// Connections the watched processes held at attach.
-    pub existing: Vec<(ConnectionKey, Direction, Option<Endpoint>)>,
+    pub existing: Vec<Existing>,
     /// The `attached:` line, and notes about TLS stacks that are not read.
     pub notes: Vec<String>,
     root: u32,
+    go_programs: Vec<GoProgram>,
+    /// Followed sockets whose descriptor was gone at the last sweep: forgotten if still gone.
+    gone_at_last_sweep: HashSet<SocketKey>,
+    pub upkeep: Upkeep,
+}
+
+/// What the session did to keep the kernel's tables true.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Upkeep {
+    /// Socket entries of processes that exited.
+    pub sockets_of_exited: u64,
+    /// Socket entries whose descriptor was closed unseen (close_range, dup2, exec).
+    pub sockets_closed_unseen: u64,
 }
 
 /// What one drain saw.
 pub struct Drained {
     pub records: usize,
-    /// The attached (root) process exited.
-    pub root_exited: bool,
+    /// Watched processes whose exit was seen.
+    pub exited: Vec<u32>,
 }
 
 impl Session {
@@ -66,7 +86,8 @@ impl Session {
             ));
         }
         // The TLS libraries to probe are known before loading (it sets how syscalls treat TLS);
-        // a new worker maps the same library file.
+        // a new worker, or a restarted gateway, maps the same library file: the probes are
+        // attached to the file, for every process, and the kernel keeps to the watched ones.
         let tls_scan = tls::scan(&procfs::process_tree(config.pid));
         let (offsets, no_walk) = super::btf::kernel_offsets();
         if let Some(why) = no_walk {
@@ -82,7 +103,7 @@ impl Session {
         let wake_ups = processes
             .iter()
             .any(|pid| procfs::threads(*pid).len() > 1 && !super::go::is_go_program(*pid));
-        let mut probes = Probes::load(&ProbeConfig {
+        let probes = Probes::load(&ProbeConfig {
             capture_bytes: config.capture_bytes,
             response_capture_bytes: config.response_capture_bytes,
             ring_bytes: config.ring_bytes,
@@ -90,51 +111,26 @@ impl Session {
             offsets,
             wake_ups,
         })?;
-        // Root first: from here on the kernel adds every child forked; then the children that
-        // exist already, then the sockets they already hold. A Go program's transport is
-        // probed, and its data records carry the goroutine.
-        let mut go_programs = Vec::new();
-        let root_flags = watched::YES | go_flag(config.pid, &mut go_programs, &mut notes);
-        probes.watch(config.pid, root_flags)?;
-        let tree = procfs::process_tree(config.pid);
-        for pid in &tree {
-            let flags = if *pid == config.pid {
-                root_flags
-            } else {
-                watched::YES | go_flag(*pid, &mut go_programs, &mut notes)
-            };
-            probes.watch(*pid, flags)?;
-            // Its threads too: a wake-up of one of them is a hand-off inside the gateway.
-            for thread in procfs::threads(*pid) {
-                probes.watch(thread, flags)?;
-            }
-        }
-        let mut go_probes = 0;
-        for (path, shown, sites) in &go_programs {
-            go_probes += probes.attach_sites(sites, path, shown)?;
-            let names: Vec<&str> = sites.iter().map(|s| s.function.as_str()).collect();
-            notes.push(format!(
-                "access-log: {shown} is a Go program: its net/http transport is probed at {}",
-                names.join(", ")
-            ));
-        }
-        let _ = go_probes;
+        let mut session = Session {
+            probes,
+            clock: Clock::now(),
+            existing: Vec::new(),
+            notes,
+            root: config.pid,
+            go_programs: Vec::new(),
+            gone_at_last_sweep: HashSet::new(),
+            upkeep: Upkeep::default(),
+        };
+        let (processes, existing) = session.watch_tree(config.pid)?;
+        session.existing = existing;
         let mut tls_probes = 0;
         for target in &tls_scan.targets {
-            tls_probes += probes.attach_tls(target)?;
+            tls_probes += session.probes.attach_tls(target)?;
         }
+        let notes = &mut session.notes;
         for (pid, kind) in &tls_scan.unreadable {
             notes.push(format!(
                 "access-log: PID {pid} is {kind}; its encrypted connections are counted, not read"
-            ));
-        }
-        let mut existing = Vec::new();
-        for socket in procfs::existing_sockets(&tree) {
-            probes.follow_socket(socket.pid, socket.fd, socket.direction)?;
-            existing.push((
-                (socket.pid, socket.fd),
-                socket.direction,
-                Some(Endpoint::Ip(socket.remote)),
             ));
         }
         for target in &tls_scan.targets {
@@ -171,27 +167,146 @@ impl Session {
             format!("TLS read in {} ({tls_probes} uprobes)", names.join("; "))
         };
         notes.push(format!(
-            "attached: PID {} ({} processes, {} open connections), {} probes, {tls_read}, \
-             capturing {} bytes of requests and {} of responses per call",
+            "attached: PID {} ({processes} processes, {} open connections), {} probes, \
+             {tls_read}, capturing {} bytes of requests and {} of responses per call",
             config.pid,
-            tree.len(),
-            existing.len(),
-            probes.attached,
+            session.existing.len(),
+            session.probes.attached,
             config.capture_bytes,
             config.response_capture_bytes
         ));
-        Ok(Session {
-            probes,
-            clock: Clock::now(),
-            existing,
-            notes,
-            root: config.pid,
-        })
+        Ok(session)
     }
 
-    /// The attached process.
+    /// Watches `root`, its descendants and their threads (the kernel adds every child forked
+    /// from here on), probes the Go programs among them not probed yet, and follows the
+    /// sockets they already hold. Returns how many processes, and those sockets.
+    fn watch_tree(&mut self, root: u32) -> Result<(usize, Vec<Existing>), SessionError> {
+        let probed = self.go_programs.len();
+        // Root first: from here on the kernel adds every child forked; then the children that
+        // exist already, then the sockets they already hold.
+        let root_flags = watched::YES | go_flag(root, &mut self.go_programs, &mut self.notes);
+        self.probes.watch(root, root_flags)?;
+        let tree = procfs::process_tree(root);
+        for pid in &tree {
+            let flags = if *pid == root {
+                root_flags
+            } else {
+                watched::YES | go_flag(*pid, &mut self.go_programs, &mut self.notes)
+            };
+            self.probes.watch(*pid, flags)?;
+            // Its threads too: a wake-up of one of them is a hand-off inside the gateway.
+            for thread in procfs::threads(*pid) {
+                self.probes.watch(thread, flags)?;
+            }
+        }
+        for (path, shown, sites) in &self.go_programs[probed..] {
+            self.probes.attach_sites(sites, path, shown)?;
+            let names: Vec<&str> = sites.iter().map(|s| s.function.as_str()).collect();
+            self.notes.push(format!(
+                "access-log: {shown} is a Go program: its net/http transport is probed at {}",
+                names.join(", ")
+            ));
+        }
+        let mut existing = Vec::new();
+        for socket in procfs::existing_sockets(&tree) {
+            self.probes
+                .follow_socket(socket.pid, socket.fd, socket.direction)?;
+            existing.push((
+                (socket.pid, socket.fd),
+                socket.direction,
+                Some(Endpoint::Ip(socket.remote)),
+            ));
+        }
+        Ok((tree.len(), existing))
+    }
+
+    /// The attached (root) process.
     pub fn root(&self) -> u32 {
         self.root
+    }
+
+    /// Makes `pid` the root: a process already watched (a new master forked by the old one,
+    /// nginx's binary upgrade) is only named so; another (a restarted gateway) is watched with
+    /// its tree. Returns the connections it already held, to hand to the consumer, and notes.
+    pub fn follow(&mut self, pid: u32) -> Result<Vec<Existing>, SessionError> {
+        self.root = pid;
+        if self.probes.is_watched(pid) {
+            return Ok(Vec::new());
+        }
+        self.notes.clear();
+        Ok(self.watch_tree(pid)?.1)
+    }
+
+    /// The watched processes still running, the ones no other of them is parent of first, the
+    /// one with most descendants among them before the others: when the root exits, the first
+    /// is the gateway's new root (the new master of a binary upgrade, reparented).
+    pub fn survivors(&self) -> Vec<u32> {
+        let mut alive: Vec<u32> = self
+            .probes
+            .watched_ids()
+            .into_iter()
+            .filter(|pid| procfs::is_process(*pid) && procfs::alive(*pid))
+            .collect();
+        alive.sort_unstable();
+        alive.dedup();
+        let parents: std::collections::HashMap<u32, Option<u32>> = alive
+            .iter()
+            .map(|pid| (*pid, procfs::parent_of(*pid)))
+            .collect();
+        let descendants = |pid: u32| {
+            alive
+                .iter()
+                .filter(|other| {
+                    let mut at = **other;
+                    // Bounded: a parent chain within the set.
+                    for _ in 0..alive.len() {
+                        match parents.get(&at).copied().flatten() {
+                            Some(parent) if parent == pid => return true,
+                            Some(parent) if parents.contains_key(&parent) => at = parent,
+                            _ => return false,
+                        }
+                    }
+                    false
+                })
+                .count()
+        };
+        let is_top = |pid: &u32| {
+            parents
+                .get(pid)
+                .copied()
+                .flatten()
+                .is_none_or(|parent| !parents.contains_key(&parent))
+        };
+        let mut ranked: Vec<(bool, usize, u32)> = alive
+            .iter()
+            .map(|pid| (is_top(pid), descendants(*pid), *pid))
+            .collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        ranked.into_iter().map(|(_, _, pid)| pid).collect()
+    }
+
+    /// Forgets followed sockets whose descriptor is gone (closed by a call the probes do not
+    /// follow: close_range, dup2 over it, exec), when it was gone at the previous sweep too,
+    /// so that a socket accepted in between is not forgotten. Returns how many were.
+    pub fn sweep_sockets(&mut self) -> usize {
+        let mut gone = HashSet::new();
+        let mut forgotten = 0;
+        for key in self.probes.followed_sockets() {
+            if procfs::fd_is_socket(key.tgid, key.fd) != Some(false) {
+                continue;
+            }
+            if self.gone_at_last_sweep.contains(&key) {
+                if self.probes.unfollow_socket(key) {
+                    forgotten += 1;
+                }
+            } else {
+                gone.insert(key);
+            }
+        }
+        self.gone_at_last_sweep = gone;
+        self.upkeep.sockets_closed_unseen += forgotten as u64;
+        forgotten
     }
 
     /// The kernel's counts of what it could not do.
@@ -216,17 +331,17 @@ impl Session {
     }
 
     /// Hands at most `limit` waiting records to `consumer` (so the caller can look at its
-    /// signals and timers under any load), then ends the batch.
+    /// signals and timers under any load), then ends the batch. The sockets of processes
+    /// that exited are forgotten: a process that reuses the PID starts with none.
     pub fn drain(&mut self, consumer: &mut dyn RecordConsumer, limit: usize) -> Drained {
-        let root = self.root;
-        let mut root_exited = false;
+        let mut exited = Vec::new();
         let records = self.probes.drain(limit, |bytes| {
             let Ok(header) = record::read_header(bytes) else {
                 consumer.record(bytes);
                 return;
             };
-            if header.kind == kind::EXIT && header.tgid == root {
-                root_exited = true;
+            if header.kind == kind::EXIT {
+                exited.push(header.tgid);
             }
             if let Some(peer) = missing_peer(&header, bytes) {
                 consumer.peer((header.tgid, header.fd), peer);
@@ -234,21 +349,18 @@ impl Session {
             consumer.record(bytes);
         });
         consumer.batch_done();
-        Drained {
-            records,
-            root_exited,
+        if !exited.is_empty() {
+            let gone: HashSet<u32> = exited.iter().copied().collect();
+            self.upkeep.sockets_of_exited += self.probes.forget_sockets_of(&gone) as u64;
         }
+        Drained { records, exited }
     }
 }
 
 /// The [`watched::GO`] bit for a Go program whose transport can be probed (its sites added to
 /// `programs` once per executable), 0 for any other; a Go program that cannot be probed is
 /// named in `notes`.
-fn go_flag(
-    pid: u32,
-    programs: &mut Vec<(PathBuf, String, Vec<super::tls_sites::ProbeSite>)>,
-    notes: &mut Vec<String>,
-) -> u32 {
+fn go_flag(pid: u32, programs: &mut Vec<GoProgram>, notes: &mut Vec<String>) -> u32 {
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
         return 0;
     };

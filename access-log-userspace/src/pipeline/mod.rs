@@ -711,6 +711,7 @@ impl Pipeline {
             remote_ip: connection.remote_ip.clone(),
             tls: connection.tls,
             received_ns: at,
+            process: key.0,
         };
         self.linker
             .request(thread, self.goroutine, number, request.head.id.as_ref());

@@ -23,6 +23,8 @@ pub struct Request {
     pub tls: bool,
     /// When its head was complete (monotonic nanoseconds).
     pub received_ns: u64,
+    /// The gateway process that read it (a worker, or the one process of a threaded gateway).
+    pub process: u32,
 }
 
 /// How much the kernel facts behind a pairing can be trusted.
