@@ -76,3 +76,13 @@ fn pid_files_that_name_no_running_process() {
     assert_one_line_error(&attach(&file), "names PID 999999999, which is not running");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_syslog_url_that_is_no_receiver() {
+    let me = std::process::id().to_string();
+    let output = run(&["attach", "--pid", &me, "--syslog", "http://127.0.0.1:514"]);
+    assert_one_line_error(
+        &output,
+        "is not udp://HOST:PORT, tcp://HOST:PORT or unix:///PATH",
+    );
+}

@@ -20,12 +20,14 @@ pub fn run(
     // The catalog and the outputs are checked before anything is attached.
     events.catalog()?;
     let sink = events.sink(output)?;
+    let syslog = events.syslog()?;
     let capture_file = save_records
         .map(|path| record::create(path).map(|file| (file, path)))
         .transpose()?;
     let mut live = Live::start(target)?;
-    let mut consumer =
-        EventConsumer::new(events, live.session.clock, sink)?.reopening(output, events);
+    let mut consumer = EventConsumer::new(events, live.session.clock, sink)?
+        .reopening(output, events)
+        .forwarding(syslog);
     let mut saved = String::new();
     let outcome = match capture_file {
         Some((file, path)) => {

@@ -14,6 +14,7 @@ use std::{
     fs::OpenOptions,
     io::{self, BufWriter, IsTerminal as _},
     path::PathBuf,
+    sync::Arc,
 };
 
 use anyhow::Context as _;
@@ -24,7 +25,11 @@ use crate::{
     },
     kernel::{record::decode, Clock, ConnectionKey, Direction, Endpoint, RecordConsumer},
     pipeline::{Outcome, Pipeline, PipelineConfig, PipelineStats},
-    sink::{self, Format, Sink},
+    sink::{
+        self,
+        syslog::{Receiver5424, SyslogSink, SyslogStats},
+        Format, Sink,
+    },
 };
 
 /// Which gateway to attach to and how much of its traffic to copy.
@@ -106,6 +111,11 @@ pub struct EventArgs {
     /// Write query strings as received, credentials included.
     #[arg(long)]
     pub no_redact: bool,
+    /// Also send every event to this syslog receiver, as an RFC 5424 message carrying the kv
+    /// line: udp://HOST:PORT, tcp://HOST:PORT (octet-counted frames) or unix:///PATH. A slow or
+    /// absent receiver never holds capture up: a bounded queue, drops counted, reconnects.
+    #[arg(long, value_name = "URL")]
+    pub syslog: Option<String>,
 }
 
 impl EventArgs {
@@ -114,6 +124,14 @@ impl EventArgs {
             Some(path) => Catalog::load(path)?,
             None => Catalog::default(),
         })
+    }
+
+    /// The syslog forwarder, when asked for (its URL checked before anything is attached).
+    pub fn syslog(&self) -> anyhow::Result<Option<SyslogSink>> {
+        let Some(url) = &self.syslog else {
+            return Ok(None);
+        };
+        Ok(Some(SyslogSink::start(Receiver5424::parse(url)?)))
     }
 
     pub fn redactor(&self) -> Redactor {
@@ -162,6 +180,9 @@ pub struct EventConsumer {
     sink: Box<dyn Sink>,
     /// The output file and how to write it, reopened on SIGHUP.
     reopen: Option<(PathBuf, EventArgs)>,
+    /// Every event also goes to a syslog receiver.
+    syslog: Option<SyslogSink>,
+    syslog_stats: Option<Arc<SyslogStats>>,
     outcomes: Vec<Outcome>,
     undecodable: u64,
     write_failures: u64,
@@ -174,10 +195,19 @@ impl EventConsumer {
             builder: EventBuilder::new(args.catalog()?, clock, args.redactor()),
             sink,
             reopen: None,
+            syslog: None,
+            syslog_stats: None,
             outcomes: Vec::new(),
             undecodable: 0,
             write_failures: 0,
         })
+    }
+
+    /// Also sends every event to a syslog receiver.
+    pub fn forwarding(mut self, syslog: Option<SyslogSink>) -> Self {
+        self.syslog_stats = syslog.as_ref().map(SyslogSink::stats);
+        self.syslog = syslog;
+        self
     }
 
     /// Reopens `path` (the sink's file) when told to: a log rotator renamed it.
@@ -189,6 +219,9 @@ impl EventConsumer {
     fn write_outcomes(&mut self) {
         for outcome in self.outcomes.drain(..) {
             let event = self.builder.event(&outcome);
+            if let Some(syslog) = &mut self.syslog {
+                let _ = syslog.write_event(&event);
+            }
             if let Err(error) = self.sink.write_event(&event) {
                 self.write_failures += 1;
                 if self.write_failures == 1 {
@@ -203,6 +236,8 @@ impl EventConsumer {
     pub fn finish(&mut self) -> anyhow::Result<()> {
         self.pipeline.finish(&mut self.outcomes);
         self.write_outcomes();
+        // What is queued for syslog goes out now (for a bounded time).
+        self.syslog = None;
         self.sink.flush().context("flushing events")
     }
 
@@ -218,13 +253,19 @@ impl EventConsumer {
     pub fn summary(&self) -> String {
         let counts = self.counts();
         let stats = self.stats();
+        let syslog = self
+            .syslog_stats
+            .as_ref()
+            .map(|s| format!("; {}", s.summary()))
+            .unwrap_or_default();
         format!(
             "{} INCOMING_REQUEST, {} REQUEST_COMPLETE ({} answered by the gateway), {} ERROR, \
              {} LOST naming {} requests; gaps in the kernel's records {} ({} records); \
              undecodable records {}; outbound requests not linked {}; low-confidence pairings \
              {}; answers with no request seen {}; encrypted connections not read {}; reads \
              drained by a closing gateway {}; connections left alone (not HTTP/1) {}; \
-             unreadable requests {}; records of unknown connections {}; events not written {}",
+             unreadable requests {}; records of unknown connections {}; events not written \
+             {}{syslog}",
             counts.incoming,
             counts.complete,
             counts.answered_by_gateway,

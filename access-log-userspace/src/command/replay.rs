@@ -21,7 +21,8 @@ pub fn run(file: &Path, events: &EventArgs, output: Option<&PathBuf>) -> anyhow:
             file.display()
         ),
     };
-    let mut consumer = EventConsumer::new(events, clock, events.sink(output)?)?;
+    let mut consumer =
+        EventConsumer::new(events, clock, events.sink(output)?)?.forwarding(events.syslog()?);
     let result = capture_file::replay(&mut reader, &mut consumer);
     consumer.finish()?;
     eprintln!("summary: {}", consumer.summary());
