@@ -155,7 +155,24 @@ impl Observer {
 
     /// Attaches with `target` (`--pid N` or `--pidfile FILE`), `--format json` and `extra`.
     pub fn attach_with(target: &[&str], extra: &[&str]) -> Result<Observer, String> {
-        let mut command = Command::new(binary());
+        Observer::attach_through(&[], target, extra)
+    }
+
+    /// As [`Observer::attach_with`], the observer started by `wrapper` (a program and its
+    /// arguments, `setpriv ...`), when not empty.
+    pub fn attach_through(
+        wrapper: &[&str],
+        target: &[&str],
+        extra: &[&str],
+    ) -> Result<Observer, String> {
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
         command
             .arg("attach")
             .args(target)

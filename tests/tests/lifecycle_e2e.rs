@@ -20,6 +20,7 @@ use tests::{
     observer::{assert_every_request_ends_once, binary, of, Attached, Observer},
     require_root,
     steady::{request, Sent, SteadyLoad},
+    workspace_root,
 };
 
 struct Setup {
@@ -296,17 +297,20 @@ fn logrotate_under_load_loses_no_event_and_sighup_reopens_the_file() {
         .arg("--output")
         .arg(&log);
     let observer = Attached::start(command, false).expect("attaching");
+    // The repository's logrotate snippet, for this file, this user and this observer (no
+    // systemd here to reload it).
+    let snippet =
+        fs::read_to_string(workspace_root().join("packaging/access-log.logrotate")).unwrap();
     let config = setup.gateway.path("logrotate.conf");
-    fs::write(
-        &config,
-        format!(
-            "{} {{\n  rotate 2\n  create 0640 root root\n  nocompress\n  postrotate\n    \
-             kill -HUP {}\n  endscript\n}}\n",
-            log.display(),
-            observer.child.id()
-        ),
-    )
-    .unwrap();
+    let here = snippet
+        .replace("/var/log/access-log/*.log", log.to_str().unwrap())
+        .replace("create 0640 access-log adm", "create 0640 root root")
+        .replace(
+            "systemctl reload access-log.service",
+            &format!("kill -HUP {}", observer.child.id()),
+        );
+    assert_ne!(here, snippet);
+    fs::write(&config, here).unwrap();
     let load = SteadyLoad::start(setup.gateway.port, 2, Duration::from_millis(5));
     wait_until("answers", || load.answered() >= 100);
     let output = Command::new("logrotate")
@@ -430,4 +434,74 @@ fn the_gateway_stopped_without_a_pid_file_ends_the_run() {
         "{stderr}"
     );
     assert!(stderr.contains("summary: 1 INCOMING_REQUEST"), "{stderr}");
+}
+
+/// A `/proc/PID/status` field's value.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn after_attach_it_runs_as_another_user_with_two_capabilities() {
+    let mut setup = nginx("least-privilege", 1);
+    let pid_file = setup.gateway.path("nginx.pid");
+    // Started with only the capabilities the systemd unit grants (root's others removed from
+    // the bounding set), as the unit does.
+    let unit = fs::read_to_string(workspace_root().join("packaging/access-log.service")).unwrap();
+    let granted: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit's CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let bounding = format!("--bounding-set=-all,{}", granted.join(","));
+    let mut observer = Observer::attach_through(
+        &["setpriv", &bounding, "--inh-caps=-all"],
+        &["--pidfile", pid_file.to_str().expect("utf-8 path")],
+        &["--user", "nobody"],
+    )
+    .expect("attaching with the listed capabilities");
+    // CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, in every thread.
+    let kept = format!("{:016x}", (1u64 << 2) | (1u64 << 19));
+    let tasks: Vec<_> = fs::read_dir(format!("/proc/{}/task", observer.pid()))
+        .unwrap()
+        .flatten()
+        .collect();
+    for task in &tasks {
+        let status = fs::read_to_string(task.path().join("status")).unwrap();
+        for field in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(status_field(&status, field), kept, "{field} of {task:?}");
+        }
+        assert_eq!(status_field(&status, "CapAmb"), "0000000000000000");
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+        let uids: Vec<String> = status_field(&status, "Uid")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(uids, vec!["65534"; 4], "real, effective, saved and fs uid");
+    }
+    // It still does its work: a request, a restart followed, a request after it.
+    assert_eq!(request(setup.gateway.port, "/as-nobody/before"), Ok(200));
+    setup.gateway.restart_nginx().expect("restarting nginx");
+    observer
+        .wait_for_stderr("following PID", Duration::from_secs(10))
+        .expect("the restarted gateway followed without privileges");
+    assert_eq!(request(setup.gateway.port, "/as-nobody/after"), Ok(200));
+    observer.wait_ended(2);
+    let (events, stderr) = observer.stop();
+    let endings = endings_by_path(&events);
+    for path in ["/as-nobody/before", "/as-nobody/after"] {
+        assert_eq!(endings.get(path).map(Vec::len), Some(1), "{path}\n{stderr}");
+    }
+    assert!(stderr.contains("now running as nobody with CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH only"));
+    eprintln!(
+        "{} threads, each with CapEff {kept} as uid 65534",
+        tasks.len()
+    );
 }

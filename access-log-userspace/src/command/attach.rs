@@ -9,7 +9,10 @@ use super::{
     record::{self, CaptureConsumer},
     EventArgs, EventConsumer, TargetArgs,
 };
-use crate::kernel::{ConnectionKey, Direction, Endpoint, RecordConsumer};
+use crate::{
+    kernel::{ConnectionKey, Direction, Endpoint, RecordConsumer},
+    sink::syslog::SyslogSink,
+};
 
 pub fn run(
     target: &TargetArgs,
@@ -25,6 +28,7 @@ pub fn run(
         .map(|path| record::create(path).map(|file| (file, path)))
         .transpose()?;
     let mut live = Live::start(target)?;
+    let syslog = syslog.map(SyslogSink::start);
     let mut consumer = EventConsumer::new(events, live.session.clock, sink)?
         .reopening(output, events)
         .forwarding(syslog);

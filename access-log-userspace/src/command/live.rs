@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::TargetArgs;
 use crate::kernel::{
-    procfs,
+    privileges, procfs,
     session::{RunTimeStats, Session, SessionConfig},
     RecordConsumer,
 };
@@ -70,20 +70,28 @@ impl Live {
             )
         };
         let pid = args.initial_pid()?;
+        if let Some(user) = &args.user {
+            privileges::check_user(user)?;
+        }
         let session = Session::start(&SessionConfig {
             pid,
             capture_bytes: args.capture_bytes,
             response_capture_bytes: args.response_capture_bytes,
             ring_bytes: args.ring_bytes,
         })?;
-        for note in &session.notes {
-            eprintln!("{note}");
-        }
         let run_time = if args.bpf_stats {
             Some(RunTimeStats::enable()?)
         } else {
             None
         };
+        // Everything that needs more is done: keep only what the run needs. No other thread
+        // runs yet (capabilities are each thread's own).
+        let dropped = privileges::drop_privileges(args.user.as_deref())?;
+        // The `attached:` line last: from there on everything is in place.
+        eprintln!("{dropped}");
+        for note in &session.notes {
+            eprintln!("{note}");
+        }
         Ok(Live {
             runtime,
             terminate,
@@ -138,13 +146,16 @@ impl Live {
                 if waiting || drained.exited.contains(&root) || (second && !procfs::alive(root)) {
                     match successor(session, pidfile.as_ref(), root) {
                         Successor::Follow(pid, why) => {
-                            waiting = false;
-                            eprintln!(
-                                "access-log: the gateway's process {root} exited; following \
-                                 PID {pid} ({why})"
-                            );
                             match session.follow(pid) {
                                 Ok(existing) => {
+                                    // Said once it is so: a request from here on is seen.
+                                    let exited = if waiting {
+                                        String::new()
+                                    } else {
+                                        format!("the gateway's process {root} exited; ")
+                                    };
+                                    waiting = false;
+                                    eprintln!("access-log: {exited}following PID {pid} ({why})");
                                     for note in &session.notes {
                                         eprintln!("{note}");
                                     }

@@ -64,6 +64,10 @@ pub struct TargetArgs {
     /// Measure the kernel programs' run time and print it at exit (`bpf: ...`).
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Once attached, run as this user (with only the capabilities the run still needs, which
+    /// it keeps in every case).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 impl TargetArgs {
@@ -126,12 +130,14 @@ impl EventArgs {
         })
     }
 
-    /// The syslog forwarder, when asked for (its URL checked before anything is attached).
-    pub fn syslog(&self) -> anyhow::Result<Option<SyslogSink>> {
-        let Some(url) = &self.syslog else {
-            return Ok(None);
-        };
-        Ok(Some(SyslogSink::start(Receiver5424::parse(url)?)))
+    /// The syslog receiver, when one is asked for (its URL checked before anything is
+    /// attached; the forwarder thread starts once privileges are dropped).
+    pub fn syslog(&self) -> anyhow::Result<Option<Receiver5424>> {
+        Ok(self
+            .syslog
+            .as_deref()
+            .map(Receiver5424::parse)
+            .transpose()?)
     }
 
     pub fn redactor(&self) -> Redactor {

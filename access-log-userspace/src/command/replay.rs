@@ -8,7 +8,10 @@ use std::{
 use anyhow::Context as _;
 
 use super::{EventArgs, EventConsumer};
-use crate::kernel::capture_file::{self, Entry, Reader};
+use crate::{
+    kernel::capture_file::{self, Entry, Reader},
+    sink::syslog::SyslogSink,
+};
 
 pub fn run(file: &Path, events: &EventArgs, output: Option<&PathBuf>) -> anyhow::Result<()> {
     let input = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
@@ -21,8 +24,8 @@ pub fn run(file: &Path, events: &EventArgs, output: Option<&PathBuf>) -> anyhow:
             file.display()
         ),
     };
-    let mut consumer =
-        EventConsumer::new(events, clock, events.sink(output)?)?.forwarding(events.syslog()?);
+    let mut consumer = EventConsumer::new(events, clock, events.sink(output)?)?
+        .forwarding(events.syslog()?.map(SyslogSink::start));
     let result = capture_file::replay(&mut reader, &mut consumer);
     consumer.finish()?;
     eprintln!("summary: {}", consumer.summary());

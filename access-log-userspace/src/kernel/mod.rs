@@ -6,6 +6,8 @@ pub mod btf;
 pub mod capture_file;
 pub mod errno;
 pub mod go;
+#[cfg(feature = "kernel")]
+pub mod privileges;
 pub mod probe_sites;
 #[cfg(feature = "kernel")]
 pub mod probes;

@@ -53,6 +53,8 @@ pub struct Session {
     /// Followed sockets whose descriptor was gone at the last sweep: forgotten if still gone.
     gone_at_last_sweep: HashSet<SocketKey>,
     pub upkeep: Upkeep,
+    /// The first tree is watched: what fails from here on (privileges dropped) is a note.
+    attached_once: bool,
 }
 
 /// What the session did to keep the kernel's tables true.
@@ -120,6 +122,7 @@ impl Session {
             go_programs: Vec::new(),
             gone_at_last_sweep: HashSet::new(),
             upkeep: Upkeep::default(),
+            attached_once: false,
         };
         let (processes, existing) = session.watch_tree(config.pid)?;
         session.existing = existing;
@@ -175,6 +178,7 @@ impl Session {
             config.capture_bytes,
             config.response_capture_bytes
         ));
+        session.attached_once = true;
         Ok(session)
     }
 
@@ -201,7 +205,18 @@ impl Session {
             }
         }
         for (path, shown, sites) in &self.go_programs[probed..] {
-            self.probes.attach_sites(sites, path, shown)?;
+            if let Err(error) = self.probes.attach_sites(sites, path, shown) {
+                // Only a process followed later gets here with its privileges dropped
+                // (uprobes take CAP_SYS_ADMIN): its pairings rest on thread facts.
+                if self.attached_once {
+                    self.notes.push(format!(
+                        "access-log: {shown} is a Go program whose transport is not probed \
+                         ({error}); its pairings rest on thread facts"
+                    ));
+                    continue;
+                }
+                return Err(error.into());
+            }
             let names: Vec<&str> = sites.iter().map(|s| s.function.as_str()).collect();
             self.notes.push(format!(
                 "access-log: {shown} is a Go program: its net/http transport is probed at {}",
