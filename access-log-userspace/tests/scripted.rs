@@ -9,7 +9,7 @@ use access_log::{
         EventKind, Value,
     },
     kernel::{record::Record, Clock, Direction},
-    pipeline::{Outcome, Pipeline, PipelineConfig},
+    pipeline::{Bounds, Outcome, Pipeline, PipelineConfig},
 };
 use access_log_common::{call, kind, RecordHeader};
 
@@ -34,6 +34,7 @@ impl Script {
             pipeline: Pipeline::new(PipelineConfig {
                 id_headers: vec!["x-request-id".into()],
                 noted_headers: CREDENTIAL_HEADERS.iter().map(|h| (*h).to_owned()).collect(),
+                ..PipelineConfig::default()
             }),
             builder: EventBuilder::new(
                 Catalog::parse(catalog).unwrap(),
@@ -1192,7 +1193,7 @@ fn an_id_shared_by_two_waiting_requests_is_no_exact_link() {
     let mut s = Script::new(CATALOG);
     s.pipeline = Pipeline::new(PipelineConfig {
         id_headers: vec!["traceparent".into()],
-        noted_headers: Vec::new(),
+        ..PipelineConfig::default()
     });
     let trace = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     s.accept(5);
@@ -1363,4 +1364,85 @@ fn a_call_linked_right_after_a_gap_ends_in_the_loss_record_not_a_pairing() {
         lost[1].text("RequestIDs"),
         s.of(EventKind::IncomingRequest)[0].text("MessageID")
     );
+}
+
+/// A script whose pipeline keeps state within `bounds`.
+fn bounded(bounds: Bounds) -> Script {
+    let mut s = Script::new(CATALOG);
+    s.pipeline = Pipeline::new(PipelineConfig {
+        id_headers: vec!["x-request-id".into()],
+        bounds,
+        ..PipelineConfig::default()
+    });
+    s
+}
+
+#[test]
+fn a_connection_idle_past_the_timeout_is_forgotten_and_its_request_lost() {
+    let mut s = bounded(Bounds {
+        idle_ns: 60_000_000_000,
+        ..Bounds::default()
+    });
+    s.accept(5);
+    s.data(5, call::RECVFROM, b"GET /orders/stuck HTTP/1.1\r\n\r\n");
+    s.accept(6);
+    // Connection 6 stays busy; 5 says nothing for two minutes.
+    for _ in 0..120 {
+        s.now += 1_000_000_000;
+        s.data(6, call::RECVFROM, b"GET /orders/busy HTTP/1.1\r\n\r\n");
+        s.answer(6, call::WRITEV, "200 OK");
+    }
+    let lost = s.of(EventKind::Lost);
+    assert_eq!(lost.len(), 1, "{:#?}", lost);
+    assert_eq!(lost[0].text("Reason"), Some("state evicted"));
+    assert_eq!(lost[0].get("RequestsLost"), Some(&Value::Integer(1)));
+    assert_eq!(s.of(EventKind::RequestComplete).len(), 120);
+    let stats = s.pipeline.stats();
+    assert_eq!(
+        (stats.evicted_idle_connections, stats.evicted_requests),
+        (1, 0)
+    );
+    assert_eq!(s.pipeline.tracked(), (1, 0));
+}
+
+#[test]
+fn connections_over_the_cap_go_least_recently_active_first() {
+    let mut s = bounded(Bounds {
+        max_connections: 8,
+        ..Bounds::default()
+    });
+    for fd in 10..30 {
+        s.accept(fd);
+    }
+    // The newest 7 stay: 20 + 1 over a cap of 8, down to 7.
+    s.now += 2_000_000_000;
+    s.accept(100);
+    assert_eq!(s.pipeline.stats().evicted_connections_over_cap, 14);
+    assert_eq!(s.pipeline.tracked().0, 7);
+    // A survivor still carries requests.
+    s.data(29, call::RECVFROM, b"GET /orders/kept HTTP/1.1\r\n\r\n");
+    s.answer(29, call::WRITEV, "200 OK");
+    assert_eq!(s.of(EventKind::RequestComplete).len(), 1);
+}
+
+#[test]
+fn requests_over_the_cap_end_in_a_loss_record_oldest_first() {
+    let mut s = bounded(Bounds {
+        max_requests: 4,
+        ..Bounds::default()
+    });
+    for fd in 10..20 {
+        s.accept(fd);
+        s.data(fd, call::RECVFROM, b"GET /orders/waiting HTTP/1.1\r\n\r\n");
+    }
+    s.now += 2_000_000_000;
+    s.accept(100);
+    let lost = s.of(EventKind::Lost);
+    assert_eq!(lost.len(), 1);
+    // 10 waiting over a cap of 4, down to 3.
+    assert_eq!(lost[0].get("RequestsLost"), Some(&Value::Integer(7)));
+    assert_eq!(s.pipeline.stats().evicted_requests, 7);
+    // The newest are still served.
+    s.answer(19, call::WRITEV, "200 OK");
+    assert_eq!(s.of(EventKind::RequestComplete).len(), 1);
 }

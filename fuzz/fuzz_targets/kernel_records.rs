@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let mut pipeline = Pipeline::new(PipelineConfig {
         id_headers: vec!["x-request-id".into()],
         noted_headers: vec!["authorization".into()],
+        ..PipelineConfig::default()
     });
     let mut outcomes = Vec::new();
     let mut rest = data;

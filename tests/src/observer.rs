@@ -1,7 +1,7 @@
 //! The real observer, `target/release/access-log attach`, run against a gateway: waits for its
 //! `attached:` line, collects its JSON events as they come, stops it with SIGTERM.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -230,7 +230,16 @@ impl Observer {
     pub fn wait_ended(&self, count: usize) -> Vec<Value> {
         self.wait_for(Duration::from_secs(10), |events| {
             let incoming = of(events, "INCOMING_REQUEST");
-            incoming.len() >= count && incoming.iter().all(|i| ending(events, i).is_some())
+            // One pass over the endings (tens of thousands of events in a soak).
+            let ended: HashSet<&str> = events
+                .iter()
+                .filter(|e| e["Event"] != "INCOMING_REQUEST")
+                .filter_map(|e| e["ResponseTo"].as_str())
+                .collect();
+            incoming.len() >= count
+                && incoming
+                    .iter()
+                    .all(|i| i["MessageID"].as_str().is_some_and(|id| ended.contains(id)))
         })
     }
 

@@ -505,3 +505,128 @@ fn after_attach_it_runs_as_another_user_with_two_capabilities() {
         tasks.len()
     );
 }
+
+/// A process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status_field(&status, "VmRSS")
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Entries in the observer's kernel socket table (its map named SOCKETS, found through the
+/// observer's own descriptors).
+fn followed_sockets(observer: u32) -> usize {
+    let mut maps = HashSet::new();
+    for entry in fs::read_dir(format!("/proc/{observer}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let text = fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(id) = line.strip_prefix("map_id:") {
+                maps.extend(id.trim().parse::<u32>());
+            }
+        }
+    }
+    for id in maps {
+        let show = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id.to_string()])
+            .output()
+            .expect("running bpftool");
+        let info: Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
+        if info["name"] == "SOCKETS" {
+            let dump = Command::new("bpftool")
+                .args(["-j", "map", "dump", "id", &id.to_string()])
+                .output()
+                .expect("running bpftool");
+            let entries: Vec<Value> = serde_json::from_slice(&dump.stdout).unwrap_or_default();
+            return entries.len();
+        }
+    }
+    panic!("the observer holds no SOCKETS map");
+}
+
+#[test]
+fn a_soak_of_short_connections_leaves_the_state_where_it_was() {
+    let setup = nginx("soak", 2);
+    let observer = Observer::attach(setup.gateway.master_pid(), &[]).expect("attaching");
+    let port = setup.gateway.port;
+    // Four clients, each request on a connection of its own (closed after the answer).
+    let round = |name: &str, each: usize| {
+        thread::scope(|scope| {
+            for client in 0..4 {
+                scope.spawn(move || {
+                    for number in 0..each {
+                        let path = format!("/soak/{name}/{client}-{number}");
+                        assert_eq!(request(port, &path), Ok(200), "{path}");
+                    }
+                });
+            }
+        });
+    };
+    // A first round warms every table and buffer up; the second is measured against it.
+    round("warm", 500);
+    observer.wait_ended(2000);
+    let before = rss_kib(observer.pid());
+    let started = Instant::now();
+    round("measured", 4500);
+    observer.wait_ended(20_000);
+    let elapsed = started.elapsed();
+    let after = rss_kib(observer.pid());
+    let sockets = followed_sockets(observer.pid());
+    let (events, stderr) = observer.stop();
+    assert_every_request_ends_once(&events);
+    assert_eq!(of(&events, "REQUEST_COMPLETE").len(), 20_000, "{stderr}");
+    // 18,000 connections came and went (36,000 sockets with the backend's): the kernel's
+    // table holds none of them once closed.
+    assert!(sockets <= 16, "{sockets} sockets still followed");
+    eprintln!(
+        "soak: 18,000 short connections in {:.1} s; observer RSS {before} KiB before, {after} KiB \
+         after; kernel socket table {sockets} entries after",
+        elapsed.as_secs_f64()
+    );
+}
+
+#[test]
+fn sigterm_under_full_load_flushes_within_a_second_then_detaches() {
+    let setup = nginx("sigterm-load", 2);
+    let mut command = Command::new(binary());
+    command
+        .args(["attach", "--pid", &setup.gateway.master_pid().to_string()])
+        .stdout(std::process::Stdio::null());
+    let mut observer = Attached::start(command, false).expect("attaching");
+    // wrk saturates the gateway (and the two cores) for longer than the test needs.
+    let mut wrk = Command::new("wrk")
+        .args(["-t", "2", "-c", "32", "-d", "20s"])
+        .arg(format!("http://127.0.0.1:{}/load", setup.gateway.port))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("running wrk (cargo xtask setup installs it)");
+    thread::sleep(Duration::from_secs(3));
+    let asked = Instant::now();
+    signal(observer.child.id(), libc::SIGTERM);
+    // The drain loop yields to its signals under any load: the rest is drained (bounded),
+    // the output flushed and the summary printed at once.
+    observer
+        .wait_for_line("summary: ", Duration::from_secs(10))
+        .expect("a summary");
+    let flushed = asked.elapsed();
+    observer.wait().expect("the observer ends with status 0");
+    let exited = asked.elapsed();
+    let _ = wrk.kill();
+    let _ = wrk.wait();
+    assert!(
+        flushed < Duration::from_secs(1),
+        "flushed after {flushed:?}"
+    );
+    // The kernel detaches the probes one grace period after the other (README).
+    assert!(exited < Duration::from_secs(10), "exited after {exited:?}");
+    eprintln!(
+        "SIGTERM under saturation: summary after {} ms, exit after {} ms",
+        flushed.as_millis(),
+        exited.as_millis()
+    );
+}

@@ -1,6 +1,9 @@
 //! `access-log attach`: follow a gateway live and write its events (and, when asked, the raw
 //! records behind them, to replay later).
-use std::path::{Path, PathBuf};
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 
@@ -31,7 +34,8 @@ pub fn run(
     let syslog = syslog.map(SyslogSink::start);
     let mut consumer = EventConsumer::new(events, live.session.clock, sink)?
         .reopening(output, events)
-        .forwarding(syslog);
+        .forwarding(syslog)
+        .with_status_line(std::io::stderr().is_terminal());
     let mut saved = String::new();
     let outcome = match capture_file {
         Some((file, path)) => {
@@ -89,9 +93,9 @@ impl<C: RecordConsumer> RecordConsumer for Tee<'_, C> {
         self.events.batch_done();
     }
 
-    fn tick(&mut self) {
-        self.capture.tick();
-        self.events.tick();
+    fn tick(&mut self, now_ns: u64, not_captured: u64) {
+        self.capture.tick(now_ns, not_captured);
+        self.events.tick(now_ns, not_captured);
     }
 
     /// The capture file is one stream from its header on: only the event outputs reopen.

@@ -188,18 +188,21 @@ impl Live {
                 }
                 if second {
                     next_second = now + SECOND;
-                    consumer.tick();
+                    consumer.tick(monotonic_ns(), session.drops().not_captured());
                 }
                 if now >= next_sweep {
                     next_sweep = now + SOCKET_SWEEP;
                     session.sweep_sockets();
                 }
-                next = tokio::time::Instant::now()
-                    + if drained.records < BATCH {
-                        TICK
-                    } else {
-                        Duration::ZERO
-                    };
+                if drained.records < BATCH {
+                    next = tokio::time::Instant::now() + TICK;
+                } else {
+                    // More is waiting: drain again at once, but let the runtime look at its
+                    // signals first (a loop that is always ready never lets it, and a stop
+                    // under full load would wait for the load to end).
+                    tokio::task::yield_now().await;
+                    next = tokio::time::Instant::now();
+                }
             }
             // What the kernel wrote before the stop, but no more than a few batches: a stop
             // under full load must not wait for the load to end.
@@ -208,6 +211,7 @@ impl Live {
                     break;
                 }
             }
+            session.stop_watching();
             outcome
         })
     }
@@ -222,6 +226,17 @@ impl Live {
             );
         }
     }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of the kernel's records.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// Who carries on when the followed process exits.

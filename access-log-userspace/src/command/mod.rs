@@ -21,10 +21,11 @@ use anyhow::Context as _;
 
 use crate::{
     event::{
-        catalog::Catalog, classify::CREDENTIAL_HEADERS, redact::Redactor, EventBuilder, EventCounts,
+        catalog::Catalog, classify::CREDENTIAL_HEADERS, loss::LossLedger, redact::Redactor, Event,
+        EventBuilder, EventCounts,
     },
     kernel::{record::decode, Clock, ConnectionKey, Direction, Endpoint, RecordConsumer},
-    pipeline::{Outcome, Pipeline, PipelineConfig, PipelineStats},
+    pipeline::{Bounds, Outcome, Pipeline, PipelineConfig, PipelineStats},
     sink::{
         self,
         syslog::{Receiver5424, SyslogSink, SyslogStats},
@@ -115,6 +116,18 @@ pub struct EventArgs {
     /// Write query strings as received, credentials included.
     #[arg(long)]
     pub no_redact: bool,
+    /// Forget a connection with no traffic for this many seconds, and a request waiting this
+    /// long (its end becomes a LOST event, "state evicted").
+    #[arg(long, value_name = "SECS", default_value_t = 900.0, value_parser = parse_duration)]
+    pub idle_timeout: f64,
+    /// Connections followed at most (beyond, the least recently active are forgotten).
+    #[arg(long, value_name = "N", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Requests waiting at most (beyond, the oldest are forgotten).
+    #[arg(long, value_name = "N", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests: u32,
     /// Also send every event to this syslog receiver, as an RFC 5424 message carrying the kv
     /// line: udp://HOST:PORT, tcp://HOST:PORT (octet-counted frames) or unix:///PATH. A slow or
     /// absent receiver never holds capture up: a bounded queue, drops counted, reconnects.
@@ -148,6 +161,11 @@ impl EventArgs {
         Pipeline::new(PipelineConfig {
             id_headers: self.id_header.clone(),
             noted_headers: CREDENTIAL_HEADERS.iter().map(|h| (*h).to_owned()).collect(),
+            bounds: Bounds {
+                idle_ns: (self.idle_timeout * 1e9) as u64,
+                max_connections: self.max_connections as usize,
+                max_requests: self.max_requests as usize,
+            },
         })
     }
 
@@ -184,6 +202,11 @@ pub struct EventConsumer {
     pipeline: Pipeline,
     builder: EventBuilder,
     sink: Box<dyn Sink>,
+    losses: LossLedger,
+    /// Kernel calls not captured, as last told: the ledger gets each rise.
+    not_captured: u64,
+    /// A status line on stderr, rewritten every second (stderr is a terminal).
+    status_line: bool,
     /// The output file and how to write it, reopened on SIGHUP.
     reopen: Option<(PathBuf, EventArgs)>,
     /// Every event also goes to a syslog receiver.
@@ -200,6 +223,9 @@ impl EventConsumer {
             pipeline: args.pipeline(),
             builder: EventBuilder::new(args.catalog()?, clock, args.redactor()),
             sink,
+            losses: LossLedger::default(),
+            not_captured: 0,
+            status_line: false,
             reopen: None,
             syslog: None,
             syslog_stats: None,
@@ -216,24 +242,51 @@ impl EventConsumer {
         self
     }
 
+    /// Rewrites a status line on stderr every second (for a person at a terminal).
+    pub fn with_status_line(mut self, enabled: bool) -> Self {
+        self.status_line = enabled;
+        self
+    }
+
     /// Reopens `path` (the sink's file) when told to: a log rotator renamed it.
     pub fn reopening(mut self, path: Option<&PathBuf>, args: &EventArgs) -> Self {
         self.reopen = path.map(|path| (path.clone(), args.clone()));
         self
     }
 
+    /// Events for the outcomes waiting; losses go to the ledger, which reports them at most
+    /// once a second.
     fn write_outcomes(&mut self) {
-        for outcome in self.outcomes.drain(..) {
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        for outcome in outcomes.drain(..) {
+            if let Outcome::Lost(loss) = &outcome {
+                self.losses.add(loss);
+                self.report_losses(loss.at);
+                continue;
+            }
             let event = self.builder.event(&outcome);
-            if let Some(syslog) = &mut self.syslog {
-                let _ = syslog.write_event(&event);
+            self.emit(&event);
+        }
+        self.outcomes = outcomes;
+    }
+
+    fn emit(&mut self, event: &Event) {
+        if let Some(syslog) = &mut self.syslog {
+            let _ = syslog.write_event(event);
+        }
+        if let Err(error) = self.sink.write_event(event) {
+            self.write_failures += 1;
+            if self.write_failures == 1 {
+                eprintln!("access-log: writing events failed: {error}");
             }
-            if let Err(error) = self.sink.write_event(&event) {
-                self.write_failures += 1;
-                if self.write_failures == 1 {
-                    eprintln!("access-log: writing events failed: {error}");
-                }
-            }
+        }
+    }
+
+    /// The LOST event of what the ledger holds, when one is due at `now`.
+    fn report_losses(&mut self, now: u64) {
+        if let Some(report) = self.losses.due(now) {
+            let event = self.builder.loss_report(&report);
+            self.emit(&event);
         }
     }
 
@@ -242,6 +295,13 @@ impl EventConsumer {
     pub fn finish(&mut self) -> anyhow::Result<()> {
         self.pipeline.finish(&mut self.outcomes);
         self.write_outcomes();
+        if let Some(report) = self.losses.take() {
+            let event = self.builder.loss_report(&report);
+            self.emit(&event);
+        }
+        if self.status_line {
+            eprintln!();
+        }
         // What is queued for syslog goes out now (for a bounded time).
         self.syslog = None;
         self.sink.flush().context("flushing events")
@@ -270,7 +330,8 @@ impl EventConsumer {
              undecodable records {}; outbound requests not linked {}; low-confidence pairings \
              {}; answers with no request seen {}; encrypted connections not read {}; reads \
              drained by a closing gateway {}; connections left alone (not HTTP/1) {}; \
-             unreadable requests {}; records of unknown connections {}; events not written \
+             unreadable requests {}; records of unknown connections {}; state evicted: {} idle \
+             connections, {} connections over the cap, {} requests; events not written \
              {}{syslog}",
             counts.incoming,
             counts.complete,
@@ -289,6 +350,9 @@ impl EventConsumer {
             stats.opaque_connections,
             stats.unreadable_requests,
             stats.unknown_connection_records,
+            stats.evicted_idle_connections,
+            stats.evicted_connections_over_cap,
+            stats.evicted_requests,
             self.write_failures,
         )
     }
@@ -306,7 +370,10 @@ impl RecordConsumer for EventConsumer {
     fn record(&mut self, bytes: &[u8]) {
         match decode(bytes) {
             Ok(record) => self.pipeline.process(&record, &mut self.outcomes),
-            Err(_) => self.undecodable += 1,
+            Err(_) => {
+                self.undecodable += 1;
+                self.losses.undecodable(1, self.pipeline.last_seen());
+            }
         }
         self.write_outcomes();
     }
@@ -316,6 +383,30 @@ impl RecordConsumer for EventConsumer {
         if let Err(error) = self.sink.flush() {
             self.write_failures += 1;
             eprintln!("access-log: writing events failed: {error}");
+        }
+    }
+
+    /// Losses are reported when due, kernel calls not captured since the last tick join them,
+    /// and the status line is rewritten.
+    fn tick(&mut self, now_ns: u64, not_captured: u64) {
+        if not_captured > self.not_captured {
+            self.losses
+                .not_captured(not_captured - self.not_captured, now_ns);
+            self.not_captured = not_captured;
+        }
+        self.report_losses(now_ns);
+        self.batch_done();
+        if self.status_line {
+            let counts = self.counts();
+            eprint!(
+                "\r\x1b[Kaccess-log: {} requests in, {} complete, {} errors, {} lost; {} in \
+                 flight",
+                counts.incoming,
+                counts.complete,
+                counts.errors,
+                counts.requests_lost,
+                self.pipeline.tracked().1
+            );
         }
     }
 

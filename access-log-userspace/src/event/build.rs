@@ -7,14 +7,13 @@ use super::{
     catalog::{ApiMatch, Catalog},
     classify::{self, Classification},
     identity::Identity,
+    loss::LossReport,
     model::{Event, EventKind, Fields},
     redact::Redactor,
 };
 use crate::{
     kernel::Clock,
-    pipeline::{
-        Attempt, AttemptOutcome, Confidence, Ended, Ending, Loss, LossReason, Outcome, Request,
-    },
+    pipeline::{Attempt, AttemptOutcome, Confidence, Ended, Ending, Loss, Outcome, Request},
     protocol::http1::RequestLine,
 };
 
@@ -278,14 +277,14 @@ impl EventBuilder {
 
     /// LOST: why, how many records, and the MessageIDs of the requests it ends.
     fn lost(&mut self, loss: &Loss) -> Event {
+        self.loss_report(&LossReport::from(loss))
+    }
+
+    /// The LOST event of everything lost since the previous one (see [`super::loss`]).
+    pub fn loss_report(&mut self, report: &LossReport) -> Event {
         self.counts.lost += 1;
-        self.counts.requests_lost += loss.requests.len() as u64;
-        let reason = match loss.reason {
-            LossReason::RingFull => "ring buffer full",
-            LossReason::ConnectionReplaced => "connection state lost",
-            LossReason::ObserverStopped => "observer stopped",
-        };
-        let ids: Vec<Arc<str>> = loss
+        self.counts.requests_lost += report.requests.len() as u64;
+        let ids: Vec<Arc<str>> = report
             .requests
             .iter()
             .map(|n| self.identity.request(*n))
@@ -293,16 +292,22 @@ impl EventBuilder {
         let mut fields = Fields::new()
             .text("Event", EventKind::Lost.as_str())
             .text("MessageID", self.identity.event())
-            .text("Reason", reason);
-        if loss.records > 0 {
-            fields = fields.integer("RecordsLost", loss.records);
+            .text("Reason", report.reasons.join(", "));
+        if report.records > 0 {
+            fields = fields.integer("RecordsLost", report.records);
         }
-        fields = fields.integer("RequestsLost", loss.requests.len() as u64);
+        fields = fields.integer("RequestsLost", report.requests.len() as u64);
         if !ids.is_empty() {
             fields = fields.text("RequestIDs", ids.join(","));
         }
+        if report.undecodable > 0 {
+            fields = fields.integer("UndecodableRecords", report.undecodable);
+        }
+        if report.not_captured > 0 {
+            fields = fields.integer("NotCaptured", report.not_captured);
+        }
         Event {
-            unix_nanos: self.clock.wall(loss.at),
+            unix_nanos: self.clock.wall(report.at),
             kind: EventKind::Lost,
             fields: fields.build(),
         }

@@ -1,11 +1,12 @@
 //! Outcomes to events: the model every output format writes (`model`), the API names
 //! (`catalog`), the failure taxonomy (`classify`), MessageIDs (`identity`), query-string
-//! redaction (`redact`), and the builder that puts them together (`build`). Nothing leaves
-//! this layer unredacted.
+//! redaction (`redact`), losses gathered into at most one LOST event a second (`loss`), and
+//! the builder that puts them together (`build`). Nothing leaves this layer unredacted.
 pub mod build;
 pub mod catalog;
 pub mod classify;
 pub mod identity;
+pub mod loss;
 pub mod model;
 pub mod redact;
 

@@ -105,8 +105,10 @@ pub trait RecordConsumer {
     fn record(&mut self, bytes: &[u8]);
     /// The end of a batch: a moment to flush output.
     fn batch_done(&mut self);
-    /// About once a second, records or not: a moment for what is due by the clock.
-    fn tick(&mut self) {}
+    /// About once a second, records or not: a moment for what is due by the clock. `now_ns`
+    /// is CLOCK_MONOTONIC (the records' clock); `not_captured`, the kernel's count so far of
+    /// calls it could not capture.
+    fn tick(&mut self, _now_ns: u64, _not_captured: u64) {}
     /// SIGHUP: reopen output files (a log rotator renamed them).
     fn reopen_outputs(&mut self) {}
 }

@@ -316,6 +316,13 @@ impl Probes {
         self.sockets.remove(&key).is_ok()
     }
 
+    /// Empties the watched set.
+    pub fn unwatch_all(&mut self) {
+        for pid in self.watched_ids() {
+            let _ = self.watched.remove(&pid);
+        }
+    }
+
     /// The thread and process ids in the watched set.
     pub fn watched_ids(&self) -> Vec<u32> {
         self.watched.keys().flatten().collect()

@@ -372,6 +372,15 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Empties the watched set: from here on every probe returns at its first check, so the
+    /// gateway pays next to nothing while the kernel detaches the probes one grace period
+    /// after the other (seconds under full load).
+    pub fn stop_watching(&mut self) {
+        self.probes.unwatch_all();
+    }
+}
+
 /// The [`watched::GO`] bit for a Go program whose transport can be probed (its sites added to
 /// `programs` once per executable), 0 for any other; a Go program that cannot be probed is
 /// named in `notes`.

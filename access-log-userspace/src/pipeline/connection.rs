@@ -39,6 +39,8 @@ pub(super) struct Connection {
     pub answer_closed: bool,
     /// Inbound: the client ended its side (end of stream, reset) before the gateway closed.
     pub client_ended: bool,
+    /// The newest record's time on it (0: none yet, as for a connection found at attach).
+    pub last_active: u64,
 }
 
 impl Connection {
@@ -63,6 +65,7 @@ impl Connection {
             hung_up: None,
             tls: false,
             encrypted_unread: false,
+            last_active: 0,
             closing: false,
             answer_closed: false,
             client_ended: false,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use access_log_common::{call, tcp_state};
 // Keys the kernel chose (pids, fds, our own numbers) get a fast hash, which pays off on every
 // record.
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::{
     kernel::{errno, record::Record, ConnectionKey, Direction, Endpoint, ThreadKey},
@@ -47,7 +47,37 @@ pub struct PipelineStats {
     /// Answers on inbound connections with no request waiting: requests read beyond the
     /// capture of one read, or lost.
     pub unmatched_answers: u64,
+    /// Connections forgotten because they were idle longer than the idle timeout, or over
+    /// the cap; requests forgotten because they waited longer, or were over the cap.
+    pub evicted_idle_connections: u64,
+    pub evicted_connections_over_cap: u64,
+    pub evicted_requests: u64,
 }
+
+/// How much state the pipeline keeps at most: a connection or a request past these is
+/// forgotten (its requests end in a LOST event, "state evicted") and counted. Checked once a
+/// second of the records' time, so a table may pass its cap for up to a second; over the cap,
+/// the least recently active go, down to seven eighths of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// A connection with no record this long, or a request waiting this long.
+    pub idle_ns: u64,
+    pub max_connections: usize,
+    pub max_requests: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds {
+            idle_ns: 900 * 1_000_000_000,
+            max_connections: 65536,
+            max_requests: 65536,
+        }
+    }
+}
+
+/// How often, in the records' time, the bounds are checked.
+const UPKEEP_NS: u64 = 1_000_000_000;
 
 /// What the pipeline needs besides records.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +86,7 @@ pub struct PipelineConfig {
     pub id_headers: Vec<String>,
     /// Lower-case names of request headers whose presence the events report on (credentials).
     pub noted_headers: Vec<String>,
+    pub bounds: Bounds,
 }
 
 /// An attempt with the connection it went out on.
@@ -185,6 +216,9 @@ pub struct Pipeline {
     /// The goroutine of the record being processed (Go programs; 0 elsewhere).
     goroutine: u64,
     stats: PipelineStats,
+    bounds: Bounds,
+    /// When (records' time) the bounds are checked next.
+    next_upkeep_ns: u64,
 }
 
 impl Pipeline {
@@ -204,7 +238,14 @@ impl Pipeline {
             quarantine_until: 0,
             goroutine: 0,
             stats: PipelineStats::default(),
+            bounds: config.bounds,
+            next_upkeep_ns: 0,
         }
+    }
+
+    /// The newest record's time (monotonic nanoseconds).
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen_ns
     }
 
     pub fn stats(&self) -> &PipelineStats {
@@ -323,6 +364,68 @@ impl Pipeline {
                 self.data(key, thread, header.call, *moved, captured, missing, at, out)
             }
         }
+        if let Some(connection) = self.tables.connections.get_mut(&key) {
+            connection.last_active = at;
+        }
+        if at >= self.next_upkeep_ns {
+            self.next_upkeep_ns = at + UPKEEP_NS;
+            self.upkeep(at, out);
+        }
+    }
+
+    /// Keeps the tables within their [`Bounds`]: idle connections and requests waiting too
+    /// long are forgotten, then the least recently active over a cap.
+    fn upkeep(&mut self, at: u64, out: &mut Vec<Outcome>) {
+        let idle = self.bounds.idle_ns;
+        let mut stale: HashSet<ConnectionKey> = HashSet::default();
+        for (key, connection) in self.tables.connections.iter_mut() {
+            if connection.last_active == 0 {
+                // Found at attach: idle from now.
+                connection.last_active = at;
+            } else if at.saturating_sub(connection.last_active) > idle {
+                stale.insert(*key);
+            }
+        }
+        self.stats.evicted_idle_connections += stale.len() as u64;
+        let left = self.tables.connections.len() - stale.len();
+        if left > self.bounds.max_connections {
+            let mut by_age: Vec<(u64, ConnectionKey)> = self
+                .tables
+                .connections
+                .iter()
+                .filter(|(key, _)| !stale.contains(*key))
+                .map(|(key, connection)| (connection.last_active, *key))
+                .collect();
+            by_age.sort_unstable();
+            let excess = left - self.bounds.max_connections * 7 / 8;
+            self.stats.evicted_connections_over_cap += excess as u64;
+            stale.extend(by_age.into_iter().take(excess).map(|(_, key)| key));
+        }
+        for key in stale {
+            self.forget_connection(key, LossReason::Evicted, at, out);
+        }
+        let mut old: HashSet<u64> = self
+            .tables
+            .requests
+            .iter()
+            .filter(|(_, waiting)| at.saturating_sub(waiting.request.received_ns) > idle)
+            .map(|(number, _)| *number)
+            .collect();
+        let left = self.tables.requests.len() - old.len();
+        if left > self.bounds.max_requests {
+            let mut numbers: Vec<u64> = self
+                .tables
+                .requests
+                .keys()
+                .filter(|number| !old.contains(*number))
+                .copied()
+                .collect();
+            numbers.sort_unstable();
+            let excess = left - self.bounds.max_requests * 7 / 8;
+            old.extend(numbers.into_iter().take(excess));
+        }
+        self.stats.evicted_requests += old.len() as u64;
+        self.lose(old.into_iter().collect(), LossReason::Evicted, 0, at, out);
     }
 
     /// Records were lost before this one: what was in flight may have lost its answer or its
@@ -613,13 +716,24 @@ impl Pipeline {
     /// not seen (fds closed by close_range or dup2, or a record lost). What waited on it can
     /// no longer end as observed.
     fn replace(&mut self, key: ConnectionKey, at: u64, out: &mut Vec<Outcome>) {
+        self.forget_connection(key, LossReason::ConnectionReplaced, at, out);
+    }
+
+    /// Forgets a connection whose end was not seen: its requests end in a loss record.
+    fn forget_connection(
+        &mut self,
+        key: ConnectionKey,
+        reason: LossReason,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
         let Some(connection) = self.tables.connections.remove(&key) else {
             return;
         };
         self.count_closed(&connection);
         if connection.direction == Direction::Inbound {
             let numbers: Vec<u64> = connection.awaiting.iter().flatten().copied().collect();
-            self.lose(numbers, LossReason::ConnectionReplaced, 0, at, out);
+            self.lose(numbers, reason, 0, at, out);
         } else {
             self.outbound_closed(key, &connection, None);
         }

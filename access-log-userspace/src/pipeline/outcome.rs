@@ -128,6 +128,9 @@ pub enum LossReason {
     ConnectionReplaced,
     /// The observer stopped (or the capture file ended) before the requests ended.
     ObserverStopped,
+    /// The pipeline's bounds forgot them: their connection idle longer than the idle
+    /// timeout, a request waiting longer than it, or a table over its cap.
+    Evicted,
 }
 
 /// Requests ended without their end being seen, and what was lost.
