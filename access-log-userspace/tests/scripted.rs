@@ -1149,6 +1149,8 @@ fn records_lost_in_the_kernel_end_what_was_in_flight_in_a_loss_record() {
     assert_eq!(lost.len(), 1, "{:#?}", s.events);
     assert_eq!(lost[0].text("Reason"), Some("ring buffer full"));
     assert_eq!(lost[0].get("RecordsLost"), Some(&Value::Integer(3)));
+    // The client connections of the requests it ends, as process:descriptor.
+    assert_eq!(lost[0].text("Connections"), Some("100:5,100:6"));
     assert_eq!(lost[0].get("RequestsLost"), Some(&Value::Integer(2)));
     let incoming = s.of(EventKind::IncomingRequest);
     let ids = lost[0].text("RequestIDs").unwrap();

@@ -630,3 +630,48 @@ fn sigterm_under_full_load_flushes_within_a_second_then_detaches() {
         exited.as_millis()
     );
 }
+
+#[test]
+fn on_a_terminal_a_status_line_is_rewritten_every_second() {
+    let setup = nginx("status-line", 1);
+    // `script` (util-linux) gives the observer a terminal for its stdout and stderr.
+    let observed = format!(
+        "{} attach --pid {} --format kv --duration 4",
+        binary().display(),
+        setup.gateway.master_pid()
+    );
+    let script = std::process::Command::new("script")
+        .args(["-qfec", &observed, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running script");
+    let port = setup.gateway.port;
+    let client = thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let _ = request(port, "/status-line");
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let output = script.wait_with_output().expect("script ends");
+    client.join().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let lines: Vec<&str> = text
+        .split("\r\u{1b}[K")
+        .skip(1)
+        .filter(|part| part.starts_with("access-log: ") && part.contains(" requests in, "))
+        .collect();
+    assert!(lines.len() >= 2, "no status line rewritten in {text:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|line| !line.starts_with("access-log: 0 requests in")),
+        "{lines:?}"
+    );
+    eprintln!(
+        "status line, last: {}",
+        lines.last().unwrap().lines().next().unwrap()
+    );
+}

@@ -300,6 +300,14 @@ impl EventBuilder {
         if !ids.is_empty() {
             fields = fields.text("RequestIDs", ids.join(","));
         }
+        if !report.connections.is_empty() {
+            let connections: Vec<String> = report
+                .connections
+                .iter()
+                .map(|(process, fd)| format!("{process}:{fd}"))
+                .collect();
+            fields = fields.text("Connections", connections.join(","));
+        }
         if report.undecodable > 0 {
             fields = fields.integer("UndecodableRecords", report.undecodable);
         }

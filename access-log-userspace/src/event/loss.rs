@@ -3,7 +3,10 @@
 //! The pipeline's losses (requests whose end was not seen) and the counts kept outside it
 //! (records that could not be decoded, calls the kernel could not capture, events the syslog
 //! forwarder dropped) are merged into one report until it is due.
-use crate::pipeline::{Loss, LossReason};
+use crate::{
+    kernel::ConnectionKey,
+    pipeline::{Loss, LossReason},
+};
 
 /// One second, in the records' nanoseconds.
 const INTERVAL_NS: u64 = 1_000_000_000;
@@ -19,6 +22,8 @@ pub struct LossReport {
     pub records: u64,
     /// The requests it ends, by number.
     pub requests: Vec<u64>,
+    /// Their client connections, each once.
+    pub connections: Vec<ConnectionKey>,
     /// Records that could not be decoded.
     pub undecodable: u64,
     /// Calls or connections the kernel could not capture (tables full, unreadable buffers).
@@ -48,6 +53,7 @@ impl From<&Loss> for LossReport {
         let mut report = LossReport {
             records: loss.records,
             requests: loss.requests.clone(),
+            connections: loss.connections.clone(),
             ..LossReport::default()
         };
         report.note(reason_text(loss.reason), loss.at);
@@ -72,6 +78,11 @@ impl LossLedger {
         pending.note(reason_text(loss.reason), loss.at);
         pending.records += loss.records;
         pending.requests.extend(&loss.requests);
+        for connection in &loss.connections {
+            if !pending.connections.contains(connection) {
+                pending.connections.push(*connection);
+            }
+        }
     }
 
     /// Records that could not be decoded, `count` more of them.
@@ -121,6 +132,7 @@ mod tests {
             at,
             requests: requests.to_vec(),
             records,
+            connections: requests.iter().map(|n| (7, *n as i32)).collect(),
         }
     }
 
@@ -148,6 +160,7 @@ mod tests {
                 ],
                 records: 7,
                 requests: vec![3, 4],
+                connections: vec![(7, 3), (7, 4)],
                 undecodable: 2,
                 not_captured: 0,
             }

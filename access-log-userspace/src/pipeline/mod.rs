@@ -569,6 +569,7 @@ impl Pipeline {
         out: &mut Vec<Outcome>,
     ) {
         let mut requests = Vec::new();
+        let mut connections = Vec::new();
         for number in numbers {
             if let Some(request) = self.tables.requests.remove(&number) {
                 self.linker.forget(
@@ -577,17 +578,21 @@ impl Pipeline {
                     request.request.head.id.as_ref(),
                 );
                 requests.push(number);
+                connections.push(request.connection);
             }
         }
         if requests.is_empty() && records == 0 {
             return;
         }
         requests.sort_unstable();
+        connections.sort_unstable();
+        connections.dedup();
         out.push(Outcome::Lost(Loss {
             reason,
             at,
             requests,
             records,
+            connections,
         }));
     }
 

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::{
+    kernel::ConnectionKey,
     protocol::http1::{RequestHead, RequestLine},
     text::Text,
 };
@@ -141,6 +142,8 @@ pub struct Loss {
     pub at: u64,
     /// The requests it ends, by number.
     pub requests: Vec<u64>,
+    /// The client connections (process, descriptor) those requests came on.
+    pub connections: Vec<ConnectionKey>,
     /// Kernel records lost, when that is the reason.
     pub records: u64,
 }
