@@ -128,6 +128,17 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// nginx with `workers` workers proxying every path to the backend on `backend_port`, on a
+    /// port of its own.
+    pub fn nginx_proxy(name: &str, workers: u32, backend_port: u16) -> Result<Gateway, String> {
+        let port = crate::free_port();
+        let block = format!(
+            "server {{\n listen 127.0.0.1:{port};\n location / {{ proxy_pass \
+             http://127.0.0.1:{backend_port}; }}\n}}\n"
+        );
+        Gateway::nginx(name, workers, &block, port)
+    }
+
     /// Runs nginx on this gateway's configuration, by its full path: its binary upgrade
     /// (SIGUSR2) executes the path it was started with.
     fn start_nginx(&self) -> Result<(), String> {

@@ -15,7 +15,6 @@ use std::{
 use serde_json::Value;
 use tests::{
     backend::Backend,
-    free_port,
     gateway::{parent_of, Gateway},
     observer::{assert_every_request_ends_once, binary, of, Attached, Observer},
     require_root,
@@ -32,12 +31,7 @@ struct Setup {
 fn nginx(name: &str, workers: u32) -> Setup {
     require_root();
     let backend = Backend::start().expect("a backend");
-    let port = free_port();
-    let block = format!(
-        "server {{\n listen 127.0.0.1:{port};\n location / {{ proxy_pass http://127.0.0.1:{}; }}\n}}\n",
-        backend.port()
-    );
-    let gateway = Gateway::nginx(name, workers, &block, port).expect("starting nginx");
+    let gateway = Gateway::nginx_proxy(name, workers, backend.port()).expect("starting nginx");
     Setup {
         gateway,
         _backend: backend,
@@ -365,6 +359,11 @@ fn logrotate_under_load_loses_no_event_and_sighup_reopens_the_file() {
 
 /// The ids of the BPF programs a process holds (its descriptors' fdinfo `prog_id:` lines).
 fn program_ids(pid: u32) -> HashSet<u32> {
+    fdinfo_ids(pid, "prog_id:")
+}
+
+/// The values of one `fdinfo` field (`prog_id:`, `map_id:`) over a process's descriptors.
+fn fdinfo_ids(pid: u32, field: &str) -> HashSet<u32> {
     let mut ids = HashSet::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .unwrap()
@@ -372,7 +371,7 @@ fn program_ids(pid: u32) -> HashSet<u32> {
     {
         let text = fs::read_to_string(entry.path()).unwrap_or_default();
         for line in text.lines() {
-            if let Some(id) = line.strip_prefix("prog_id:") {
+            if let Some(id) = line.strip_prefix(field) {
                 ids.extend(id.trim().parse::<u32>());
             }
         }
@@ -519,19 +518,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// Entries in the observer's kernel socket table (its map named SOCKETS, found through the
 /// observer's own descriptors).
 fn followed_sockets(observer: u32) -> usize {
-    let mut maps = HashSet::new();
-    for entry in fs::read_dir(format!("/proc/{observer}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let text = fs::read_to_string(entry.path()).unwrap_or_default();
-        for line in text.lines() {
-            if let Some(id) = line.strip_prefix("map_id:") {
-                maps.extend(id.trim().parse::<u32>());
-            }
-        }
-    }
-    for id in maps {
+    for id in fdinfo_ids(observer, "map_id:") {
         let show = Command::new("bpftool")
             .args(["-j", "map", "show", "id", &id.to_string()])
             .output()

@@ -115,13 +115,9 @@ fn wait_received(rsyslog: &Rsyslog, events: &[Value]) -> Result<(), String> {
 fn every_event_reaches_rsyslog(transport: &str) {
     require_root();
     let backend = Backend::start().expect("a backend");
-    let port = free_port();
-    let block = format!(
-        "server {{\n listen 127.0.0.1:{port};\n location / {{ proxy_pass http://127.0.0.1:{}; }}\n}}\n",
-        backend.port()
-    );
-    let gateway =
-        Gateway::nginx(&format!("syslog-{transport}"), 1, &block, port).expect("starting nginx");
+    let gateway = Gateway::nginx_proxy(&format!("syslog-{transport}"), 1, backend.port())
+        .expect("starting nginx");
+    let port = gateway.port;
     let syslog_port = free_port();
     let mut rsyslog = Rsyslog::start(&gateway.dir, syslog_port);
     let url = format!("{transport}://127.0.0.1:{syslog_port}");
@@ -182,12 +178,8 @@ fn every_event_reaches_rsyslog_over_udp_across_its_restart() {
 fn an_absent_receiver_holds_nothing_up_and_its_losses_are_counted() {
     require_root();
     let backend = Backend::start().expect("a backend");
-    let port = free_port();
-    let block = format!(
-        "server {{\n listen 127.0.0.1:{port};\n location / {{ proxy_pass http://127.0.0.1:{}; }}\n}}\n",
-        backend.port()
-    );
-    let gateway = Gateway::nginx("syslog-absent", 1, &block, port).expect("starting nginx");
+    let gateway = Gateway::nginx_proxy("syslog-absent", 1, backend.port()).expect("starting nginx");
+    let port = gateway.port;
     // Nothing listens there.
     let url = format!("tcp://127.0.0.1:{}", free_port());
     let observer = Observer::attach(gateway.master_pid(), &["--syslog", &url]).expect("attaching");

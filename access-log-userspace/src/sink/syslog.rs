@@ -288,23 +288,11 @@ impl Sender {
             Some(Connection::Tcp(stream)) => write_framed(stream, batch, &mut self.framed),
             Some(Connection::UnixStream(stream)) => write_framed(stream, batch, &mut self.framed),
             Some(Connection::Udp(socket)) => {
-                for message in batch {
-                    if socket.send(message).is_err() {
-                        self.stats
-                            .dropped_send_failed
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                send_datagrams(&self.stats, batch, |message| socket.send(message));
                 Ok(())
             }
             Some(Connection::UnixDatagram(socket)) => {
-                for message in batch {
-                    if socket.send(message).is_err() {
-                        self.stats
-                            .dropped_send_failed
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                send_datagrams(&self.stats, batch, |message| socket.send(message));
                 Ok(())
             }
             None => return false,
@@ -381,6 +369,19 @@ impl Sender {
                 }
             }
         })
+    }
+}
+
+/// One datagram a message; one the receiver refuses is counted and not retried.
+fn send_datagrams(
+    stats: &SyslogStats,
+    batch: &[Vec<u8>],
+    send: impl Fn(&[u8]) -> io::Result<usize>,
+) {
+    for message in batch {
+        if send(message).is_err() {
+            stats.dropped_send_failed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
