@@ -1,8 +1,14 @@
-//! The HTTP/1 stream reassembler on arbitrary bytes, cut into arbitrary reads with arbitrary
-//! bytes missing beyond the capture window: no panic, and the bytes it holds stay bounded.
+//! The HTTP/1 stream reassembler, and the HTTP/2 frame reader beside it, on arbitrary bytes
+//! cut into arbitrary reads with arbitrary bytes missing beyond the capture window: no panic,
+//! and the bytes HTTP/1 holds stay bounded.
 #![no_main]
 
-use access_log::protocol::http1::{Side, Stream};
+use std::sync::Arc;
+
+use access_log::protocol::{
+    http1::{HeaderInterest, Side, Stream},
+    http2,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,6 +21,11 @@ fuzz_target!(|data: &[u8]| {
         Side::Responses
     };
     let mut stream = Stream::new(side);
+    let interest = Arc::new(HeaderInterest {
+        values: vec!["x-request-id".into()],
+        presence: vec!["authorization".into()],
+    });
+    let mut frames = http2::Direction::new(side, interest, control & 4 == 0);
     for _ in 0..(control >> 1) {
         stream.expect_response_to(if control & 2 == 0 { "GET" } else { "HEAD" });
     }
@@ -26,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         let take = (length as usize % 64 + 1).min(body.len());
         let missing = if index % 7 == 6 { length as u64 * 3 } else { 0 };
         let _ = stream.feed(&body[..take], missing);
+        let _ = frames.feed(&body[..take], missing);
         assert!(stream.buffered() <= 64 * 1024 + 64, "{}", stream.buffered());
         rest = &body[take..];
         index += 1;
