@@ -23,6 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/logrotate", "logrotate"),
     ("/usr/sbin/rsyslogd", "rsyslog"),
     ("/usr/sbin/bpftool", "bpftool"),
+    ("/usr/bin/systemd-analyze", "systemd"),
 ];
 
 /// The bpf-linker release that loads the calling rustc's LLVM (the nightly's, LLVM 22).

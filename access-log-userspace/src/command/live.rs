@@ -144,46 +144,11 @@ impl Live {
                 let second = now >= next_second;
                 let root = session.root();
                 if waiting || drained.exited.contains(&root) || (second && !procfs::alive(root)) {
-                    match successor(session, pidfile.as_ref(), root) {
-                        Successor::Follow(pid, why) => {
-                            match session.follow(pid) {
-                                Ok(existing) => {
-                                    // Said once it is so: a request from here on is seen.
-                                    let exited = if waiting {
-                                        String::new()
-                                    } else {
-                                        format!("the gateway's process {root} exited; ")
-                                    };
-                                    waiting = false;
-                                    eprintln!("access-log: {exited}following PID {pid} ({why})");
-                                    for note in &session.notes {
-                                        eprintln!("{note}");
-                                    }
-                                    for (key, direction, remote) in existing {
-                                        consumer.existing(key, direction, remote);
-                                    }
-                                }
-                                Err(error) => {
-                                    outcome.stopped_because =
-                                        Some(format!("cannot follow PID {pid}: {error}"));
-                                    break;
-                                }
-                            }
-                        }
-                        Successor::Wait(file) if !waiting => {
-                            waiting = true;
-                            eprintln!(
-                                "access-log: the gateway's process {root} exited; waiting for \
-                                 {} to name the next one",
-                                file.display()
-                            );
-                        }
-                        Successor::Wait(_) => {}
-                        Successor::Gone => {
-                            outcome.stopped_because =
-                                Some(format!("the gateway (PID {root}) exited"));
-                            break;
-                        }
+                    if let Some(reason) =
+                        carry_on(session, consumer, pidfile.as_ref(), root, &mut waiting)
+                    {
+                        outcome.stopped_because = Some(reason);
+                        break;
                     }
                 }
                 if second {
@@ -237,6 +202,52 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes the struct we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The followed process `root` exited: follows its successor, or waits for the pid file to
+/// name one (`waiting`). Returns why the run ends, when it does.
+fn carry_on(
+    session: &mut Session,
+    consumer: &mut dyn RecordConsumer,
+    pidfile: Option<&PathBuf>,
+    root: u32,
+    waiting: &mut bool,
+) -> Option<String> {
+    match successor(session, pidfile, root) {
+        Successor::Follow(pid, why) => {
+            let existing = match session.follow(pid) {
+                Ok(existing) => existing,
+                Err(error) => return Some(format!("cannot follow PID {pid}: {error}")),
+            };
+            // Said once it is so: a request from here on is seen.
+            let exited = if *waiting {
+                String::new()
+            } else {
+                format!("the gateway's process {root} exited; ")
+            };
+            *waiting = false;
+            eprintln!("access-log: {exited}following PID {pid} ({why})");
+            for note in &session.notes {
+                eprintln!("{note}");
+            }
+            for (key, direction, remote) in existing {
+                consumer.existing(key, direction, remote);
+            }
+            None
+        }
+        Successor::Wait(file) => {
+            if !*waiting {
+                *waiting = true;
+                eprintln!(
+                    "access-log: the gateway's process {root} exited; waiting for {} to name \
+                     the next one",
+                    file.display()
+                );
+            }
+            None
+        }
+        Successor::Gone => Some(format!("the gateway (PID {root}) exited")),
+    }
 }
 
 /// Who carries on when the followed process exits.
