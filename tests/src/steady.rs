@@ -87,8 +87,7 @@ pub fn request(port: u16, path: &str) -> Result<u16, String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    // One write: `write!` would send the pieces one by one, and Nagle's algorithm would hold
-    // the second until the gateway's delayed ACK (40 ms a request).
+    // One write: `write!` on the stream would send the formatted pieces in several.
     let head = format!("GET {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n");
     stream
         .write_all(head.as_bytes())

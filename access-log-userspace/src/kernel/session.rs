@@ -334,14 +334,16 @@ impl Session {
         format!(
             "records lost {} (ring full); not captured {} (socket table full {}, call table \
              full {}, unreadable buffers {}, children not watched {}, TLS calls without a \
-             socket {})",
+             socket {}); sockets forgotten: {} of exited processes, {} closed unseen",
             drops.records_lost(),
             drops.not_captured(),
             drops.socket_table_full,
             drops.call_table_full,
             drops.read_failed,
             drops.watch_table_full,
-            drops.tls_socket_unknown
+            drops.tls_socket_unknown,
+            self.upkeep.sockets_of_exited,
+            self.upkeep.sockets_closed_unseen
         )
     }
 
