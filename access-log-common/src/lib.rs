@@ -271,10 +271,22 @@ pub struct SocketKey {
 }
 const _: () = assert!(core::mem::size_of::<SocketKey>() == 8);
 
+/// Key of the kernel's table of TLS objects and their sockets: an SSL object's address within
+/// one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SslKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain old data: repr(C), every field an integer, no implicit padding.
     unsafe impl aya::Pod for super::SocketKey {}
+    unsafe impl aya::Pod for super::SslKey {}
     unsafe impl aya::Pod for super::RecordHeader {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

@@ -5,7 +5,7 @@
 //! tracepoints, which then skip the ciphertext), remembered per SSL object for calls OpenSSL
 //! serves from its own buffer. Attached for every process that maps the library; the tgid
 //! filter runs first.
-use access_log_common::{call, counter, role, SocketKey};
+use access_log_common::{call, counter, role, SocketKey, SslKey};
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
     macros::{map, uprobe, uretprobe},
@@ -30,14 +30,6 @@ pub struct SslCall {
     pub fd: i32,
     /// [`call::TLS_READ`], [`call::TLS_WRITE`] or [`HANDSHAKE`].
     pub function: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SslKey {
-    pub ssl: u64,
-    pub tgid: u32,
-    pub _pad: u32,
 }
 
 /// Marks a handshake call (SSL_do_handshake, SSL_accept, SSL_connect) in [`SslCall::function`].

@@ -309,3 +309,40 @@ pub fn assert_every_request_ends_once(events: &[Value]) {
         "endings for requests never announced"
     );
 }
+
+/// The values of one `fdinfo` field (`prog_id:`, `map_id:`) over a process's descriptors.
+pub fn fdinfo_ids(pid: u32, field: &str) -> std::collections::HashSet<u32> {
+    let mut ids = std::collections::HashSet::new();
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for entry in entries.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(id) = line.strip_prefix(field) {
+                ids.extend(id.trim().parse::<u32>());
+            }
+        }
+    }
+    ids
+}
+
+/// The entries of the observer's kernel map `name` (found through its own descriptors), as
+/// `bpftool map dump` prints them.
+pub fn map_entries(observer: u32, name: &str) -> Vec<Value> {
+    for id in fdinfo_ids(observer, "map_id:") {
+        let show = Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id.to_string()])
+            .output()
+            .expect("running bpftool (cargo xtask setup installs it)");
+        let info: Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
+        if info["name"] == name {
+            let dump = Command::new("bpftool")
+                .args(["-j", "map", "dump", "id", &id.to_string()])
+                .output()
+                .expect("running bpftool");
+            return serde_json::from_slice(&dump.stdout).unwrap_or_default();
+        }
+    }
+    panic!("the observer holds no map {name}");
+}

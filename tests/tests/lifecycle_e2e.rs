@@ -16,7 +16,9 @@ use serde_json::Value;
 use tests::{
     backend::Backend,
     gateway::{parent_of, Gateway},
-    observer::{assert_every_request_ends_once, binary, of, Attached, Observer},
+    observer::{
+        assert_every_request_ends_once, binary, fdinfo_ids, map_entries, of, Attached, Observer,
+    },
     require_root,
     steady::{request, Sent, SteadyLoad},
     workspace_root,
@@ -362,23 +364,6 @@ fn program_ids(pid: u32) -> HashSet<u32> {
     fdinfo_ids(pid, "prog_id:")
 }
 
-/// The values of one `fdinfo` field (`prog_id:`, `map_id:`) over a process's descriptors.
-fn fdinfo_ids(pid: u32, field: &str) -> HashSet<u32> {
-    let mut ids = HashSet::new();
-    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .unwrap()
-        .flatten()
-    {
-        let text = fs::read_to_string(entry.path()).unwrap_or_default();
-        for line in text.lines() {
-            if let Some(id) = line.strip_prefix(field) {
-                ids.extend(id.trim().parse::<u32>());
-            }
-        }
-    }
-    ids
-}
-
 /// The ids of every BPF program loaded on the host, as bpftool lists them.
 fn loaded_programs() -> HashSet<u32> {
     let output = Command::new("bpftool")
@@ -515,25 +500,9 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// Entries in the observer's kernel socket table (its map named SOCKETS, found through the
-/// observer's own descriptors).
+/// Entries in the observer's kernel socket table.
 fn followed_sockets(observer: u32) -> usize {
-    for id in fdinfo_ids(observer, "map_id:") {
-        let show = Command::new("bpftool")
-            .args(["-j", "map", "show", "id", &id.to_string()])
-            .output()
-            .expect("running bpftool");
-        let info: Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
-        if info["name"] == "SOCKETS" {
-            let dump = Command::new("bpftool")
-                .args(["-j", "map", "dump", "id", &id.to_string()])
-                .output()
-                .expect("running bpftool");
-            let entries: Vec<Value> = serde_json::from_slice(&dump.stdout).unwrap_or_default();
-            return entries.len();
-        }
-    }
-    panic!("the observer holds no SOCKETS map");
+    map_entries(observer, "SOCKETS").len()
 }
 
 #[test]

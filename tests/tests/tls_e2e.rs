@@ -8,7 +8,7 @@ use tests::{
     backend::Backend,
     certificate, curl, free_port,
     gateway::Gateway,
-    observer::{ending, of, Observer},
+    observer::{ending, map_entries, of, Observer},
     require_root, wait_for_port,
 };
 
@@ -409,4 +409,61 @@ fn a_java_process_is_reported_as_unreadable_tls() {
         1,
         "reported once: {stderr}"
     );
+}
+
+/// The processes the observer's table of TLS objects holds entries for (the key is the SSL
+/// object's address, then the process id: bytes 8 to 11, little-endian).
+fn tls_object_processes(observer: u32) -> Vec<u32> {
+    map_entries(observer, "SSL_SOCKETS")
+        .iter()
+        .filter_map(|entry| {
+            if let Some(tgid) = entry["formatted"]["key"]["tgid"].as_u64() {
+                return Some(tgid as u32);
+            }
+            let bytes: Vec<u8> = entry["key"]
+                .as_array()?
+                .iter()
+                .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+                .collect();
+            Some(u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn workers_that_exit_leave_no_tls_object_behind() {
+    let setup = Setup::start("tls-exit");
+    for _ in 0..4 {
+        assert_eq!(https(&[&setup.url("/plain/items")]), vec![200]);
+    }
+    setup.observer.wait_ended(4);
+    let workers = setup.gateway.workers();
+    let before = tls_object_processes(setup.observer.pid());
+    assert!(
+        before.iter().any(|p| workers.contains(p)),
+        "no TLS object of a worker: {before:?}, workers {workers:?}"
+    );
+    for worker in &workers {
+        // SAFETY: signalling a process the test started (its master starts another).
+        unsafe { libc::kill(*worker as i32, libc::SIGKILL) };
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = tls_object_processes(setup.observer.pid());
+        if !now.iter().any(|p| workers.contains(p)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entries of exited workers remain: {now:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The new workers serve TLS and are read.
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(https(&[&setup.url("/plain/after")]), vec![200]);
+    let events = setup.observer.wait_ended(5);
+    assert!(of(&events, "REQUEST_COMPLETE")
+        .iter()
+        .any(|e| e["RequestInURL"] == "/plain/after"));
 }

@@ -3,7 +3,7 @@
 //! user space works on the values this hands out.
 use std::collections::HashSet;
 
-use access_log_common::{counter, role, SocketKey, MAX_CAPTURE};
+use access_log_common::{counter, role, SocketKey, SslKey, MAX_CAPTURE};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{uprobe::UProbeScope, ProgramError, TracePoint, UProbe},
@@ -144,6 +144,7 @@ pub struct Probes {
     ring: RingBuf<MapData>,
     watched: HashMap<MapData, u32, u32>,
     sockets: HashMap<MapData, SocketKey, u32>,
+    ssl_sockets: HashMap<MapData, SslKey, i32>,
     counters: PerCpuArray<MapData, u64>,
     pub attached: usize,
 }
@@ -217,6 +218,8 @@ impl Probes {
         let ring = RingBuf::try_from(take("EVENTS")?).map_err(map_error("EVENTS"))?;
         let watched = HashMap::try_from(take("WATCHED")?).map_err(map_error("WATCHED"))?;
         let sockets = HashMap::try_from(take("SOCKETS")?).map_err(map_error("SOCKETS"))?;
+        let ssl_sockets =
+            HashMap::try_from(take("SSL_SOCKETS")?).map_err(map_error("SSL_SOCKETS"))?;
         let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(map_error("COUNTERS"))?;
         Ok(Probes {
             ebpf,
@@ -224,6 +227,7 @@ impl Probes {
             ring,
             watched,
             sockets,
+            ssl_sockets,
             counters,
             attached,
         })
@@ -291,9 +295,19 @@ impl Probes {
             .map_err(map_error(format!("following socket {fd} of PID {pid}")))
     }
 
-    /// Forgets the sockets of processes that have gone (their exit seen): a process that
-    /// reuses one of their PIDs starts with none. Returns how many entries were removed.
+    /// Forgets the sockets of processes that have gone (their exit seen), and the TLS objects
+    /// they tied to sockets: a process that reuses one of their PIDs starts with none. Returns
+    /// how many socket entries were removed.
     pub fn forget_sockets_of(&mut self, gone: &HashSet<u32>) -> usize {
+        let stale_tls: Vec<SslKey> = self
+            .ssl_sockets
+            .keys()
+            .flatten()
+            .filter(|key| gone.contains(&key.tgid))
+            .collect();
+        for key in &stale_tls {
+            let _ = self.ssl_sockets.remove(key);
+        }
         let stale: Vec<SocketKey> = self
             .sockets
             .keys()
