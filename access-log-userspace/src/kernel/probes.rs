@@ -299,25 +299,8 @@ impl Probes {
     /// they tied to sockets: a process that reuses one of their PIDs starts with none. Returns
     /// how many socket entries were removed.
     pub fn forget_sockets_of(&mut self, gone: &HashSet<u32>) -> usize {
-        let stale_tls: Vec<SslKey> = self
-            .ssl_sockets
-            .keys()
-            .flatten()
-            .filter(|key| gone.contains(&key.tgid))
-            .collect();
-        for key in &stale_tls {
-            let _ = self.ssl_sockets.remove(key);
-        }
-        let stale: Vec<SocketKey> = self
-            .sockets
-            .keys()
-            .flatten()
-            .filter(|key| gone.contains(&key.tgid))
-            .collect();
-        stale
-            .iter()
-            .filter(|key| self.sockets.remove(key).is_ok())
-            .count()
+        remove_where(&mut self.ssl_sockets, |key| gone.contains(&key.tgid));
+        remove_where(&mut self.sockets, |key| gone.contains(&key.tgid))
     }
 
     /// The sockets the kernel follows, as (PID, fd).
@@ -332,9 +315,7 @@ impl Probes {
 
     /// Empties the watched set.
     pub fn unwatch_all(&mut self) {
-        for pid in self.watched_ids() {
-            let _ = self.watched.remove(&pid);
-        }
+        remove_where(&mut self.watched, |_| true);
     }
 
     /// The thread and process ids in the watched set.
@@ -376,6 +357,15 @@ impl Probes {
             tls_socket_unknown: sum(counter::TLS_SOCKET_UNKNOWN),
         }
     }
+}
+
+/// Removes the entries of a kernel hash map whose key matches; returns how many.
+fn remove_where<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    matches: impl Fn(&K) -> bool,
+) -> usize {
+    let stale: Vec<K> = map.keys().flatten().filter(|key| matches(key)).collect();
+    stale.iter().filter(|key| map.remove(key).is_ok()).count()
 }
 
 #[derive(Debug, thiserror::Error)]
