@@ -24,6 +24,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/rsyslogd", "rsyslog"),
     ("/usr/sbin/bpftool", "bpftool"),
     ("/usr/bin/systemd-analyze", "systemd"),
+    ("/usr/bin/python3", "python3"),
 ];
 
 /// The bpf-linker release that loads the calling rustc's LLVM (the nightly's, LLVM 22).

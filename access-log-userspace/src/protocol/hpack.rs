@@ -20,11 +20,8 @@ pub enum Field {
         name: Vec<u8>,
         value: Vec<u8>,
     },
-    /// It refers to a table entry the observer does not know: the name when the value alone
-    /// is unknown.
-    Unknown {
-        name: Option<Vec<u8>>,
-    },
+    /// It refers to a table entry the observer does not know.
+    Unknown,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -178,7 +175,7 @@ impl Decoder {
                         name: Some(name),
                         value,
                     }) => Field::Known { name, value },
-                    Some(Entry { name: None, .. }) | None => Field::Unknown { name: None },
+                    Some(Entry { name: None, .. }) | None => Field::Unknown,
                 });
             } else if first & 0xe0 == 0x20 {
                 // Dynamic table size update.
@@ -222,7 +219,7 @@ impl Decoder {
                 }
                 fields.push(match name {
                     Some(name) => Field::Known { name, value },
-                    None => Field::Unknown { name: None },
+                    None => Field::Unknown,
                 });
             }
         }
@@ -327,7 +324,7 @@ mod tests {
                     String::from_utf8_lossy(name).into_owned(),
                     String::from_utf8_lossy(value).into_owned(),
                 ),
-                Field::Unknown { .. } => ("?".into(), "?".into()),
+                Field::Unknown => ("?".into(), "?".into()),
             })
             .collect()
     }
@@ -404,7 +401,7 @@ mod tests {
                 "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
             ))
             .unwrap();
-        assert_eq!(fields[3], Field::Unknown { name: None });
+        assert_eq!(fields[3], Field::Unknown);
         assert_eq!(
             known(&[fields[4].clone()]),
             pairs(&[("custom-key", "custom-value")])
@@ -425,7 +422,7 @@ mod tests {
             .unwrap();
         decoder.lose_track();
         let fields = decoder.decode(&hex("82be")).unwrap();
-        assert_eq!(fields[1], Field::Unknown { name: None });
+        assert_eq!(fields[1], Field::Unknown);
         // A size update to 0 and back empties both tables: in step again.
         let fields = decoder.decode(&hex("203f e11f 82")).unwrap();
         assert!(decoder.in_step());
@@ -437,13 +434,10 @@ mod tests {
         let mut decoder = Decoder::new(true);
         // Literal with indexing, name at 70 (unknown), value "v".
         let fields = decoder.decode(&[0x40 | 0x3f, 70 - 63, 0x01, b'v']).unwrap();
-        assert_eq!(fields, vec![Field::Unknown { name: None }]);
+        assert_eq!(fields, vec![Field::Unknown]);
         assert_eq!(decoder.table.len(), 1);
         // 62 is that entry: its name unknown, so the field is.
-        assert_eq!(
-            decoder.decode(&hex("be")).unwrap(),
-            vec![Field::Unknown { name: None }]
-        );
+        assert_eq!(decoder.decode(&hex("be")).unwrap(), vec![Field::Unknown]);
     }
 
     #[test]

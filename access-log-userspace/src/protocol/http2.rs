@@ -99,8 +99,9 @@ pub struct Direction {
     /// The type, flags and stream of the frame being skipped (a DATA frame's END_STREAM).
     skipping: Option<(u8, u8, u32)>,
     block: Option<Block>,
-    /// Streams whose response head was seen: a later block is their trailers.
-    answered: Vec<u32>,
+    /// Streams whose head (request or final response) was seen, the newest 1,024: a later
+    /// block on one is its trailers.
+    headed: Vec<u32>,
     /// Bytes of the frame being read were not seen (they stand as zeros in `frame`).
     frame_broken: bool,
     /// Frame boundaries were lost: nothing more can be read.
@@ -124,7 +125,7 @@ impl Direction {
             skip: 0,
             skipping: None,
             block: None,
-            answered: Vec::new(),
+            headed: Vec::new(),
             frame_broken: false,
             lost: false,
         }
@@ -331,7 +332,7 @@ impl Direction {
         };
         match self.side {
             Side::Requests => {
-                if self.answered_or_note(stream) {
+                if !self.first_head(stream) {
                     // A second block from the client: its trailers (gRPC clients send none).
                     return;
                 }
@@ -344,16 +345,13 @@ impl Direction {
             Side::Responses => {
                 let status = pseudo(&fields, ":status").and_then(|s| s.parse::<u16>().ok());
                 let grpc = grpc_status(&fields);
-                if self.answered.contains(&stream) {
+                if status.is_some_and(|s| (100..200).contains(&s)) {
+                    // Informational: the response's head is still to come.
+                    return;
+                }
+                if !self.first_head(stream) {
                     events.push(Event::Trailers { stream, grpc });
                     return;
-                }
-                if status.is_some_and(|s| (100..200).contains(&s)) {
-                    return;
-                }
-                self.answered.push(stream);
-                if self.answered.len() > 1024 {
-                    self.answered.remove(0);
                 }
                 events.push(Event::Response {
                     stream,
@@ -365,20 +363,20 @@ impl Direction {
         }
     }
 
-    /// Requests side: whether `stream` had its head already (notes it if not).
-    fn answered_or_note(&mut self, stream: u32) -> bool {
-        if self.answered.contains(&stream) {
-            return true;
+    /// Whether this block is `stream`'s first head (noted if so).
+    fn first_head(&mut self, stream: u32) -> bool {
+        if self.headed.contains(&stream) {
+            return false;
         }
-        self.answered.push(stream);
-        if self.answered.len() > 1024 {
-            self.answered.remove(0);
+        self.headed.push(stream);
+        if self.headed.len() > 1024 {
+            self.headed.remove(0);
         }
-        false
+        true
     }
 
     fn request_head(&self, fields: &[Field]) -> RequestHead {
-        let unknown = fields.iter().any(|f| matches!(f, Field::Unknown { .. }));
+        let unknown = fields.iter().any(|f| matches!(f, Field::Unknown));
         let method = pseudo(fields, ":method");
         let path = pseudo(fields, ":path");
         let value_of = |wanted: &str| {
