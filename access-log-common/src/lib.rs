@@ -13,12 +13,16 @@ pub const MAX_CAPTURE: usize = 4096;
 pub const DEFAULT_CAPTURE: u32 = 1024;
 /// The default capture window for responses: a status line and the framing headers.
 pub const DEFAULT_RESPONSE_CAPTURE: u32 = 512;
-/// The most bytes copied from one read carrying requests: the first window, then continuation
-/// records of up to [`MAX_CAPTURE`] bytes each, so that many pipelined requests read at once
-/// are all seen. Bytes beyond it are counted, not copied.
-pub const MAX_REQUEST_READ: u32 = 16384;
-/// Continuation records one read can add after its first record.
-pub const MAX_CONTINUATIONS: u32 = MAX_REQUEST_READ / MAX_CAPTURE as u32;
+/// The most bytes copied from one call that goes on in continuation records (a read carrying
+/// HTTP/1 requests, any call on an HTTP/2 connection): the first window, then records of up
+/// to [`MAX_CAPTURE`] bytes each, so that many pipelined requests or multiplexed frames moved
+/// at once are all seen. Bytes beyond it are counted, not copied.
+pub const MAX_CALL_CAPTURE: u32 = 16384;
+/// Continuation records one call can add after its first record.
+pub const MAX_CONTINUATIONS: u32 = MAX_CALL_CAPTURE / MAX_CAPTURE as u32;
+/// What an HTTP/2 client sends first (RFC 9113 section 3.4), on a cleartext connection with
+/// prior knowledge and after TLS's ALPN chose h2.
+pub const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The longest unix socket path (`sun_path`).
 pub const UNIX_PATH_MAX: usize = 108;
 
@@ -121,6 +125,11 @@ pub mod role {
     /// Flag: the socket carries TLS that the process's TLS library reads and writes; its
     /// syscalls move ciphertext and are not captured (the plaintext comes from the uprobes).
     pub const TLS: u32 = 0x100;
+    /// Flag: the connection speaks HTTP/2 (its client sent the preface, or user space
+    /// recognized its frames): every call on it is captured whole up to
+    /// [`super::MAX_CALL_CAPTURE`], since frames of many streams share one call and a lost
+    /// frame header hides the frames after it.
+    pub const HTTP2: u32 = 0x200;
     /// The role without flags.
     pub const fn base(role: u32) -> u32 {
         role & 0xff

@@ -3,11 +3,15 @@
 //! The verifier must see every copy offset and length bounded; the masks are applied in inline
 //! asm right before each helper call, because LLVM may drop a Rust `min()` when it spills.
 use access_log_common::{
-    counter, flags, kind, RecordHeader, MAX_CAPTURE, MAX_CONTINUATIONS, MAX_REQUEST_READ,
+    call, counter, flags, kind, role, RecordHeader, SocketKey, HTTP2_PREFACE, MAX_CALL_CAPTURE,
+    MAX_CAPTURE, MAX_CONTINUATIONS,
 };
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_user};
 
-use crate::maps::{count, header, lose_record, Caller, DataRecord, COPY_MASK, EVENTS, SCRATCH};
+use crate::maps::{
+    capture_bytes, count, header, lose_record, Caller, DataRecord, COPY_MASK, EVENTS, SCRATCH,
+    SOCKETS,
+};
 
 /// Most iovecs looked at in one readv/writev/sendmsg/recvmsg: Varnish writes each header line
 /// of a request as an iovec of its own.
@@ -39,22 +43,27 @@ struct IoVec {
     len: u64,
 }
 
-/// Emits the records of a call on `fd` that moved `moved` bytes (or failed with it): one
-/// record with the first `window` bytes; for a read carrying requests from one buffer
-/// (`continues`), continuation records with the bytes after the window, up to
-/// [`MAX_REQUEST_READ`] in all, so that pipelined requests read at once are all seen.
+/// Emits the records of a call on followed socket `fd` (of role `socket_role`) that moved
+/// `moved` bytes (or failed with it): one record with the head of the bytes (the request or
+/// the response window; [`MAX_CAPTURE`] on an HTTP/2 connection); from one buffer, when the
+/// call goes on (a read carrying HTTP/1 requests that holds head text, any call on an HTTP/2
+/// connection), continuation records with the bytes after it, up to [`MAX_CALL_CAPTURE`] in
+/// all, so that pipelined requests or multiplexed frames moved at once are all seen. Requests
+/// that start with the HTTP/2 preface mark their socket HTTP/2.
 #[inline(always)]
-pub fn emit(
-    caller: Caller,
-    fd: i32,
-    call: u32,
-    moved: i64,
-    window: u32,
-    source: Source,
-    continues: bool,
-) {
+pub fn emit(caller: Caller, fd: i32, data_call: u32, moved: i64, socket_role: u32, source: Source) {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
+    };
+    let http2 = socket_role & role::HTTP2 != 0;
+    let inbound = role::base(socket_role) == role::INBOUND;
+    let requests_read = call::is_ingress(data_call) && inbound;
+    // Requests flow into inbound sockets and out of outbound ones.
+    let carries_requests = call::is_ingress(data_call) == inbound;
+    let window = if http2 {
+        MAX_CAPTURE as u32
+    } else {
+        capture_bytes(carries_requests)
     };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let record = unsafe { &mut *record };
@@ -74,27 +83,30 @@ pub fn emit(
         Source::CountOnly => 0,
     };
     let mut head: RecordHeader = header(caller, kind::DATA, fd);
-    head.call = call;
+    head.call = data_call;
     head.result = moved;
     head.captured_len = captured as u32;
     let Source::Buffer { pointer } = source else {
         let _ = send(record, head, captured);
         return;
     };
-    // Continuation: only a read carrying requests that holds head text (pipelined requests,
-    // read in pieces that start anywhere in a head; a long URL), only when the whole first
-    // window came. A read inside a body (an upload) is not copied further.
-    let last = if continues
-        && moved > 0
-        && moved as u64 > captured
-        && captured == wanted
-        && head_text(record)
-    {
+    let mut http2_now = http2;
+    // A client's preface read by the gateway, or the gateway's own to an HTTP/2 backend.
+    if carries_requests && !http2 && starts_with_preface(record, captured) {
+        mark_http2(caller.tgid, fd, socket_role);
+        http2_now = true;
+    }
+    // Continuation: on HTTP/2 every call (frames of many streams share it); on HTTP/1 only a
+    // read carrying requests that holds head text (pipelined requests, read in pieces that
+    // start anywhere in a head; a long URL), only when the whole first window came. A read
+    // inside an HTTP/1 body (an upload) is not copied further.
+    let continues = http2_now || (requests_read && head_text(record));
+    let last = if continues && moved > 0 && moved as u64 > captured && captured == wanted {
         let moved = moved as u64;
-        if moved < MAX_REQUEST_READ as u64 {
+        if moved < MAX_CALL_CAPTURE as u64 {
             moved
         } else {
-            MAX_REQUEST_READ as u64
+            MAX_CALL_CAPTURE as u64
         }
     } else {
         0
@@ -134,6 +146,26 @@ pub fn emit(
         }
     }
 }
+
+/// Whether the captured bytes start with the HTTP/2 client preface.
+#[inline(always)]
+fn starts_with_preface(record: &DataRecord, captured: u64) -> bool {
+    captured >= HTTP2_PREFACE.len() as u64
+        && record.data[0] == HTTP2_PREFACE[0]
+        && record.data[..HTTP2_PREFACE.len()] == HTTP2_PREFACE[..]
+}
+
+/// Marks a followed socket HTTP/2: its calls are captured whole from now on.
+#[inline(always)]
+fn mark_http2(tgid: u32, fd: i32, socket_role: u32) {
+    let key = SocketKey { tgid, fd };
+    // A full table cannot refuse an update of an existing entry; a socket closed meanwhile
+    // has no entry to update (BPF_EXIST).
+    let _ = SOCKETS.insert(key, socket_role | role::HTTP2, BPF_EXIST);
+}
+
+/// bpf_map_update_elem's flag: update an existing entry only.
+const BPF_EXIST: u64 = 2;
 
 /// How far into a read a line end is looked for.
 const HEAD_LINE: usize = 64;

@@ -15,7 +15,7 @@ use aya_ebpf::{
 use crate::{
     capture::{emit, Source},
     connection::{ret, role_of},
-    maps::{capture_bytes, tls_probes, watched_caller},
+    maps::{tls_probes, watched_caller},
     ssl,
 };
 
@@ -154,17 +154,7 @@ fn exit(ctx: &TracePointContext, data_call: u32) -> Result<(), i64> {
         call::SENDFILE | call::SPLICE_IN | call::SPLICE_OUT => Source::CountOnly,
         _ => Source::Buffer { pointer },
     };
-    let inbound = role::base(socket_role) == role::INBOUND;
-    let window = capture_bytes(ingress == inbound);
-    emit(
-        caller,
-        fd,
-        data_call,
-        moved,
-        window,
-        source,
-        ingress && inbound,
-    );
+    emit(caller, fd, data_call, moved, socket_role, source);
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use aya_ebpf::{
 
 use crate::{
     capture::{emit, Source},
-    maps::{capture_bytes, count, watched_caller, SOCKETS},
+    maps::{count, watched_caller, SOCKETS},
 };
 
 /// An SSL call under way on a thread.
@@ -203,15 +203,7 @@ fn exit(ctx: &RetProbeContext, function: u32, form: Form) -> Result<(), i64> {
     if call.function == call::TLS_READ && socket_known && form.end_of_stream(result) {
         // The peer closed the TLS stream (close_notify or EOF), perhaps with no read() of ours
         // seeing it: a fact user space needs (a backend that hung up before answering).
-        emit(
-            caller,
-            call.fd,
-            call.function,
-            0,
-            0,
-            Source::CountOnly,
-            false,
-        );
+        emit(caller, call.fd, call.function, 0, 0, Source::CountOnly);
         return Ok(());
     }
     let moved: i64 = if form.count_argument().is_some() {
@@ -245,19 +237,15 @@ fn exit(ctx: &RetProbeContext, function: u32, form: Form) -> Result<(), i64> {
         count(counter::TLS_SOCKET_UNKNOWN);
         return Ok(());
     };
-    let inbound = role::base(socket_role) == role::INBOUND;
-    let reads = call.function == call::TLS_READ;
-    let window = capture_bytes(reads == inbound);
     emit(
         caller,
         call.fd,
         call.function,
         moved,
-        window,
+        socket_role,
         Source::Buffer {
             pointer: call.buffer,
         },
-        reads && inbound,
     );
     Ok(())
 }

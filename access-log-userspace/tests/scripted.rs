@@ -1448,3 +1448,205 @@ fn requests_over_the_cap_end_in_a_loss_record_oldest_first() {
     s.answer(19, call::WRITEV, "200 OK");
     assert_eq!(s.of(EventKind::RequestComplete).len(), 1);
 }
+
+/// HTTP/2 frames as a client or a gateway writes them, header blocks from a real HPACK
+/// encoder (one per direction, its table kept across blocks as on a connection).
+mod h2 {
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = (payload.len() as u32).to_be_bytes();
+        let mut bytes = vec![length[1], length[2], length[3], kind, flags];
+        bytes.extend_from_slice(&stream.to_be_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    pub fn settings() -> Vec<u8> {
+        frame(4, 0, 0, &[])
+    }
+
+    pub fn headers(
+        encoder: &mut loona_hpack::Encoder,
+        stream: u32,
+        flags: u8,
+        fields: &[(&str, &str)],
+    ) -> Vec<u8> {
+        let block = encoder.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+        frame(1, flags | END_HEADERS, stream, &block)
+    }
+
+    pub fn get(encoder: &mut loona_hpack::Encoder, stream: u32, path: &str) -> Vec<u8> {
+        let fields = [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "gateway"),
+            (":path", path),
+            ("user-agent", "h2/1"),
+        ];
+        headers(encoder, stream, END_STREAM, &fields)
+    }
+
+    pub fn status(encoder: &mut loona_hpack::Encoder, stream: u32, status: &str) -> Vec<u8> {
+        headers(encoder, stream, END_STREAM, &[(":status", status)])
+    }
+
+    pub fn goaway(last_stream: u32) -> Vec<u8> {
+        let mut payload = last_stream.to_be_bytes().to_vec();
+        payload.extend_from_slice(&0u32.to_be_bytes());
+        frame(7, 0, 0, &payload)
+    }
+}
+
+/// Statuses of the endings of the requests, in the order they came.
+fn ending_statuses(s: &Script) -> Vec<Option<u64>> {
+    s.of(EventKind::IncomingRequest)
+        .iter()
+        .map(|incoming| {
+            s.events
+                .iter()
+                .find(|e| {
+                    e.kind != EventKind::IncomingRequest
+                        && e.text("ResponseTo") == incoming.text("MessageID")
+                })
+                .and_then(|e| match e.get("StatusCode") {
+                    Some(Value::Integer(status)) => Some(*status),
+                    _ => None,
+                })
+        })
+        .collect()
+}
+
+#[test]
+fn http2_streams_read_at_once_pair_with_the_calls_their_thread_makes_in_order() {
+    let mut s = Script::new(CATALOG);
+    let (mut client, mut gateway) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
+    s.accept(5);
+    let mut read = [h2::PREFACE.to_vec(), h2::settings()].concat();
+    for (stream, path) in [(1, "/orders/same"), (3, "/orders/same"), (5, "/nope")] {
+        read.extend(h2::get(&mut client, stream, path));
+    }
+    s.data(5, call::RECVFROM, &read);
+    assert_eq!(s.of(EventKind::IncomingRequest).len(), 3);
+    // nginx runs the streams in order: a connect for each proxied one, then the writes.
+    s.connect(9, -115);
+    s.connect(10, -115);
+    s.data(10, call::WRITEV, b"GET /v1/orders/same HTTP/1.0\r\n\r\n");
+    s.data(9, call::WRITEV, b"GET /v1/orders/same HTTP/1.0\r\n\r\n");
+    // The gateway answers the stream it runs no backend call for first, then the backends
+    // answer out of order.
+    let write = [h2::settings(), h2::status(&mut gateway, 5, "404")].concat();
+    s.data(5, call::WRITEV, &write);
+    s.answer(10, call::RECVFROM, "201 Created");
+    s.answer(9, call::RECVFROM, "202 Accepted");
+    let write = [
+        h2::status(&mut gateway, 3, "201"),
+        h2::status(&mut gateway, 1, "202"),
+    ]
+    .concat();
+    s.data(5, call::WRITEV, &write);
+    assert_eq!(ending_statuses(&s), [Some(202), Some(201), Some(404)]);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].text("RequestInURL"), Some("/nope"));
+    assert!(errors[0].text("RequestOutURL").is_none());
+    let incoming = s.of(EventKind::IncomingRequest);
+    assert_eq!(incoming[0].text("UserAgent"), Some("h2/1"));
+    assert_eq!(incoming[0].text("RequestInMethod"), Some("GET"));
+    assert_eq!(s.pipeline.stats().http2_connections, 1);
+    assert_eq!(s.pipeline.stats().opaque_connections, 0);
+}
+
+#[test]
+fn streams_above_the_last_one_a_goaway_names_were_not_served() {
+    let mut s = Script::new(CATALOG);
+    let (mut client, mut gateway) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
+    s.accept(5);
+    let read = [
+        h2::PREFACE.to_vec(),
+        h2::get(&mut client, 1, "/nope/1"),
+        h2::get(&mut client, 3, "/nope/3"),
+    ]
+    .concat();
+    s.data(5, call::READ, &read);
+    let write = [h2::status(&mut gateway, 1, "404"), h2::goaway(1)].concat();
+    s.data(5, call::WRITE, &write);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 2, "{:#?}", s.events);
+    assert_eq!(errors[0].get("StatusCode"), Some(&Value::Integer(404)));
+    assert_eq!(errors[1].text("RequestInURL"), Some("/nope/3"));
+    // Not served: no status of its own.
+    assert_eq!(errors[1].text("ERROR_CODE"), Some("0"));
+    assert_ne!(errors[1].get("StatusCode"), Some(&Value::Integer(404)));
+}
+
+#[test]
+fn http2_answers_among_frames_not_captured_are_lost_and_later_frames_read_again() {
+    let mut s = Script::new(CATALOG);
+    let (mut client, mut gateway) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
+    s.accept(5);
+    let read = [
+        h2::PREFACE.to_vec(),
+        h2::get(&mut client, 1, "/nope/1"),
+        h2::get(&mut client, 3, "/nope/3"),
+    ]
+    .concat();
+    s.data(5, call::READ, &read);
+    // A write of 64 KiB of which the record carries the first frame's header and a little of
+    // its payload: the frames after it (the answers, perhaps) were never seen.
+    let data = h2::frame(0, 0, 1, &[b'x'; 100]);
+    let header = s.header(kind::DATA, 5, call::WRITE);
+    s.feed(Record::Data {
+        header,
+        moved: 65536,
+        offset: 0,
+        more: false,
+        captured: &data,
+    });
+    let lost = s.of(EventKind::Lost);
+    assert_eq!(lost.len(), 1, "{:#?}", s.events);
+    assert_eq!(lost[0].text("Reason"), Some("frames not captured"));
+    assert_eq!(lost[0].get("RequestsLost"), Some(&Value::Integer(2)));
+    // A write that starts mid-frame is no place to read on; one of whole frames is.
+    s.data(5, call::WRITE, &[0u8, 1, 2, 3, 4, 5, 6]);
+    s.data(5, call::READ, &h2::get(&mut client, 5, "/nope/5"));
+    s.data(5, call::WRITE, &h2::status(&mut gateway, 5, "404"));
+    assert_eq!(ending_statuses(&s)[2], Some(404));
+    assert_eq!(s.pipeline.stats().http2_frames_lost, 1);
+}
+
+#[test]
+fn a_connection_found_at_attach_reads_as_http2_from_a_call_of_whole_frames() {
+    let mut s = Script::new(CATALOG);
+    let mut gateway = loona_hpack::Encoder::new();
+    s.pipeline.add_existing(
+        (WORKER, 5),
+        Direction::Inbound,
+        Some(&CLIENT.parse().unwrap()),
+    );
+    // Before attach the client's first request put its agent in the HPACK table; the
+    // observer sees only the second, which names it by index: `:method GET`, `:scheme https`,
+    // `:path /` from the static table, then the table's newest entry (index 62).
+    let block = [0x82, 0x87, 0x84, 0xbe];
+    s.data(
+        5,
+        call::READ,
+        &h2::frame(1, h2::END_STREAM | h2::END_HEADERS, 3, &block),
+    );
+    let incoming = s.of(EventKind::IncomingRequest);
+    assert_eq!(incoming.len(), 1, "{:#?}", s.events);
+    assert_eq!(incoming[0].text("RequestInMethod"), Some("GET"));
+    assert_eq!(incoming[0].text("RequestInURL"), Some("/"));
+    assert_eq!(incoming[0].text("RequestInURLTruncated"), None);
+    assert_eq!(incoming[0].text("HeadersUnknown"), Some("true"));
+    assert!(
+        incoming[0].text("UserAgent").is_none(),
+        "never a value the table cannot tell"
+    );
+    assert_eq!(s.pipeline.take_http2_found(), [(WORKER, 5)]);
+    assert_eq!(s.pipeline.stats().http2_streams_unknown_fields, 1);
+    s.data(5, call::WRITE, &h2::status(&mut gateway, 3, "200"));
+    assert_eq!(ending_statuses(&s), [Some(200)]);
+}

@@ -25,6 +25,16 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/bpftool", "bpftool"),
     ("/usr/bin/systemd-analyze", "systemd"),
     ("/usr/bin/python3", "python3"),
+    // HTTP/2 clients: h2load, and Python's h2 and gRPC for the tests' own clients and server.
+    ("/usr/bin/h2load", "nghttp2-client"),
+    (
+        "/usr/lib/python3/dist-packages/h2/__init__.py",
+        "python3-h2",
+    ),
+    (
+        "/usr/lib/python3/dist-packages/grpc/__init__.py",
+        "python3-grpcio",
+    ),
 ];
 
 /// The bpf-linker release that loads the calling rustc's LLVM (the nightly's, LLVM 22).

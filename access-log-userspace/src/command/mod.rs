@@ -327,9 +327,11 @@ impl EventConsumer {
         format!(
             "{} INCOMING_REQUEST, {} REQUEST_COMPLETE ({} answered by the gateway), {} ERROR, \
              {} LOST naming {} requests; gaps in the kernel's records {} ({} records); \
+             HTTP/2 connections {} (frames lost {} times, streams unreadable {}, streams with \
+             fields unknown {}); \
              undecodable records {}; outbound requests not linked {}; low-confidence pairings \
              {}; answers with no request seen {}; encrypted connections not read {}; reads \
-             drained by a closing gateway {}; connections left alone (not HTTP/1) {}; \
+             drained by a closing gateway {}; connections left alone (neither HTTP/1 nor HTTP/2) {}; \
              unreadable requests {}; records of unknown connections {}; state evicted: {} idle \
              connections, {} connections over the cap, {} requests; events not written \
              {}{syslog}",
@@ -341,6 +343,10 @@ impl EventConsumer {
             counts.requests_lost,
             stats.gaps,
             stats.records_lost,
+            stats.http2_connections,
+            stats.http2_frames_lost,
+            stats.http2_streams_unreadable,
+            stats.http2_streams_unknown_fields,
             self.undecodable,
             stats.unlinked_outbound,
             counts.low_confidence,
@@ -376,6 +382,10 @@ impl RecordConsumer for EventConsumer {
             }
         }
         self.write_outcomes();
+    }
+
+    fn take_http2_found(&mut self) -> Vec<ConnectionKey> {
+        self.pipeline.take_http2_found()
     }
 
     /// Flushes what the batch wrote, so a reader of the terminal or file sees it now.

@@ -85,6 +85,11 @@ impl EventBuilder {
         } else {
             fields
         };
+        let fields = if request.head.headers_unknown {
+            fields.text("HeadersUnknown", "true")
+        } else {
+            fields
+        };
         if request.head.conflicting_framing {
             fields.text("ConflictingLength", "true")
         } else {

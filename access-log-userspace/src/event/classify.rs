@@ -63,7 +63,8 @@ pub fn not_served() -> Classification {
     class(
         MAIN,
         "0",
-        "Not served: the gateway ended the connection with an earlier answer",
+        "Not served: the gateway ended the connection first (an answer that closed it, an \
+         HTTP/2 GOAWAY)",
     )
 }
 

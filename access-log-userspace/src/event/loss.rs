@@ -45,6 +45,7 @@ pub fn reason_text(reason: LossReason) -> &'static str {
         LossReason::ConnectionReplaced => "connection state lost",
         LossReason::ObserverStopped => "observer stopped",
         LossReason::Evicted => "state evicted",
+        LossReason::FramesNotCaptured => "frames not captured",
     }
 }
 

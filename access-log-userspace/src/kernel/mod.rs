@@ -111,4 +111,9 @@ pub trait RecordConsumer {
     fn tick(&mut self, _now_ns: u64, _not_captured: u64) {}
     /// SIGHUP: reopen output files (a log rotator renamed them).
     fn reopen_outputs(&mut self) {}
+    /// Connections found to speak HTTP/2 by their frames since the last call (joined
+    /// mid-stream, no preface seen): the kernel captures their calls whole from then on.
+    fn take_http2_found(&mut self) -> Vec<ConnectionKey> {
+        Vec::new()
+    }
 }

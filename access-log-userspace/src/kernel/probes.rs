@@ -313,6 +313,17 @@ impl Probes {
         self.sockets.remove(&key).is_ok()
     }
 
+    /// Marks a followed socket HTTP/2 (its calls are then captured whole); false when it is
+    /// not followed (closed meanwhile).
+    pub fn mark_http2(&mut self, key: SocketKey) -> bool {
+        let Ok(socket_role) = self.sockets.get(&key, 0) else {
+            return false;
+        };
+        self.sockets
+            .insert(key, socket_role | role::HTTP2, 0)
+            .is_ok()
+    }
+
     /// Empties the watched set.
     pub fn unwatch_all(&mut self) {
         remove_where(&mut self.watched, |_| true);

@@ -366,6 +366,9 @@ impl Session {
             consumer.record(bytes);
         });
         consumer.batch_done();
+        for (tgid, fd) in consumer.take_http2_found() {
+            self.probes.mark_http2(SocketKey { tgid, fd });
+        }
         if !exited.is_empty() {
             let gone: HashSet<u32> = exited.iter().copied().collect();
             self.upkeep.sockets_of_exited += self.probes.forget_sockets_of(&gone) as u64;

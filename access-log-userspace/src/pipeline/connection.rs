@@ -1,7 +1,7 @@
 //! One followed connection: its two HTTP/1 streams and the requests waiting on it.
 use std::{collections::VecDeque, sync::Arc};
 
-use super::{outcome::AttemptOutcome, Confidence};
+use super::{http2::Http2Connection, outcome::AttemptOutcome, Confidence};
 use crate::{
     kernel::{Direction, Endpoint},
     protocol::http1::{HeaderInterest, RequestLine, Side, Stream},
@@ -41,6 +41,10 @@ pub(super) struct Connection {
     pub client_ended: bool,
     /// The newest record's time on it (0: none yet, as for a connection found at attach).
     pub last_active: u64,
+    /// Found at attach, and no HTTP/1 request read on it since: it may speak HTTP/2.
+    pub joined_late: bool,
+    /// Inbound, speaking HTTP/2: its frames and streams (its HTTP/1 streams then stay unused).
+    pub http2: Option<Box<Http2Connection>>,
 }
 
 impl Connection {
@@ -69,6 +73,8 @@ impl Connection {
             closing: false,
             answer_closed: false,
             client_ended: false,
+            joined_late: false,
+            http2: None,
         }
     }
 
@@ -89,6 +95,9 @@ impl Connection {
         self.awaiting.clear();
         self.unreadable.clear();
         self.bound = None;
+        if let Some(http2) = &mut self.http2 {
+            http2.forget_frames();
+        }
         if !self.requests.is_opaque() {
             self.requests.resync();
         }

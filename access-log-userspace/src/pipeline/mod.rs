@@ -6,6 +6,7 @@
 //! [`Outcome::Ended`] or named in an [`Outcome::Lost`]: every place that removes a request
 //! from the table goes through [`Pipeline::end`] or [`Pipeline::lose`].
 mod connection;
+mod http2;
 mod link;
 pub mod outcome;
 
@@ -52,6 +53,26 @@ pub struct PipelineStats {
     pub evicted_idle_connections: u64,
     pub evicted_connections_over_cap: u64,
     pub evicted_requests: u64,
+    /// Inbound connections read as HTTP/2.
+    pub http2_connections: u64,
+    /// Times an HTTP/2 direction lost its frames (bytes beyond a call's capture, a gap) and
+    /// read on only from a call of whole frames.
+    pub http2_frames_lost: u64,
+    /// HTTP/2 streams whose request head could not be read at all, or only in part (fields an
+    /// HPACK table joined mid-connection cannot tell).
+    pub http2_streams_unreadable: u64,
+    pub http2_streams_unknown_fields: u64,
+}
+
+/// One record's bytes of a data call.
+pub(crate) struct Chunk<'a> {
+    pub captured: &'a [u8],
+    /// Bytes of the call after these that no record carries.
+    pub missing: u64,
+    /// The record carries the call's first bytes.
+    pub starts_call: bool,
+    /// The record carries every byte of the call.
+    pub whole_call: bool,
 }
 
 /// How much state the pipeline keeps at most: a connection or a request past these is
@@ -219,6 +240,8 @@ pub struct Pipeline {
     bounds: Bounds,
     /// When (records' time) the bounds are checked next.
     next_upkeep_ns: u64,
+    /// Connections found to speak HTTP/2 by their frames, not their preface, for the kernel.
+    http2_found: Vec<ConnectionKey>,
 }
 
 impl Pipeline {
@@ -240,7 +263,15 @@ impl Pipeline {
             stats: PipelineStats::default(),
             bounds: config.bounds,
             next_upkeep_ns: 0,
+            http2_found: Vec::new(),
         }
+    }
+
+    /// Connections found to speak HTTP/2 since the last call, by their frames (joined
+    /// mid-stream): the kernel is to capture their calls whole, as it does for connections
+    /// whose preface it saw.
+    pub fn take_http2_found(&mut self) -> Vec<ConnectionKey> {
+        std::mem::take(&mut self.http2_found)
     }
 
     /// The newest record's time (monotonic nanoseconds).
@@ -268,6 +299,7 @@ impl Pipeline {
         // We join mid-stream: wait for a read that starts a head.
         connection.requests.resync();
         connection.responses.resync();
+        connection.joined_late = true;
         self.tables.connections.insert(key, connection);
     }
 
@@ -361,7 +393,13 @@ impl Pipeline {
                 } else {
                     ((*moved).max(0) as u64).saturating_sub(seen)
                 };
-                self.data(key, thread, header.call, *moved, captured, missing, at, out)
+                let chunk = Chunk {
+                    captured,
+                    missing,
+                    starts_call: *offset == 0,
+                    whole_call: *offset == 0 && !*more && missing == 0,
+                };
+                self.data(key, thread, header.call, *moved, &chunk, at, out)
             }
         }
         if let Some(connection) = self.tables.connections.get_mut(&key) {
@@ -603,11 +641,11 @@ impl Pipeline {
         thread: ThreadKey,
         data_call: u32,
         moved: i64,
-        captured: &[u8],
-        missing: u64,
+        chunk: &Chunk,
         at: u64,
         out: &mut Vec<Outcome>,
     ) {
+        let captured = chunk.captured;
         let Some(connection) = self.tables.connections.get_mut(&key) else {
             self.stats.unknown_connection_records += 1;
             return;
@@ -617,7 +655,10 @@ impl Pipeline {
         let carries_requests = ingress == (direction == Direction::Inbound);
         if call::is_tls(data_call) {
             connection.tls = true;
-        } else if moved > 0 && tls_record_expected(connection, carries_requests, captured) {
+        } else if moved > 0
+            && connection.http2.is_none()
+            && tls_record_expected(connection, carries_requests, captured)
+        {
             // Ciphertext no probe decrypted: counted at close, never parsed.
             connection.encrypted_unread = true;
             return;
@@ -643,6 +684,12 @@ impl Pipeline {
             }
             self.linker.inbound_read(thread);
         }
+        if direction == Direction::Inbound
+            && (self.tables.connections[&key].http2.is_some()
+                || (carries_requests && self.reads_http2(key, chunk)))
+        {
+            return self.http2_data(key, thread, carries_requests, chunk, at, out);
+        }
         let connection = self
             .tables
             .connections
@@ -653,7 +700,7 @@ impl Pipeline {
         } else {
             &mut connection.responses
         };
-        let heads = stream.feed(captured, missing);
+        let heads = stream.feed(captured, chunk.missing);
         let answered = heads
             .iter()
             .any(|h| matches!(h, Head::Response(r) if is_final(r.status)));
@@ -820,9 +867,25 @@ impl Pipeline {
         let Some(connection) = self.tables.connections.get_mut(&key) else {
             return;
         };
+        connection.joined_late = false;
+        connection.responses.expect_response_to(&head.method);
+        self.open_request(key, thread, head, false, at, out);
+    }
+
+    /// A request whose head came on inbound connection `key` (`ready`: its body is whole
+    /// already) waits there for its answer; returns its number.
+    fn open_request(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        head: RequestHead,
+        ready: bool,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) -> Option<u64> {
+        let connection = self.tables.connections.get_mut(&key)?;
         let number = self.next_request;
         self.next_request += 1;
-        connection.responses.expect_response_to(&head.method);
         connection.awaiting.push_back(Some(number));
         let request = Request {
             number,
@@ -841,12 +904,13 @@ impl Pipeline {
                 request,
                 connection: key,
                 reader: thread,
-                ready: false,
+                ready,
                 attempts: Vec::new(),
                 held_answer: None,
                 tainted: false,
             },
         );
+        Some(number)
     }
 
     /// A client sent what no parser can read: it waits for the gateway's answer like a
@@ -1043,20 +1107,24 @@ impl Pipeline {
             }
             return;
         };
+        self.answered_by_gateway(id, response.status, at, out);
+    }
+
+    /// The gateway answered request `id` (if not ended already by the backend's answer): with
+    /// the backend's answer it held back, or with one of its own.
+    fn answered_by_gateway(&mut self, id: u64, status: u16, at: u64, out: &mut Vec<Outcome>) {
+        self.end_unless_held(id, Ending::Gateway { status }, at, out);
+    }
+
+    /// Ends `id` with the backend's answer it held back, if any, else with `ending`.
+    fn end_unless_held(&mut self, id: u64, ending: Ending, at: u64, out: &mut Vec<Outcome>) {
         let Some(request) = self.tables.requests.get(&id) else {
-            // Ended already: the backend's answer ended it.
             return;
         };
-        let ending = match request.held_answer {
-            // The gateway passed on the backend's answer it held.
-            Some(held) => {
-                return self.end_held(id, held, out);
-            }
-            None => Ending::Gateway {
-                status: response.status,
-            },
-        };
-        self.end(id, ending, at, out);
+        match request.held_answer {
+            Some(held) => self.end_held(id, held, out),
+            None => self.end(id, ending, at, out),
+        }
     }
 
     /// The backend ended its side (EOF or error on a read): attempts under way on it failed.
@@ -1180,11 +1248,7 @@ impl Pipeline {
         out: &mut Vec<Outcome>,
     ) {
         for id in connection.awaiting.iter().flatten().copied() {
-            let held = self.tables.requests.get(&id).and_then(|r| r.held_answer);
-            match held {
-                Some(held) => self.end_held(id, held, out),
-                None => self.end(id, ending, at, out),
-            }
+            self.end_unless_held(id, ending, at, out);
         }
     }
 

@@ -132,6 +132,9 @@ pub enum LossReason {
     /// The pipeline's bounds forgot them: their connection idle longer than the idle
     /// timeout, a request waiting longer than it, or a table over its cap.
     Evicted,
+    /// HTTP/2 frames that may have held their answer were not captured (bytes of one call
+    /// beyond the capture, or an answer's head only in part).
+    FramesNotCaptured,
 }
 
 /// Requests ended without their end being seen, and what was lost.

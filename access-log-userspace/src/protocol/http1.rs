@@ -33,9 +33,12 @@ pub struct RequestHead {
     pub id: Option<Arc<str>>,
     /// Both Content-Length and Transfer-Encoding: a request-smuggling signal (chunked wins).
     pub conflicting_framing: bool,
-    /// The head went past the capture window: fields after the cut are unknown, and the
-    /// target may be cut too.
+    /// The target may be cut: the head went past the capture window, or (HTTP/2) its
+    /// `:path` could not be decoded.
     pub truncated: bool,
+    /// Headers it carried could not all be read: past the capture window, or (HTTP/2) named
+    /// by an HPACK table entry the observer never saw (a connection joined mid-stream).
+    pub headers_unknown: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -558,6 +561,7 @@ fn parse_request(bytes: &[u8], interest: &HeaderInterest) -> Parsed {
                 conflicting_framing: known.content_length.is_some()
                     && known.transfer_encoding.is_some(),
                 truncated: false,
+                headers_unknown: false,
             };
             Parsed::Complete(Head::Request(head), length, next)
         }
@@ -695,6 +699,7 @@ fn first_line_head(bytes: &[u8], side: Side, interest: &HeaderInterest) -> Optio
                 id: None,
                 conflicting_framing: false,
                 truncated: true,
+                headers_unknown: true,
             }))
         }
         Side::Responses => {
@@ -726,6 +731,7 @@ mod tests {
             id: None,
             conflicting_framing: false,
             truncated: false,
+            headers_unknown: false,
         })
     }
 

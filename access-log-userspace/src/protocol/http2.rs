@@ -13,8 +13,8 @@ use super::{
 use crate::text::Text;
 
 /// What a client sends first, on a cleartext connection with prior knowledge and after TLS's
-/// ALPN chose h2.
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// ALPN chose h2 (the kernel's programs look for it too).
+pub use access_log_common::HTTP2_PREFACE as PREFACE;
 
 const FRAME_HEADER: usize = 9;
 /// The largest frame kept whole (header blocks); SETTINGS_MAX_FRAME_SIZE's largest is 16 MiB,
@@ -24,9 +24,13 @@ const MAX_BLOCK: usize = 256 * 1024;
 mod frame {
     pub const DATA: u8 = 0;
     pub const HEADERS: u8 = 1;
+    pub const PRIORITY: u8 = 2;
     pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
     pub const PUSH_PROMISE: u8 = 5;
+    pub const PING: u8 = 6;
     pub const GOAWAY: u8 = 7;
+    pub const WINDOW_UPDATE: u8 = 8;
     pub const CONTINUATION: u8 = 9;
 }
 
@@ -134,6 +138,12 @@ impl Direction {
     /// Frame boundaries were lost (bytes missing where a frame header stood).
     pub fn is_lost(&self) -> bool {
         self.lost
+    }
+
+    /// Bytes of this direction were lost where frames may have stood (records the kernel
+    /// could not deliver): nothing more is read until the frames are found again.
+    pub fn lose_frames(&mut self) {
+        self.lost = true;
     }
 
     /// The next bytes of this direction: `captured`, then `missing` bytes not seen.
@@ -397,7 +407,7 @@ impl Direction {
             .presence
             .iter()
             .any(|name| value_of(name).is_some());
-        let truncated = unknown || method.is_none() || path.is_none();
+        let truncated = method.is_none() || path.is_none();
         RequestHead {
             method: method.map(Text::from).unwrap_or(Text::Static("")),
             target: Arc::from(path.unwrap_or_default()),
@@ -406,8 +416,43 @@ impl Direction {
             id,
             conflicting_framing: false,
             truncated,
+            headers_unknown: unknown,
         }
     }
+}
+
+/// Whether `bytes` are whole HTTP/2 frames, one or more, and nothing else: how a connection
+/// joined mid-stream, or whose frames were lost, finds frame boundaries again, from a call
+/// whose bytes were all captured. Each frame must be of a type RFC 9113 defines, on a stream
+/// its type allows, within the largest frame size.
+pub fn frames_fit(bytes: &[u8]) -> bool {
+    const MAX_FRAME: usize = 1 << 24;
+    let mut rest = bytes;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        if rest.len() < FRAME_HEADER || rest[5] & 0x80 != 0 {
+            return false;
+        }
+        let (length, kind, _, stream) = header(rest);
+        let on_stream = match kind {
+            frame::DATA
+            | frame::HEADERS
+            | frame::PRIORITY
+            | frame::RST_STREAM
+            | frame::PUSH_PROMISE
+            | frame::CONTINUATION => stream != 0,
+            frame::SETTINGS | frame::PING | frame::GOAWAY => stream == 0,
+            frame::WINDOW_UPDATE => true,
+            _ => false,
+        };
+        if !on_stream || length >= MAX_FRAME || rest.len() < FRAME_HEADER + length {
+            return false;
+        }
+        rest = &rest[FRAME_HEADER + length..];
+    }
+    true
 }
 
 /// (payload length, type, flags, stream id) of a frame header.
@@ -523,12 +568,13 @@ mod tests {
         })
     }
 
+    /// (stream, target, headers unknown) of each request.
     fn requests(events: &[Event]) -> Vec<(u32, String, bool)> {
         events
             .iter()
             .filter_map(|event| match event {
                 Event::Request { stream, head, .. } => {
-                    Some((*stream, head.target.to_string(), head.truncated))
+                    Some((*stream, head.target.to_string(), head.headers_unknown))
                 }
                 _ => None,
             })
@@ -692,6 +738,24 @@ mod tests {
             unreachable!()
         };
         assert_ne!(head.id.as_deref(), Some("x-request-id:id-/first"));
+    }
+
+    #[test]
+    fn whole_frames_fit_and_anything_else_does_not() {
+        let mut encoder = Encoder::new();
+        let frames = request_frames(&mut encoder, 1, "/x");
+        assert!(frames_fit(&frames));
+        let both = [frames.clone(), frame(4, 0, 0, &[])].concat();
+        assert!(frames_fit(&both));
+        // Cut short, one byte too many, a stream frame on stream 0, a SETTINGS frame on a
+        // stream, a type RFC 9113 does not define, HTTP/1 text, nothing.
+        assert!(!frames_fit(&frames[..frames.len() - 1]));
+        assert!(!frames_fit(&[frames.as_slice(), &[0]].concat()));
+        assert!(!frames_fit(&frame(frame::HEADERS, 0, 0, b"x")));
+        assert!(!frames_fit(&frame(4, 0, 1, &[])));
+        assert!(!frames_fit(&frame(10, 0, 1, &[])));
+        assert!(!frames_fit(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!frames_fit(&[]));
     }
 
     #[test]

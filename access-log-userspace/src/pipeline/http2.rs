@@ -1,0 +1,329 @@
+//! Inbound HTTP/2 connections: every stream is a request of its own. The client's frames give
+//! the requests (and when their bodies are whole), the gateway's frames their answers; many
+//! are in flight on one connection at once, so a stream's id, never the order, says which
+//! request an answer ends. Backend calls pair with these requests as with HTTP/1 ones
+//! (`link`: the reading thread's requests in the order it read them, connect binding, ...):
+//! a gateway runs a connection's streams in the order their heads came.
+//!
+//! Frames lost (bytes beyond what the kernel copies of one call, records it could not
+//! deliver) hide the frames after them: the requests whose answer may have been among them end
+//! in a loss record, and the direction waits for a call made of whole frames to read on.
+use std::{collections::VecDeque, sync::Arc};
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::{Chunk, Ending, LossReason, Outcome, Pipeline};
+use crate::{
+    kernel::{ConnectionKey, ThreadKey},
+    protocol::{
+        http1::{HeaderInterest, RequestHead, Side},
+        http2::{self, frames_fit, Event, PREFACE},
+    },
+};
+
+/// One direction's frames.
+struct Frames {
+    side: Side,
+    direction: http2::Direction,
+}
+
+impl Frames {
+    /// Reads one record's bytes; a direction whose frames were lost reads on from the first
+    /// call made of whole frames, its HPACK table then unknown.
+    fn feed(&mut self, interest: &Arc<HeaderInterest>, chunk: &Chunk) -> Vec<Event> {
+        if self.direction.is_lost() {
+            if !(chunk.whole_call && frames_fit(chunk.captured)) {
+                return Vec::new();
+            }
+            self.direction = http2::Direction::new(self.side, interest.clone(), false);
+        }
+        self.direction.feed(chunk.captured, chunk.missing)
+    }
+}
+
+/// How many streams whose request could not be read are remembered, for the gateway's
+/// refusal of them.
+const UNREADABLE_KEPT: usize = 64;
+
+/// The HTTP/2 state of an inbound connection.
+pub(super) struct Http2Connection {
+    requests: Frames,
+    responses: Frames,
+    /// The request each open stream carries.
+    streams: HashMap<u32, u64>,
+    /// Streams whose request head could not be read, newest last.
+    unreadable: VecDeque<u32>,
+}
+
+impl Http2Connection {
+    /// A connection read from its client's preface (`from_start`), or joined mid-stream: then
+    /// the gateway's direction waits for a call of whole frames.
+    pub fn new(interest: &Arc<HeaderInterest>, from_start: bool) -> Http2Connection {
+        let mut responses = http2::Direction::new(Side::Responses, interest.clone(), from_start);
+        if !from_start {
+            responses.lose_frames();
+        }
+        Http2Connection {
+            requests: Frames {
+                side: Side::Requests,
+                direction: http2::Direction::new(Side::Requests, interest.clone(), from_start),
+            },
+            responses: Frames {
+                side: Side::Responses,
+                direction: responses,
+            },
+            streams: HashMap::default(),
+            unreadable: VecDeque::new(),
+        }
+    }
+
+    /// After a gap in the records: where frames start is unknown in both directions, and no
+    /// stream's request is known any more (the gap ended them).
+    pub fn forget_frames(&mut self) {
+        self.requests.direction.lose_frames();
+        self.responses.direction.lose_frames();
+        self.streams.clear();
+        self.unreadable.clear();
+    }
+}
+
+impl Pipeline {
+    /// Whether an inbound connection reads as HTTP/2 from `chunk` on (a client's request
+    /// bytes): it does already, its client's preface starts here (nothing else waits), or it
+    /// was joined mid-stream, showed no HTTP/1 request, and `chunk` is a call of whole frames.
+    /// A connection found that last way is noted for the kernel ([`Pipeline::take_http2_found`]).
+    pub(super) fn reads_http2(&mut self, key: ConnectionKey, chunk: &Chunk) -> bool {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
+            return false;
+        };
+        if connection.http2.is_some() {
+            return true;
+        }
+        let preface = chunk.starts_call
+            && connection.awaiting.is_empty()
+            && connection.requests.at_head_start()
+            && chunk.captured.starts_with(PREFACE);
+        let found =
+            !preface && connection.joined_late && chunk.whole_call && frames_fit(chunk.captured);
+        if !(preface || found) {
+            return false;
+        }
+        connection.http2 = Some(Box::new(Http2Connection::new(&self.interest, preface)));
+        self.stats.http2_connections += 1;
+        if found {
+            self.http2_found.push(key);
+        }
+        true
+    }
+
+    /// One record's bytes on an HTTP/2 connection.
+    pub(super) fn http2_data(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        carries_requests: bool,
+        chunk: &Chunk,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        let interest = self.interest.clone();
+        let Some(h2) = self
+            .tables
+            .connections
+            .get_mut(&key)
+            .and_then(|c| c.http2.as_mut())
+        else {
+            return;
+        };
+        let frames = if carries_requests {
+            &mut h2.requests
+        } else {
+            &mut h2.responses
+        };
+        let was_lost = frames.direction.is_lost();
+        let events = frames.feed(&interest, chunk);
+        let lost_now = !was_lost && frames.direction.is_lost();
+        for event in events {
+            if carries_requests {
+                self.client_frames(key, thread, event, at, out);
+            } else {
+                self.gateway_frames(key, event, at, out);
+            }
+        }
+        if lost_now {
+            self.stats.http2_frames_lost += 1;
+            if !carries_requests {
+                // Answers may have been among the frames lost.
+                let numbers = self.take_streams(key, |_| true);
+                self.lose(numbers, LossReason::FramesNotCaptured, 0, at, out);
+            }
+        }
+    }
+
+    fn client_frames(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        event: Event,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        match event {
+            Event::Request {
+                stream,
+                head,
+                end_stream,
+            } => self.stream_request(key, thread, stream, head, end_stream, at, out),
+            // The request's body is whole: a gateway that buffers bodies calls the backend now.
+            Event::StreamEnd { stream } => {
+                if let Some(number) = self.stream_request_number(key, stream) {
+                    if let Some(request) = self.tables.requests.get_mut(&number) {
+                        request.ready = true;
+                    }
+                }
+            }
+            // The client cancelled the stream.
+            Event::Reset { stream, .. } => {
+                for number in self.take_streams(key, |s| s == stream) {
+                    self.end_unless_held(number, Ending::ClientGone, at, out);
+                }
+            }
+            Event::Unreadable { stream } => {
+                self.stats.http2_streams_unreadable += 1;
+                if let Some(h2) = self.http2_of(key) {
+                    if h2.unreadable.len() == UNREADABLE_KEPT {
+                        h2.unreadable.pop_front();
+                    }
+                    h2.unreadable.push_back(stream);
+                }
+            }
+            // A client's GOAWAY ends no stream it started; its trailers say nothing here.
+            Event::GoAway { .. } | Event::Response { .. } | Event::Trailers { .. } => {}
+        }
+    }
+
+    fn gateway_frames(
+        &mut self,
+        key: ConnectionKey,
+        event: Event,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        match event {
+            Event::Response { stream, status, .. } => {
+                let Some(number) = self.take_streams(key, |s| s == stream).pop() else {
+                    return self.unknown_stream_answered(key, stream, status, at, out);
+                };
+                match status {
+                    Some(status) => self.answered_by_gateway(number, status, at, out),
+                    // A status the HPACK table no longer tells (joined late).
+                    None => self.lose(vec![number], LossReason::FramesNotCaptured, 0, at, out),
+                }
+            }
+            // The gateway reset the stream: it ended without an answer.
+            Event::Reset { stream, .. } => {
+                for number in self.take_streams(key, |s| s == stream) {
+                    self.end_unless_held(number, Ending::Dropped, at, out);
+                }
+            }
+            // Streams above the last one the gateway processed were never served.
+            Event::GoAway { last_stream, .. } => {
+                for number in self.take_streams(key, |s| s > last_stream) {
+                    self.end_unless_held(number, Ending::NotServed, at, out);
+                }
+            }
+            // An answer's head whose bytes were not all captured.
+            Event::Unreadable { stream } => {
+                let numbers = self.take_streams(key, |s| s == stream);
+                self.lose(numbers, LossReason::FramesNotCaptured, 0, at, out);
+            }
+            Event::Trailers { .. } | Event::StreamEnd { .. } | Event::Request { .. } => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn stream_request(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        stream: u32,
+        head: RequestHead,
+        end_stream: bool,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        if head.headers_unknown || head.truncated {
+            self.stats.http2_streams_unknown_fields += 1;
+        }
+        let Some(number) = self.open_request(key, thread, head, end_stream, at, out) else {
+            return;
+        };
+        if let Some(h2) = self.http2_of(key) {
+            h2.streams.insert(stream, number);
+        }
+    }
+
+    /// The gateway answered a stream with no request known: one whose head could not be read
+    /// (a refusal is reported), or one whose head was among frames lost.
+    fn unknown_stream_answered(
+        &mut self,
+        key: ConnectionKey,
+        stream: u32,
+        status: Option<u16>,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
+            return;
+        };
+        let Some(h2) = connection.http2.as_mut() else {
+            return;
+        };
+        let Some(place) = h2.unreadable.iter().position(|s| *s == stream) else {
+            self.stats.unmatched_answers += 1;
+            return;
+        };
+        h2.unreadable.remove(place);
+        if let Some(status) = status.filter(|s| *s >= 400) {
+            out.push(Outcome::Unreadable {
+                line: None,
+                remote_ip: connection.remote_ip.clone(),
+                tls: connection.tls,
+                status,
+                at,
+            });
+        }
+    }
+
+    fn http2_of(&mut self, key: ConnectionKey) -> Option<&mut Http2Connection> {
+        self.tables.connections.get_mut(&key)?.http2.as_deref_mut()
+    }
+
+    fn stream_request_number(&mut self, key: ConnectionKey, stream: u32) -> Option<u64> {
+        self.http2_of(key)?.streams.get(&stream).copied()
+    }
+
+    /// Removes the streams `which` selects from the connection's open streams: their requests
+    /// no longer wait there.
+    fn take_streams(&mut self, key: ConnectionKey, which: impl Fn(u32) -> bool) -> Vec<u64> {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
+            return Vec::new();
+        };
+        let Some(h2) = connection.http2.as_mut() else {
+            return Vec::new();
+        };
+        let mut numbers: Vec<u64> = Vec::new();
+        h2.streams.retain(|stream, number| {
+            let taken = which(*stream);
+            if taken {
+                numbers.push(*number);
+            }
+            !taken
+        });
+        numbers.sort_unstable();
+        connection
+            .awaiting
+            .retain(|waiting| waiting.is_none_or(|n| numbers.binary_search(&n).is_err()));
+        numbers
+    }
+}

@@ -1,0 +1,235 @@
+//! End to end over HTTP/2 from clients: nginx with `http2` on a TLS listener (ALPN h2) and on a
+//! cleartext one (prior knowledge), proxying to an HTTP/1.1 backend. Clients: curl, and a
+//! client of our own on Python's h2 (tests/clients/h2_streams.py) that puts many streams in
+//! flight on one connection and can cancel one.
+use std::{fs, path::PathBuf, process::Command};
+
+use serde_json::{json, Value};
+use tests::{
+    backend::Backend,
+    certificate, curl, free_port,
+    gateway::Gateway,
+    observer::{assert_every_request_ends_once, ending, of, Observer},
+    require_root, workspace_root,
+};
+
+struct Setup {
+    // Field order is drop order: the observer stops before the gateway and backend.
+    observer: Observer,
+    _gateway: Gateway,
+    backend: Backend,
+    tls_port: u16,
+    clear_port: u16,
+    _certificates: Certificates,
+}
+
+/// The directory of the gateway's certificate, removed with it.
+struct Certificates(PathBuf);
+
+impl Drop for Certificates {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Setup {
+    fn start(name: &str, workers: u32) -> Setup {
+        require_root();
+        let backend = Backend::start().expect("starting a backend");
+        let tls_port = free_port();
+        let clear_port = free_port();
+        let cert_dir =
+            std::env::temp_dir().join(format!("access-log-h2-{name}-{}", std::process::id()));
+        fs::create_dir_all(&cert_dir).expect("certificate directory");
+        let (cert, key) = certificate::self_signed(&cert_dir).expect("making a certificate");
+        let block = format!(
+            r#"
+  server {{
+    listen 127.0.0.1:{tls_port} ssl http2;
+    listen 127.0.0.1:{clear_port} http2;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location /api/ {{ proxy_pass http://127.0.0.1:{b}; }}
+    location = /health {{ return 200 "ok\n"; }}
+    location / {{ return 404; }}
+  }}
+"#,
+            cert = cert.display(),
+            key = key.display(),
+            b = backend.port()
+        );
+        let gateway = Gateway::nginx(name, workers, &block, tls_port).expect("starting nginx");
+        let observer = Observer::attach(gateway.master_pid(), &[]).expect("attaching");
+        Setup {
+            observer,
+            _gateway: gateway,
+            backend,
+            tls_port,
+            clear_port,
+            _certificates: Certificates(cert_dir),
+        }
+    }
+
+    /// Runs the h2 client of our own on one connection; returns its line per request.
+    fn streams(&self, tls: bool, requests: &Value) -> Vec<Value> {
+        let port = if tls { self.tls_port } else { self.clear_port };
+        let script = workspace_root().join("tests/clients/h2_streams.py");
+        let output = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(["127.0.0.1", &port.to_string()])
+            .arg(if tls { "tls" } else { "clear" })
+            .arg(requests.to_string())
+            .output()
+            .expect("running the h2 client (cargo xtask setup installs python3-h2)");
+        assert!(
+            output.status.success(),
+            "h2 client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("client line"))
+            .collect()
+    }
+}
+
+#[test]
+fn curl_over_tls_and_over_cleartext_with_prior_knowledge() {
+    let setup = Setup::start("h2-curl", 2);
+    let tls = |path: &str| format!("https://127.0.0.1:{}{path}", setup.tls_port);
+    let clear = |path: &str| format!("http://127.0.0.1:{}{path}", setup.clear_port);
+    assert_eq!(
+        curl(&[
+            "--http2",
+            "-k",
+            "-A",
+            "h2-curl/1.0",
+            &tls("/api/a?x=1"),
+            &tls("/health")
+        ]),
+        vec![200, 200]
+    );
+    // One URL per curl: curl 7.88 sends nothing for a second URL on a prior-knowledge
+    // connection it reuses.
+    for (path, status) in [("/api/b", 200), ("/nope", 404)] {
+        assert_eq!(
+            curl(&[
+                "--http2-prior-knowledge",
+                "-A",
+                "h2c-curl/1.0",
+                &clear(path)
+            ]),
+            vec![status]
+        );
+    }
+    setup.observer.wait_ended(4);
+    let backend = setup.backend.port();
+    let (events, summary) = setup.observer.stop();
+    assert_every_request_ends_once(&events);
+    let incoming = of(&events, "INCOMING_REQUEST");
+    let urls: Vec<&str> = incoming
+        .iter()
+        .map(|e| e["RequestInURL"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        urls,
+        ["/api/a?x=1", "/health", "/api/b", "/nope"],
+        "{events:#?}"
+    );
+    for (request, agent) in incoming
+        .iter()
+        .zip(["h2-curl/1.0", "h2-curl/1.0", "h2c-curl/1.0"])
+    {
+        assert_eq!(request["RequestInMethod"], "GET");
+        assert_eq!(request["UserAgent"], agent);
+        assert_eq!(request["RemoteIP"], "127.0.0.1");
+    }
+    let end = |index: usize| ending(&events, incoming[index]).expect("an ending");
+    assert_eq!(end(0)["Event"], "REQUEST_COMPLETE");
+    assert_eq!(end(0)["StatusCode"], 200);
+    assert_eq!(
+        end(0)["RequestOutURL"],
+        format!("http://127.0.0.1:{backend}/api/a?x=1")
+    );
+    assert_eq!(end(1)["Event"], "REQUEST_COMPLETE");
+    assert_eq!(end(1)["StatusCode"], 200);
+    assert!(end(1).get("RequestOutURL").is_none(), "{:#?}", end(1));
+    assert_eq!(end(2)["StatusCode"], 200);
+    assert_eq!(
+        end(2)["RequestOutURL"],
+        format!("http://127.0.0.1:{backend}/api/b")
+    );
+    assert_eq!(end(3)["Event"], "ERROR");
+    assert_eq!(end(3)["StatusCode"], 404);
+    assert!(
+        summary.contains("HTTP/2 connections 3 "),
+        "every connection read as HTTP/2: {summary}"
+    );
+}
+
+/// One connection, 100 streams in flight at once, identical but for headers the observer
+/// does not read: each asks the backend for its own status after its own delay, so the
+/// answers come back out of order. The client's view of each stream is the truth.
+#[test]
+fn a_hundred_concurrent_streams_on_one_connection_are_each_paired() {
+    let setup = Setup::start("h2-streams", 1);
+    let count = 100;
+    let requests: Vec<Value> = (0..count)
+        .map(|i| {
+            json!({
+                "path": "/api/same?q=1",
+                "headers": {
+                    "x-want-status": (200 + i % 7 + 100 * (i % 3)).to_string(),
+                    "x-want-delay-ms": ((count - i) * 3 % 97).to_string(),
+                },
+            })
+        })
+        .collect();
+    let answers = setup.streams(true, &Value::from(requests.clone()));
+    assert_eq!(answers.len(), count);
+    for (answer, request) in answers.iter().zip(&requests) {
+        assert_eq!(
+            answer["status"].to_string(),
+            request["headers"]["x-want-status"].as_str().unwrap(),
+            "the gateway passed the backend's status on"
+        );
+    }
+    setup.observer.wait_ended(count);
+    let (events, _) = setup.observer.stop();
+    assert_every_request_ends_once(&events);
+    let incoming = of(&events, "INCOMING_REQUEST");
+    assert_eq!(incoming.len(), count, "{events:#?}");
+    // Streams are read in the order the client opened them.
+    for (index, (request, answer)) in incoming.iter().zip(&answers).enumerate() {
+        let end = ending(&events, request).expect("an ending");
+        assert_eq!(
+            end["StatusCode"], answer["status"],
+            "stream {} (request {index}) paired with another stream's backend call: {end:#}",
+            answer["stream"]
+        );
+        assert!(end.get("RequestOutURL").is_some(), "{end:#}");
+    }
+}
+
+/// A stream the client cancels before its answer ends as the client's going away; the others
+/// on the connection are answered.
+#[test]
+fn a_stream_reset_by_the_client_ends_as_client_gone() {
+    let setup = Setup::start("h2-reset", 1);
+    let requests = json!([
+        {"path": "/api/slow", "headers": {"x-want-delay-ms": "3000"}, "reset_after_ms": 300},
+        {"path": "/api/fast", "headers": {"x-want-status": "201"}},
+    ]);
+    let answers = setup.streams(false, &requests);
+    assert_eq!(answers[1]["status"], 201);
+    setup.observer.wait_ended(2);
+    let (events, _) = setup.observer.stop();
+    assert_every_request_ends_once(&events);
+    let incoming = of(&events, "INCOMING_REQUEST");
+    assert_eq!(incoming.len(), 2, "{events:#?}");
+    let slow = ending(&events, incoming[0]).expect("an ending");
+    assert_eq!(slow["Event"], "ERROR", "{slow:#}");
+    assert_eq!(slow["ERROR_CODE"], "499", "{slow:#}");
+    let fast = ending(&events, incoming[1]).expect("an ending");
+    assert_eq!(fast["StatusCode"], 201);
+}
