@@ -233,3 +233,102 @@ fn a_stream_reset_by_the_client_ends_as_client_gone() {
     let fast = ending(&events, incoming[1]).expect("an ending");
     assert_eq!(fast["StatusCode"], 201);
 }
+
+/// The gRPC server of tests/clients/grpc_calls.py on a port of its own, stopped with the test.
+struct GrpcServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GrpcServer {
+    fn start() -> GrpcServer {
+        let port = free_port();
+        let script = workspace_root().join("tests/clients/grpc_calls.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(["serve", &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the gRPC server (cargo xtask setup installs python3-grpcio)");
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("the gRPC server's first line");
+        assert_eq!(line.trim(), "listening");
+        GrpcServer { child, port }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Unary gRPC calls from grpcio's client through nginx's `grpc_pass` to grpcio's server, on
+/// one client connection: each paired with the stream nginx opens to the backend, its outcome
+/// read from the trailers; a non-zero status is an ERROR with the gRPC code and message.
+#[test]
+fn grpc_calls_through_grpc_pass_end_with_their_status() {
+    require_root();
+    let server = GrpcServer::start();
+    let port = free_port();
+    let block = format!(
+        "  server {{ listen 127.0.0.1:{port} http2; \
+         location /demo.Items/ {{ grpc_pass grpc://127.0.0.1:{}; }} }}",
+        server.port
+    );
+    let gateway = Gateway::nginx("h2-grpc", 1, &block, port).expect("starting nginx");
+    let observer = Observer::attach(gateway.master_pid(), &[]).expect("attaching");
+    let codes = [0u32, 5, 16, 14, 0];
+    let script = workspace_root().join("tests/clients/grpc_calls.py");
+    let output = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(["call", &format!("127.0.0.1:{port}")])
+        .arg(Value::from(codes.to_vec()).to_string())
+        .output()
+        .expect("running the gRPC client");
+    let results: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("client line"))
+        .collect();
+    let received: Vec<u64> = results
+        .iter()
+        .map(|r| r["code"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        received,
+        codes.iter().map(|c| u64::from(*c)).collect::<Vec<_>>(),
+        "the calls went through: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    observer.wait_ended(codes.len());
+    let (events, _) = observer.stop();
+    assert_every_request_ends_once(&events);
+    let incoming = of(&events, "INCOMING_REQUEST");
+    assert_eq!(incoming.len(), codes.len(), "{events:#?}");
+    for (request, code) in incoming.iter().zip(codes) {
+        assert_eq!(request["RequestInURL"], "/demo.Items/Get");
+        assert_eq!(request["RequestInMethod"], "POST");
+        let end = ending(&events, request).expect("an ending");
+        assert_eq!(end["GrpcStatus"], code, "{end:#}");
+        assert_eq!(
+            end["RequestOutURL"],
+            format!("http://127.0.0.1:{}/demo.Items/Get", server.port),
+            "paired with the stream nginx opened to the backend: {end:#}"
+        );
+        if code == 0 {
+            assert_eq!(end["Event"], "REQUEST_COMPLETE", "{end:#}");
+            assert_eq!(end["StatusCode"], 200);
+        } else {
+            assert_eq!(end["Event"], "ERROR", "{end:#}");
+            assert_eq!(end["GrpcMessage"], format!("wanted {code}"));
+        }
+    }
+    let error_code =
+        |index: usize| ending(&events, incoming[index]).expect("an ending")["ERROR_CODE"].clone();
+    assert_eq!(error_code(1), "900906", "NOT_FOUND");
+    assert_eq!(error_code(2), "900901", "UNAUTHENTICATED");
+    assert_eq!(error_code(3), "101503", "UNAVAILABLE");
+}

@@ -15,6 +15,7 @@ use crate::{
     kernel::Clock,
     pipeline::{Attempt, AttemptOutcome, Confidence, Ended, Ending, Loss, Outcome, Request},
     protocol::http1::RequestLine,
+    text::Text,
 };
 
 /// What the events said, for the summary.
@@ -143,6 +144,14 @@ impl EventBuilder {
             self.counts.low_confidence += 1;
         }
         let elapsed_ms = ended.at.saturating_sub(request.received_ns) as f64 / 1e6;
+        if let Some(grpc) = ended.grpc.as_ref().filter(|g| g.code != 0) {
+            // The call failed whatever the HTTP status said.
+            let status = match ended.ending {
+                Ending::Backend { status, .. } | Ending::Gateway { status } => Some(status),
+                _ => None,
+            };
+            return self.error(ended, &api, status, classify::grpc(grpc.code), unix_nanos);
+        }
         let (status, class) = match ended.ending {
             Ending::Backend { status, .. } => {
                 return self.complete(ended, &api, status, false, elapsed_ms, unix_nanos);
@@ -200,7 +209,7 @@ impl EventBuilder {
         let fields = self
             .incoming_fields(request, fields)
             .millis("ResponseTimeMs", elapsed_ms);
-        let fields = attempt_fields(&ended.attempts, fields);
+        let fields = grpc_fields(ended, attempt_fields(&ended.attempts, fields));
         Event {
             unix_nanos,
             kind: EventKind::RequestComplete,
@@ -239,6 +248,7 @@ impl EventBuilder {
                 fields.optional_text("RequestOutURL", self.url(last)),
             );
         }
+        let fields = grpc_fields(ended, fields);
         Event {
             unix_nanos,
             kind: EventKind::Error,
@@ -361,5 +371,16 @@ fn confidence_field(attempt: Option<&Attempt>, fields: Fields) -> Fields {
         fields.text("PairingConfidence", "low")
     } else {
         fields
+    }
+}
+
+/// A gRPC call's outcome: `GrpcStatus` (its code) and `GrpcMessage` (when the trailers had
+/// one).
+fn grpc_fields(ended: &Ended, fields: Fields) -> Fields {
+    match &ended.grpc {
+        Some(grpc) => fields
+            .integer("GrpcStatus", grpc.code.into())
+            .optional_text("GrpcMessage", grpc.message.clone().map(Text::from)),
+        None => fields,
     }
 }

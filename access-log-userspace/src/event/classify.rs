@@ -92,6 +92,31 @@ pub fn gateway_exited() -> Classification {
     )
 }
 
+/// Classifies a gRPC call that ended with a non-zero `grpc-status` (README's table): the
+/// gateway's own refusals and faults in the WSO2 API Manager's terms where one fits, else by
+/// whose fault the code says it is.
+pub fn grpc(code: u32) -> Classification {
+    match code {
+        1 => class(FAULT, "499", "The client cancelled the call"),
+        4 => class(FAULT, "101504", "Connection timed out"),
+        5 | 12 => class(
+            MAIN,
+            "900906",
+            "No matching resource found in the API for the given request",
+        ),
+        7 => class(
+            AUTH,
+            "900910",
+            "The access token does not allow you to access the requested resource",
+        ),
+        8 => class(THROTTLE, "900800", "Message throttled out"),
+        14 => class(FAULT, "101503", "Error connecting to the back end"),
+        16 => class(AUTH, "900901", "Invalid Credentials"),
+        3 | 6 | 9 | 11 => class(MAIN, "400", "Request rejected by the back end"),
+        _ => class(FAULT, "101500", "Error in the back end"),
+    }
+}
+
 /// Classifies a gateway answer that no backend answer preceded. None when it is no error.
 pub fn classify(
     status: u16,
@@ -166,5 +191,27 @@ mod tests {
         assert_eq!(closed.code, "101505");
         let timeout = classify(504, &[AttemptOutcome::Sent], false, true).unwrap();
         assert_eq!(timeout.code, "101504");
+    }
+
+    #[test]
+    fn the_documented_grpc_table() {
+        let row = |code| {
+            let class = grpc(code);
+            (class.source, class.code)
+        };
+        assert_eq!(row(1), (FAULT, "499"));
+        assert_eq!(row(4), (FAULT, "101504"));
+        assert_eq!(row(5), (MAIN, "900906"));
+        assert_eq!(row(12), (MAIN, "900906"));
+        assert_eq!(row(7), (AUTH, "900910"));
+        assert_eq!(row(8), (THROTTLE, "900800"));
+        assert_eq!(row(14), (FAULT, "101503"));
+        assert_eq!(row(16), (AUTH, "900901"));
+        for client_side in [3, 6, 9, 11] {
+            assert_eq!(row(client_side), (MAIN, "400"));
+        }
+        for server_side in [2, 10, 13, 15, 99] {
+            assert_eq!(row(server_side), (FAULT, "101500"));
+        }
     }
 }

@@ -1,9 +1,14 @@
-//! Inbound HTTP/2 connections: every stream is a request of its own. The client's frames give
-//! the requests (and when their bodies are whole), the gateway's frames their answers; many
-//! are in flight on one connection at once, so a stream's id, never the order, says which
-//! request an answer ends. Backend calls pair with these requests as with HTTP/1 ones
-//! (`link`: the reading thread's requests in the order it read them, connect binding, ...):
-//! a gateway runs a connection's streams in the order their heads came.
+//! HTTP/2 connections: every stream is a request of its own. On a client's connection the
+//! client's frames give the requests (and when their bodies are whole), the gateway's frames
+//! their answers; many are in flight on one connection at once, so a stream's id, never the
+//! order, says which request an answer ends. Backend calls pair with these requests as with
+//! HTTP/1 ones (`link`: the reading thread's requests in the order it read them, connect
+//! binding, ...): a gateway runs a connection's streams in the order their heads came. On a
+//! connection to an HTTP/2 backend (nginx's `grpc_pass`) each stream the gateway opens is an
+//! attempt of the request it was linked to, answered by the backend's frames on that stream.
+//!
+//! A gRPC call's outcome is in its trailers: the backend's answer is held until the gateway
+//! passes the trailers on to the client, whose `grpc-status` ends the request.
 //!
 //! Frames lost (bytes beyond what the kernel copies of one call, records it could not
 //! deliver) hide the frames after them: the requests whose answer may have been among them end
@@ -12,12 +17,12 @@ use std::{collections::VecDeque, sync::Arc};
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::{Chunk, Ending, LossReason, Outcome, Pipeline};
+use super::{AttemptOutcome, Chunk, Ending, LossReason, Outcome, Pipeline};
 use crate::{
-    kernel::{ConnectionKey, ThreadKey},
+    kernel::{ConnectionKey, Direction, ThreadKey},
     protocol::{
         http1::{HeaderInterest, RequestHead, Side},
-        http2::{self, frames_fit, Event, PREFACE},
+        http2::{self, frames_fit, Event, GrpcStatus, PREFACE},
     },
 };
 
@@ -45,12 +50,20 @@ impl Frames {
 /// refusal of them.
 const UNREADABLE_KEPT: usize = 64;
 
-/// The HTTP/2 state of an inbound connection.
+/// An open stream: the inbound request it carries (on a client's connection) or serves (on
+/// a backend's).
+#[derive(Clone, Copy)]
+struct Stream {
+    request: u64,
+    /// A gRPC answer's status, its trailers still to come (a client's connection).
+    answered: Option<u16>,
+}
+
+/// The HTTP/2 state of a connection.
 pub(super) struct Http2Connection {
     requests: Frames,
     responses: Frames,
-    /// The request each open stream carries.
-    streams: HashMap<u32, u64>,
+    streams: HashMap<u32, Stream>,
     /// Streams whose request head could not be read, newest last.
     unreadable: VecDeque<u32>,
 }
@@ -88,9 +101,10 @@ impl Http2Connection {
 }
 
 impl Pipeline {
-    /// Whether an inbound connection reads as HTTP/2 from `chunk` on (a client's request
-    /// bytes): it does already, its client's preface starts here (nothing else waits), or it
-    /// was joined mid-stream, showed no HTTP/1 request, and `chunk` is a call of whole frames.
+    /// Whether a connection reads as HTTP/2 from `chunk` on (request bytes: a client's, or the
+    /// gateway's to a backend): it does already, the preface starts here (nothing else
+    /// waits), or it was joined mid-stream, showed no HTTP/1 request, and `chunk` is a call
+    /// of whole frames.
     /// A connection found that last way is noted for the kernel ([`Pipeline::take_http2_found`]).
     pub(super) fn reads_http2(&mut self, key: ConnectionKey, chunk: &Chunk) -> bool {
         let Some(connection) = self.tables.connections.get_mut(&key) else {
@@ -127,12 +141,11 @@ impl Pipeline {
         out: &mut Vec<Outcome>,
     ) {
         let interest = self.interest.clone();
-        let Some(h2) = self
-            .tables
-            .connections
-            .get_mut(&key)
-            .and_then(|c| c.http2.as_mut())
-        else {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
+            return;
+        };
+        let inbound = connection.direction == Direction::Inbound;
+        let Some(h2) = connection.http2.as_mut() else {
             return;
         };
         let frames = if carries_requests {
@@ -144,15 +157,18 @@ impl Pipeline {
         let events = frames.feed(&interest, chunk);
         let lost_now = !was_lost && frames.direction.is_lost();
         for event in events {
-            if carries_requests {
-                self.client_frames(key, thread, event, at, out);
-            } else {
-                self.gateway_frames(key, event, at, out);
+            match (inbound, carries_requests) {
+                (true, true) => self.client_frames(key, thread, event, at, out),
+                (true, false) => self.gateway_frames(key, event, at, out),
+                (false, true) => self.backend_stream(key, thread, event, at),
+                (false, false) => self.backend_frames(key, thread, event, at, out),
             }
         }
         if lost_now {
             self.stats.http2_frames_lost += 1;
-            if !carries_requests {
+            // On a client's connection, answers may have been among the frames lost; on a
+            // backend's, the gateway's answers to the client still end the requests.
+            if inbound && !carries_requests {
                 // Answers may have been among the frames lost.
                 let numbers = self.take_streams(key, |_| true);
                 self.lose(numbers, LossReason::FramesNotCaptured, 0, at, out);
@@ -176,8 +192,8 @@ impl Pipeline {
             } => self.stream_request(key, thread, stream, head, end_stream, at, out),
             // The request's body is whole: a gateway that buffers bodies calls the backend now.
             Event::StreamEnd { stream } => {
-                if let Some(number) = self.stream_request_number(key, stream) {
-                    if let Some(request) = self.tables.requests.get_mut(&number) {
+                if let Some(open) = self.open_stream(key, stream) {
+                    if let Some(request) = self.tables.requests.get_mut(&open.request) {
                         request.ready = true;
                     }
                 }
@@ -210,14 +226,44 @@ impl Pipeline {
         out: &mut Vec<Outcome>,
     ) {
         match event {
-            Event::Response { stream, status, .. } => {
+            Event::Response {
+                stream,
+                status,
+                end_stream,
+                grpc_call,
+                grpc,
+            } => {
+                if grpc_call && grpc.is_none() && !end_stream && status.is_some() {
+                    // A gRPC answer: its trailers tell the outcome.
+                    if let Some(open) = self.open_stream_mut(key, stream) {
+                        open.answered = status;
+                        return;
+                    }
+                }
                 let Some(number) = self.take_streams(key, |s| s == stream).pop() else {
                     return self.unknown_stream_answered(key, stream, status, at, out);
                 };
                 match status {
-                    Some(status) => self.answered_by_gateway(number, status, at, out),
+                    Some(status) => self.answered_with(number, status, grpc, at, out),
                     // A status the HPACK table no longer tells (joined late).
                     None => self.lose(vec![number], LossReason::FramesNotCaptured, 0, at, out),
+                }
+            }
+            Event::Trailers { stream, grpc } => {
+                let answered = self.open_stream(key, stream).and_then(|open| open.answered);
+                if let Some(status) = answered {
+                    for number in self.take_streams(key, |s| s == stream) {
+                        self.answered_with(number, status, grpc.clone(), at, out);
+                    }
+                }
+            }
+            // A gRPC answer that ended without trailers.
+            Event::StreamEnd { stream } => {
+                let answered = self.open_stream(key, stream).and_then(|open| open.answered);
+                if let Some(status) = answered {
+                    for number in self.take_streams(key, |s| s == stream) {
+                        self.answered_with(number, status, None, at, out);
+                    }
                 }
             }
             // The gateway reset the stream: it ended without an answer.
@@ -237,7 +283,90 @@ impl Pipeline {
                 let numbers = self.take_streams(key, |s| s == stream);
                 self.lose(numbers, LossReason::FramesNotCaptured, 0, at, out);
             }
-            Event::Trailers { .. } | Event::StreamEnd { .. } | Event::Request { .. } => {}
+            Event::Request { .. } => {}
+        }
+    }
+
+    /// The gateway answered request `number` with `status` (and, for a gRPC call, the
+    /// outcome in its trailers).
+    fn answered_with(
+        &mut self,
+        number: u64,
+        status: u16,
+        grpc: Option<GrpcStatus>,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        if let Some(request) = self.tables.requests.get_mut(&number) {
+            request.grpc = grpc;
+        }
+        self.answered_by_gateway(number, status, at, out);
+    }
+
+    /// A stream the gateway opened to an HTTP/2 backend: an attempt of the request it serves.
+    fn backend_stream(&mut self, key: ConnectionKey, thread: ThreadKey, event: Event, at: u64) {
+        let Event::Request { stream, head, .. } = event else {
+            return;
+        };
+        let Some(number) = self.backend_request(key, thread, head, at) else {
+            return;
+        };
+        if let Some(h2) = self.http2_of(key) {
+            h2.streams.insert(
+                stream,
+                Stream {
+                    request: number,
+                    answered: None,
+                },
+            );
+        }
+    }
+
+    /// An HTTP/2 backend's frames: answers to the attempts made on its streams.
+    fn backend_frames(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        event: Event,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        match event {
+            Event::Response {
+                stream,
+                status: Some(status),
+                grpc_call,
+                grpc,
+                ..
+            } => {
+                for number in self.take_streams(key, |s| s == stream) {
+                    let trailers_to_come = grpc_call || grpc.is_some();
+                    self.backend_answered(key, thread, number, status, trailers_to_come, at, out);
+                }
+            }
+            Event::Reset { stream, .. } => {
+                let numbers = self.take_streams(key, |s| s == stream);
+                self.attempts_ended(key, &numbers, AttemptOutcome::Reset);
+            }
+            Event::GoAway { last_stream, .. } => {
+                let numbers = self.take_streams(key, |s| s > last_stream);
+                self.attempts_ended(key, &numbers, AttemptOutcome::Closed);
+            }
+            _ => {}
+        }
+    }
+
+    /// The attempts of `numbers` under way on backend connection `key` ended unanswered.
+    fn attempts_ended(&mut self, key: ConnectionKey, numbers: &[u64], outcome: AttemptOutcome) {
+        for number in numbers {
+            let Some(request) = self.tables.requests.get_mut(number) else {
+                continue;
+            };
+            for tracked in request.attempts.iter_mut().filter(|a| a.connection == key) {
+                if tracked.attempt.outcome.in_progress() {
+                    tracked.attempt.outcome = outcome;
+                }
+            }
         }
     }
 
@@ -259,7 +388,13 @@ impl Pipeline {
             return;
         };
         if let Some(h2) = self.http2_of(key) {
-            h2.streams.insert(stream, number);
+            h2.streams.insert(
+                stream,
+                Stream {
+                    request: number,
+                    answered: None,
+                },
+            );
         }
     }
 
@@ -299,8 +434,12 @@ impl Pipeline {
         self.tables.connections.get_mut(&key)?.http2.as_deref_mut()
     }
 
-    fn stream_request_number(&mut self, key: ConnectionKey, stream: u32) -> Option<u64> {
+    fn open_stream(&mut self, key: ConnectionKey, stream: u32) -> Option<Stream> {
         self.http2_of(key)?.streams.get(&stream).copied()
+    }
+
+    fn open_stream_mut(&mut self, key: ConnectionKey, stream: u32) -> Option<&mut Stream> {
+        self.http2_of(key)?.streams.get_mut(&stream)
     }
 
     /// Removes the streams `which` selects from the connection's open streams: their requests
@@ -313,10 +452,10 @@ impl Pipeline {
             return Vec::new();
         };
         let mut numbers: Vec<u64> = Vec::new();
-        h2.streams.retain(|stream, number| {
+        h2.streams.retain(|stream, open| {
             let taken = which(*stream);
             if taken {
-                numbers.push(*number);
+                numbers.push(open.request);
             }
             !taken
         });

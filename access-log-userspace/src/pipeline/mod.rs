@@ -19,7 +19,10 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::{
     kernel::{errno, record::Record, ConnectionKey, Direction, Endpoint, ThreadKey},
-    protocol::http1::{is_final, Head, HeaderInterest, RequestHead, RequestLine, ResponseHead},
+    protocol::{
+        http1::{is_final, Head, HeaderInterest, RequestHead, RequestLine, ResponseHead},
+        http2::GrpcStatus,
+    },
 };
 use connection::Connection;
 pub use outcome::{
@@ -133,6 +136,8 @@ struct InboundRequest {
     /// Linked right after a gap in the records, when the call may have been a request's
     /// whose head was lost: it ends in the loss record, not in a pairing that may be wrong.
     tainted: bool,
+    /// A gRPC call's outcome, known when the gateway's trailers came.
+    grpc: Option<GrpcStatus>,
 }
 
 impl InboundRequest {
@@ -179,6 +184,9 @@ enum Hold {
     /// the thread that read it wakes the request's own thread next (Varnish's fetch thread
     /// wakes the client thread waiting for the answer), which confirms or corrects the pairing.
     Unconfirmed,
+    /// A gRPC answer: its outcome comes in trailers, which end the request when the gateway
+    /// passes them on.
+    Trailers,
 }
 
 /// How long after a gap a link that is not exact is not trusted: the gateway's calls for
@@ -500,6 +508,7 @@ impl Pipeline {
             request: request.request,
             attempts,
             ending,
+            grpc: request.grpc,
             at,
         })));
     }
@@ -684,9 +693,8 @@ impl Pipeline {
             }
             self.linker.inbound_read(thread);
         }
-        if direction == Direction::Inbound
-            && (self.tables.connections[&key].http2.is_some()
-                || (carries_requests && self.reads_http2(key, chunk)))
+        if self.tables.connections[&key].http2.is_some()
+            || (carries_requests && self.reads_http2(key, chunk))
         {
             return self.http2_data(key, thread, carries_requests, chunk, at, out);
         }
@@ -908,6 +916,7 @@ impl Pipeline {
                 attempts: Vec::new(),
                 held_answer: None,
                 tainted: false,
+                grpc: None,
             },
         );
         Some(number)
@@ -931,10 +940,22 @@ impl Pipeline {
         head: RequestHead,
         at: u64,
     ) {
-        let Some(connection) = self.tables.connections.get_mut(&key) else {
-            return;
-        };
-        connection.responses.expect_response_to(&head.method);
+        if let Some(connection) = self.tables.connections.get_mut(&key) {
+            connection.responses.expect_response_to(&head.method);
+        }
+        self.backend_request(key, thread, head, at);
+    }
+
+    /// A request the gateway wrote to a backend on `key`: the inbound request it serves
+    /// (returned) makes an attempt there, and waits there for the answer.
+    fn backend_request(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        head: RequestHead,
+        at: u64,
+    ) -> Option<u64> {
+        let connection = self.tables.connections.get_mut(&key)?;
         let backend = connection.remote_text.clone();
         let unix = connection.unix;
         let tls = connection.tls;
@@ -959,12 +980,10 @@ impl Pipeline {
         }
         let Some((id, confidence)) = link else {
             self.stats.unlinked_outbound += 1;
-            return;
+            return None;
         };
         let quarantined = at < self.quarantine_until && confidence != Confidence::Exact;
-        let Some(request) = self.tables.requests.get_mut(&id) else {
-            return;
-        };
+        let request = self.tables.requests.get_mut(&id)?;
         request.tainted |= quarantined;
         // Sent here, it was not sent on a connection it was also connecting: a pool gives a
         // waiting request whichever connection comes first (Go's transport), and the one
@@ -998,6 +1017,7 @@ impl Pipeline {
                 },
             ),
         }
+        Some(id)
     }
 
     fn backend_response(
@@ -1019,6 +1039,23 @@ impl Pipeline {
         else {
             return;
         };
+        self.backend_answered(key, thread, id, response.status, false, at, out);
+    }
+
+    /// The backend answered request `id`'s attempt on `key` with `status`, read by `thread`:
+    /// the request ends, unless the answer is held back ([`Hold`]; `trailers_to_come`: a gRPC
+    /// answer, whose outcome comes in trailers).
+    #[allow(clippy::too_many_arguments)]
+    fn backend_answered(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        id: u64,
+        status: u16,
+        trailers_to_come: bool,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
         let Some(request) = self.tables.requests.get_mut(&id) else {
             return;
         };
@@ -1030,8 +1067,10 @@ impl Pipeline {
             return;
         };
         let attempt = &mut request.attempts[index].attempt;
-        attempt.outcome = AttemptOutcome::Answered(response.status);
-        let hold = if retryable(response.status) {
+        attempt.outcome = AttemptOutcome::Answered(status);
+        let hold = if trailers_to_come {
+            Some(Hold::Trailers)
+        } else if retryable(status) {
             Some(Hold::Retryable)
         } else if attempt.confidence == Confidence::Low && self.linker.wakes_followed(key.0) {
             Some(Hold::Unconfirmed)
@@ -1041,13 +1080,14 @@ impl Pipeline {
         if let Some(hold) = hold {
             request.held_answer = Some(HeldAnswer {
                 attempt: index,
-                status: response.status,
+                status,
                 at,
                 hold,
             });
             match hold {
                 Hold::Retryable => self.linker.retry(thread, id),
                 Hold::Unconfirmed => self.linker.answer_held(thread, id, at),
+                Hold::Trailers => {}
             }
             return;
         }
@@ -1055,7 +1095,7 @@ impl Pipeline {
             id,
             Ending::Backend {
                 attempt: index,
-                status: response.status,
+                status,
             },
             at,
             out,

@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use crate::{
     kernel::ConnectionKey,
-    protocol::http1::{RequestHead, RequestLine},
+    protocol::{
+        http1::{RequestHead, RequestLine},
+        http2::GrpcStatus,
+    },
     text::Text,
 };
 
@@ -104,6 +107,8 @@ pub struct Ended {
     pub request: Request,
     pub attempts: Vec<Attempt>,
     pub ending: Ending,
+    /// A gRPC call's outcome, from the trailers the client got.
+    pub grpc: Option<GrpcStatus>,
     /// When (monotonic nanoseconds).
     pub at: u64,
 }

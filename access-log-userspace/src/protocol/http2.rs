@@ -63,6 +63,9 @@ pub enum Event {
         stream: u32,
         status: Option<u16>,
         end_stream: bool,
+        /// A gRPC answer (`content-type: application/grpc...`): its outcome comes in
+        /// trailers, or in this block (trailers-only).
+        grpc_call: bool,
         /// gRPC's trailers-only form: the outcome in the response's own headers.
         grpc: Option<GrpcStatus>,
     },
@@ -355,6 +358,8 @@ impl Direction {
             Side::Responses => {
                 let status = pseudo(&fields, ":status").and_then(|s| s.parse::<u16>().ok());
                 let grpc = grpc_status(&fields);
+                let grpc_call = pseudo(&fields, "content-type")
+                    .is_some_and(|t| t.starts_with("application/grpc"));
                 if status.is_some_and(|s| (100..200).contains(&s)) {
                     // Informational: the response's head is still to come.
                     return;
@@ -367,6 +372,7 @@ impl Direction {
                     stream,
                     status,
                     end_stream: block.end_stream,
+                    grpc_call,
                     grpc,
                 });
             }
@@ -660,6 +666,7 @@ mod tests {
                     stream: 1,
                     status: Some(200),
                     end_stream: false,
+                    grpc_call: false,
                     grpc: None
                 },
                 Event::StreamEnd { stream: 1 },
@@ -667,6 +674,7 @@ mod tests {
                     stream: 3,
                     status: Some(200),
                     end_stream: false,
+                    grpc_call: true,
                     grpc: None
                 },
                 Event::Trailers {
@@ -680,6 +688,7 @@ mod tests {
                     stream: 5,
                     status: Some(200),
                     end_stream: true,
+                    grpc_call: false,
                     grpc: Some(GrpcStatus {
                         code: 16,
                         message: None
