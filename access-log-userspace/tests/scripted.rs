@@ -1618,6 +1618,39 @@ fn http2_answers_among_frames_not_captured_are_lost_and_later_frames_read_again(
 }
 
 #[test]
+fn a_request_waiting_for_its_backend_outlives_the_gateways_frames_not_captured() {
+    let mut s = Script::new(CATALOG);
+    let (mut client, mut gateway) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
+    s.accept(5);
+    let read = [
+        h2::PREFACE.to_vec(),
+        h2::get(&mut client, 1, "/orders/1"),
+        h2::get(&mut client, 3, "/nope"),
+    ]
+    .concat();
+    s.data(5, call::READ, &read);
+    s.connect(9, -115);
+    s.data(9, call::WRITEV, b"GET /v1/orders/1 HTTP/1.0\r\n\r\n");
+    // A large write whose frames after the first were not captured: /nope's answer may have
+    // been among them, /orders/1's cannot (its backend has not answered).
+    let data = h2::frame(0, 0, 7, &[b'x'; 100]);
+    let header = s.header(kind::DATA, 5, call::WRITE);
+    s.feed(Record::Data {
+        header,
+        moved: 65536,
+        offset: 0,
+        more: false,
+        captured: &data,
+    });
+    let lost = s.of(EventKind::Lost);
+    assert_eq!(lost.len(), 1, "{:#?}", s.events);
+    assert_eq!(lost[0].get("RequestsLost"), Some(&Value::Integer(1)));
+    s.answer(9, call::RECVFROM, "200 OK");
+    s.data(5, call::WRITE, &h2::status(&mut gateway, 1, "200"));
+    assert_eq!(ending_statuses(&s), [Some(200), None]);
+}
+
+#[test]
 fn a_connection_found_at_attach_reads_as_http2_from_a_call_of_whole_frames() {
     let mut s = Script::new(CATALOG);
     let mut gateway = loona_hpack::Encoder::new();

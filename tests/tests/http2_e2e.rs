@@ -332,3 +332,66 @@ fn grpc_calls_through_grpc_pass_end_with_their_status() {
     assert_eq!(error_code(2), "900901", "UNAUTHENTICATED");
     assert_eq!(error_code(3), "101503", "UNAVAILABLE");
 }
+
+/// Runs h2load against `url` and returns how many requests succeeded (2xx) as it reports.
+fn h2load(url: &str, requests: usize, clients: usize, streams: usize) -> usize {
+    let output = Command::new("h2load")
+        .args(["-n", &requests.to_string()])
+        .args(["-c", &clients.to_string()])
+        .args(["-m", &streams.to_string()])
+        .args(["-H", "x-want-delay-ms: 1", "-H", "x-want-bytes: 20000"])
+        .arg(url)
+        .output()
+        .expect("running h2load (cargo xtask setup installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap_or_else(|| panic!("h2load printed no status codes: {text}"));
+    // "status codes: 3000 2xx, 0 3xx, 0 4xx, 0 5xx"
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected h2load line: {line}"))
+}
+
+/// h2load at high concurrency, over TLS and over cleartext, answers of 20 KB (more than the
+/// kernel copies of one call): every request it made is an INCOMING_REQUEST that ends once,
+/// answered by the backend, none lost.
+#[test]
+fn h2load_at_high_concurrency_gives_one_event_pair_per_request() {
+    let setup = Setup::start("h2-load", 2);
+    let (requests, clients, streams) = (3000, 8, 64);
+    let tls = h2load(
+        &format!("https://127.0.0.1:{}/api/load", setup.tls_port),
+        requests,
+        clients,
+        streams,
+    );
+    let clear = h2load(
+        &format!("http://127.0.0.1:{}/api/load", setup.clear_port),
+        requests,
+        clients,
+        streams,
+    );
+    assert_eq!(
+        (tls, clear),
+        (requests, requests),
+        "h2load's requests succeeded"
+    );
+    setup.observer.wait_ended(2 * requests);
+    let (events, summary) = setup.observer.stop();
+    assert_every_request_ends_once(&events);
+    assert_eq!(
+        of(&events, "INCOMING_REQUEST").len(),
+        2 * requests,
+        "{summary}"
+    );
+    assert!(of(&events, "LOST").is_empty(), "{summary}");
+    let complete = of(&events, "REQUEST_COMPLETE");
+    assert_eq!(complete.len(), 2 * requests, "{summary}");
+    assert!(complete
+        .iter()
+        .all(|e| e["StatusCode"] == 200 && e.get("RequestOutURL").is_some()));
+    eprintln!("{summary}");
+}

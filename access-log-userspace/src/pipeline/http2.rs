@@ -11,8 +11,10 @@
 //! passes the trailers on to the client, whose `grpc-status` ends the request.
 //!
 //! Frames lost (bytes beyond what the kernel copies of one call, records it could not
-//! deliver) hide the frames after them: the requests whose answer may have been among them end
-//! in a loss record, and the direction waits for a call made of whole frames to read on.
+//! deliver) hide the frames after them, and the direction waits for a call made of whole
+//! frames to read on. While the gateway's frames are unseen, a request it may have answered
+//! itself (no backend attempt under way) ends in a loss record, when the frames go unseen and
+//! again when they are found; a request waiting for its backend is ended by that answer.
 use std::{collections::VecDeque, sync::Arc};
 
 use rustc_hash::FxHashMap as HashMap;
@@ -30,19 +32,34 @@ use crate::{
 struct Frames {
     side: Side,
     direction: http2::Direction,
+    /// When (records' time) the newest call whose frames went unseen was made.
+    unseen_at: u64,
 }
 
 impl Frames {
-    /// Reads one record's bytes; a direction whose frames were lost reads on from the first
-    /// call made of whole frames, its HPACK table then unknown.
-    fn feed(&mut self, interest: &Arc<HeaderInterest>, chunk: &Chunk) -> Vec<Event> {
+    fn new(side: Side, direction: http2::Direction) -> Frames {
+        Frames {
+            side,
+            direction,
+            unseen_at: 0,
+        }
+    }
+
+    /// Reads one record's bytes (of a call made at `at`); a direction whose frames were lost
+    /// reads on from the first call made of whole frames, its HPACK table then unknown.
+    fn feed(&mut self, interest: &Arc<HeaderInterest>, chunk: &Chunk, at: u64) -> Vec<Event> {
         if self.direction.is_lost() {
             if !(chunk.whole_call && frames_fit(chunk.captured)) {
+                self.unseen_at = at;
                 return Vec::new();
             }
             self.direction = http2::Direction::new(self.side, interest.clone(), false);
         }
-        self.direction.feed(chunk.captured, chunk.missing)
+        let events = self.direction.feed(chunk.captured, chunk.missing);
+        if self.direction.is_lost() {
+            self.unseen_at = at;
+        }
+        events
     }
 }
 
@@ -77,14 +94,11 @@ impl Http2Connection {
             responses.lose_frames();
         }
         Http2Connection {
-            requests: Frames {
-                side: Side::Requests,
-                direction: http2::Direction::new(Side::Requests, interest.clone(), from_start),
-            },
-            responses: Frames {
-                side: Side::Responses,
-                direction: responses,
-            },
+            requests: Frames::new(
+                Side::Requests,
+                http2::Direction::new(Side::Requests, interest.clone(), from_start),
+            ),
+            responses: Frames::new(Side::Responses, responses),
             streams: HashMap::default(),
             unreadable: VecDeque::new(),
         }
@@ -154,8 +168,14 @@ impl Pipeline {
             &mut h2.responses
         };
         let was_lost = frames.direction.is_lost();
-        let events = frames.feed(&interest, chunk);
+        let unseen_before = frames.unseen_at;
+        let events = frames.feed(&interest, chunk, at);
         let lost_now = !was_lost && frames.direction.is_lost();
+        let found_again = was_lost && !frames.direction.is_lost();
+        if found_again && inbound && !carries_requests {
+            // What the gateway answered while its frames were unseen is unknown.
+            self.lose_maybe_answered(key, unseen_before, at, out);
+        }
         for event in events {
             match (inbound, carries_requests) {
                 (true, true) => self.client_frames(key, thread, event, at, out),
@@ -169,11 +189,47 @@ impl Pipeline {
             // On a client's connection, answers may have been among the frames lost; on a
             // backend's, the gateway's answers to the client still end the requests.
             if inbound && !carries_requests {
-                // Answers may have been among the frames lost.
-                let numbers = self.take_streams(key, |_| true);
-                self.lose(numbers, LossReason::FramesNotCaptured, 0, at, out);
+                self.lose_maybe_answered(key, at, at, out);
             }
         }
+    }
+
+    /// The gateway's frames on client connection `key` went unseen, the newest at
+    /// `unseen_at`: the requests it may have answered there itself (read before then, no
+    /// backend attempt under way) end in a loss record; streams whose request already ended
+    /// are forgotten.
+    fn lose_maybe_answered(
+        &mut self,
+        key: ConnectionKey,
+        unseen_at: u64,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        let Some(h2) = self
+            .tables
+            .connections
+            .get(&key)
+            .and_then(|c| c.http2.as_deref())
+        else {
+            return;
+        };
+        let requests = &self.tables.requests;
+        let unsure: rustc_hash::FxHashSet<u32> = h2
+            .streams
+            .iter()
+            .filter(|(_, open)| {
+                requests.get(&open.request).is_none_or(|request| {
+                    request.request.received_ns <= unseen_at
+                        && !request
+                            .attempts
+                            .iter()
+                            .any(|a| a.attempt.outcome.in_progress())
+                })
+            })
+            .map(|(stream, _)| *stream)
+            .collect();
+        let numbers = self.take_streams(key, |stream| unsure.contains(&stream));
+        self.lose(numbers, LossReason::FramesNotCaptured, 0, at, out);
     }
 
     fn client_frames(
