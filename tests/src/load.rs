@@ -246,3 +246,75 @@ fn read_response_head(
     }
     Ok((status, length, chunked, close))
 }
+
+/// What became of each request sent over HTTP/2 (cleartext, prior knowledge): `requests`
+/// dealt round-robin to `connections` connections, each from a loopback address of its own,
+/// carrying up to `in_flight` streams at once (tests/clients/h2_streams.py, one process per
+/// connection). A request's place on its connection is the order its stream was opened.
+pub fn run_http2(
+    gateway: SocketAddr,
+    requests: &[Request],
+    connections: usize,
+    in_flight: usize,
+) -> Vec<Delivery> {
+    let script = crate::workspace_root().join("tests/clients/h2_streams.py");
+    let mut clients = Vec::new();
+    for connection in 0..connections {
+        let indexes: Vec<usize> = (connection..requests.len()).step_by(connections).collect();
+        let spec: Vec<serde_json::Value> = indexes
+            .iter()
+            .map(|&index| {
+                let request = &requests[index];
+                let headers: serde_json::Map<String, serde_json::Value> = request
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.to_ascii_lowercase(), value.clone().into()))
+                    .collect();
+                serde_json::json!({"path": request.target, "method": request.method, "headers": headers})
+            })
+            .collect();
+        let source = fresh_source();
+        let child = std::process::Command::new("/usr/bin/python3")
+            .arg(&script)
+            .args([gateway.ip().to_string(), gateway.port().to_string()])
+            .args(["clear", "-", "--source", &source.to_string()])
+            .args(["--in-flight", &in_flight.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            continue;
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(serde_json::Value::from(spec).to_string().as_bytes());
+        }
+        clients.push((child, source, indexes));
+    }
+    let mut results = vec![
+        Delivery {
+            status: Err("not sent".to_owned()),
+            source: None,
+            sequence: 0,
+        };
+        requests.len()
+    ];
+    for (child, source, indexes) in clients {
+        let Ok(output) = child.wait_with_output() else {
+            continue;
+        };
+        let lines = String::from_utf8_lossy(&output.stdout).into_owned();
+        for (sequence, (line, index)) in lines.lines().zip(indexes).enumerate() {
+            let status = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|answer| answer["status"].as_u64())
+                .map(|status| status as u16)
+                .ok_or_else(|| format!("no answer on its stream: {line}"));
+            results[index] = Delivery {
+                status,
+                source: Some(source),
+                sequence,
+            };
+        }
+    }
+    results
+}

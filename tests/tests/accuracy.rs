@@ -135,3 +135,10 @@ gateway_runs!(apache, Kind::Apache);
 gateway_runs!(haproxy, Kind::Haproxy);
 gateway_runs!(caddy, Kind::Caddy);
 gateway_runs!(varnish, Kind::Varnish);
+
+/// Identical requests multiplexed over HTTP/2 (8 client connections of 32 streams in flight)
+/// through nginx to HTTP/1.1 backends: pairing from kernel facts only, at the HTTP/1 target.
+#[test]
+fn nginx_identical_requests_over_http2() {
+    measure(Kind::Nginx, Mix::IdenticalHttp2, false);
+}

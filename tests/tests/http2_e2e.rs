@@ -395,3 +395,74 @@ fn h2load_at_high_concurrency_gives_one_event_pair_per_request() {
         .all(|e| e["StatusCode"] == 200 && e.get("RequestOutURL").is_some()));
     eprintln!("{summary}");
 }
+
+/// A client connection opened before the observer attached: its HPACK state is unknown, so
+/// the observer finds the connection by its frames, decodes what the static table and
+/// literals give, marks the requests whose headers it could not all read, and never prints a
+/// wrong value.
+#[test]
+fn a_connection_opened_before_attach_is_read_from_its_next_frames() {
+    require_root();
+    let backend = Backend::start().expect("starting a backend");
+    let port = free_port();
+    let block = format!(
+        "  server {{ listen 127.0.0.1:{port} http2; \
+         location /api/ {{ proxy_pass http://127.0.0.1:{}; }} }}",
+        backend.port()
+    );
+    let gateway = Gateway::nginx("h2-early", 1, &block, port).expect("starting nginx");
+    let requests = json!([
+        {"path": "/api/before", "headers": {"x-want-status": "200"}},
+        {"path": "/api/after-1", "headers": {"x-want-status": "201"}},
+        {"path": "/api/after-2", "headers": {"x-want-status": "202"}},
+    ]);
+    let script = workspace_root().join("tests/clients/h2_streams.py");
+    let mut client = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args([
+            "127.0.0.1",
+            &port.to_string(),
+            "clear",
+            &requests.to_string(),
+        ])
+        .args(["--pause-ms", "4000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the h2 client");
+    let mut stdout = std::io::BufReader::new(client.stdout.take().expect("piped"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("the client's first line");
+    assert_eq!(line.trim(), "paused", "the first request was answered");
+    let observer = Observer::attach(gateway.master_pid(), &[]).expect("attaching");
+    let rest: Vec<String> = std::io::BufRead::lines(stdout)
+        .map_while(Result::ok)
+        .collect();
+    assert!(client.wait().expect("the client").success());
+    let statuses: Vec<u64> = rest
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("client line")["status"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(statuses, [200, 201, 202]);
+    observer.wait_ended(2);
+    let (events, summary) = observer.stop();
+    assert_every_request_ends_once(&events);
+    let incoming = of(&events, "INCOMING_REQUEST");
+    let urls: Vec<&str> = incoming
+        .iter()
+        .map(|e| e["RequestInURL"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(urls, ["/api/after-1", "/api/after-2"], "{events:#?}");
+    for (request, status) in incoming.iter().zip([201, 202]) {
+        assert_eq!(request["RequestInMethod"], "GET");
+        // The client's User-Agent went into the HPACK table before attach: named by index.
+        assert!(request.get("UserAgent").is_none(), "{request:#}");
+        assert_eq!(request["HeadersUnknown"], "true", "{request:#}");
+        let end = ending(&events, request).expect("an ending");
+        assert_eq!(end["StatusCode"], status, "{end:#}");
+    }
+    assert!(summary.contains("HTTP/2 connections 1 "), "{summary}");
+}

@@ -11,11 +11,15 @@ pub fn run(requests: usize, connections: usize, gateways: &[Kind]) -> anyhow::Re
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for &gateway in gateways {
-        for (mix, id_header) in [
+        let mut mixes = vec![
             (Mix::Identical, false),
             (Mix::Identical, true),
             (Mix::Routes, false),
-        ] {
+        ];
+        if gateway == Kind::Nginx {
+            mixes.push((Mix::IdenticalHttp2, false));
+        }
+        for (mix, id_header) in mixes {
             let config = RunConfig {
                 gateway,
                 mix,
@@ -38,6 +42,7 @@ pub fn run(requests: usize, connections: usize, gateways: &[Kind]) -> anyhow::Re
                 (Mix::Identical, false) => "identical, no id header",
                 (Mix::Identical, true) => "identical, X-Request-ID",
                 (Mix::Routes, _) => "every route, no id header",
+                (Mix::IdenticalHttp2, _) => "identical over HTTP/2 (multiplexed), no id header",
             };
             rows.push(report.table_row(gateway.describe(), mix_name));
             if let Err(failure) = accuracy::check(&config, &report) {

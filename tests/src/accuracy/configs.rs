@@ -11,9 +11,16 @@ pub struct Backends {
     pub dead: u16,
 }
 
-pub fn start(kind: Kind, port: u16, backends: &Backends) -> Result<Gateway, String> {
+/// The gateway of `kind` on `port` (nginx also speaks HTTP/2 with prior knowledge on
+/// `http2_port`).
+pub fn start(
+    kind: Kind,
+    port: u16,
+    http2_port: u16,
+    backends: &Backends,
+) -> Result<Gateway, String> {
     match kind {
-        Kind::Nginx => Gateway::nginx("accuracy", 2, &nginx(port, backends), port),
+        Kind::Nginx => Gateway::nginx("accuracy", 2, &nginx(port, http2_port, backends), port),
         Kind::Apache => Gateway::apache("accuracy", &apache(backends), port),
         Kind::Haproxy => Gateway::haproxy("accuracy", 2, &haproxy(port, backends), port),
         Kind::Caddy => Gateway::caddy("accuracy", &caddy(port, backends), port),
@@ -21,7 +28,7 @@ pub fn start(kind: Kind, port: u16, backends: &Backends) -> Result<Gateway, Stri
     }
 }
 
-fn nginx(port: u16, Backends { one, two, dead }: &Backends) -> String {
+fn nginx(port: u16, http2_port: u16, Backends { one, two, dead }: &Backends) -> String {
     let key = RIGHT_KEY;
     let pooled = "proxy_http_version 1.1; proxy_set_header Connection \"\";";
     format!(
@@ -31,6 +38,7 @@ fn nginx(port: u16, Backends { one, two, dead }: &Backends) -> String {
   upstream retry {{ server 127.0.0.1:{dead} max_fails=0; server 127.0.0.1:{one} max_fails=0; }}
   server {{
     listen 127.0.0.1:{port} backlog=1024;
+    listen 127.0.0.1:{http2_port} http2 backlog=1024;
     access_log logs/truth.log truth;
     keepalive_requests 100000;
     location /pool/ {{ proxy_pass http://pool/v1/pool/; {pooled} }}

@@ -204,7 +204,13 @@ pub enum Mix {
     Routes,
     /// Every request the same: GET /pool/items?page=3 through the keep-alive pool.
     Identical,
+    /// The same over HTTP/2 (cleartext, prior knowledge), many streams in flight on each
+    /// client connection (nginx).
+    IdenticalHttp2,
 }
+
+/// Streams in flight at once on each client connection of an HTTP/2 run.
+const HTTP2_IN_FLIGHT: usize = 32;
 
 /// One accuracy run's settings.
 #[derive(Clone, Debug)]
@@ -228,6 +234,7 @@ impl RunConfig {
             match self.mix {
                 Mix::Routes => "every route",
                 Mix::Identical => "identical requests",
+                Mix::IdenticalHttp2 => "identical requests over HTTP/2",
             },
             if self.id_header {
                 "X-Request-ID"
@@ -244,12 +251,13 @@ pub fn run(config: &RunConfig) -> Result<Report, String> {
     let two = Backend::start().map_err(|e| format!("starting a backend: {e}"))?;
     let dead = free_port();
     let port = free_port();
+    let http2_port = free_port();
     let backends = configs::Backends {
         one: one.port(),
         two: two.port(),
         dead,
     };
-    let mut gateway = configs::start(config.gateway, port, &backends)?;
+    let mut gateway = configs::start(config.gateway, port, http2_port, &backends)?;
     // For a developer too: the raw records of the run, to replay or read with the dump
     // example.
     let save_records = config
@@ -264,7 +272,7 @@ pub fn run(config: &RunConfig) -> Result<Report, String> {
     let observer = Observer::attach(gateway.master_pid(), &save_arguments)?;
     let routes = match config.mix {
         Mix::Routes => routes(config.gateway),
-        Mix::Identical => vec![(Route::Pooled, 1)],
+        Mix::Identical | Mix::IdenticalHttp2 => vec![(Route::Pooled, 1)],
     };
     let plan = plan(
         config.requests,
@@ -272,11 +280,21 @@ pub fn run(config: &RunConfig) -> Result<Report, String> {
         config.id_header,
         &routes,
     );
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let delivered: Vec<Delivery> =
-        crate::load::run(address, &plan.requests, config.connections, |worker| {
-            worker % 2 == 0
-        });
+    let delivered: Vec<Delivery> = match config.mix {
+        // Fewer connections, each carrying many streams at once.
+        Mix::IdenticalHttp2 => crate::load::run_http2(
+            SocketAddr::from(([127, 0, 0, 1], http2_port)),
+            &plan.requests,
+            config.connections.div_ceil(HTTP2_IN_FLIGHT / 4),
+            HTTP2_IN_FLIGHT,
+        ),
+        _ => crate::load::run(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &plan.requests,
+            config.connections,
+            |worker| worker % 2 == 0,
+        ),
+    };
     // Let the last records drain, then stop the observer and the gateway (which flushes its
     // log).
     let answered = delivered.iter().filter(|d| d.status.is_ok()).count();
@@ -325,7 +343,7 @@ pub fn target(config: &RunConfig) -> f64 {
         (true, _, _) => 1.0,
         (false, Kind::Varnish, _) => 0.995,
         (false, _, Mix::Routes) => 0.995,
-        (false, _, Mix::Identical) => 0.999,
+        (false, _, Mix::Identical | Mix::IdenticalHttp2) => 0.999,
     }
 }
 
