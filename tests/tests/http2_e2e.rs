@@ -1,5 +1,6 @@
 //! End to end over HTTP/2 from clients: nginx with `http2` on a TLS listener (ALPN h2) and on a
-//! cleartext one (prior knowledge), proxying to an HTTP/1.1 backend. Clients: curl, and a
+//! cleartext one (prior knowledge), proxying to an HTTP/1.1 backend or to a gRPC server
+//! (`grpc_pass`); HAProxy with `proto h2` in front. Clients: curl, and a
 //! client of our own on Python's h2 (tests/clients/h2_streams.py) that puts many streams in
 //! flight on one connection and can cancel one.
 use std::{fs, path::PathBuf, process::Command};
@@ -465,4 +466,64 @@ fn a_connection_opened_before_attach_is_read_from_its_next_frames() {
         assert_eq!(end["StatusCode"], status, "{end:#}");
     }
     assert!(summary.contains("HTTP/2 connections 1 "), "{summary}");
+}
+
+/// HAProxy (2 threads) with HTTP/2 in front (cleartext, prior knowledge) and HTTP/1.1 to the
+/// backend: 50 streams in flight on one connection, identical but for headers the observer
+/// does not read, each paired with its own backend call; a stream HAProxy answers itself.
+#[test]
+fn haproxy_with_http2_in_front_pairs_each_stream() {
+    require_root();
+    let backend = Backend::start().expect("starting a backend");
+    let port = free_port();
+    let body = format!(
+        "frontend h2\n  bind 127.0.0.1:{port} proto h2\n  \
+         http-request return status 404 if {{ path_beg /nope }}\n  default_backend app\n\
+         backend app\n  server one 127.0.0.1:{}\n",
+        backend.port()
+    );
+    let gateway = Gateway::haproxy("h2-haproxy", 2, &body, port).expect("starting HAProxy");
+    let observer = Observer::attach(gateway.master_pid(), &[]).expect("attaching");
+    let count = 50;
+    let mut requests: Vec<Value> = (0..count)
+        .map(|i| {
+            json!({
+                "path": "/api/same",
+                "headers": {
+                    "x-want-status": (200 + i % 5 + 100 * (i % 2)).to_string(),
+                    "x-want-delay-ms": ((count - i) * 7 % 53).to_string(),
+                },
+            })
+        })
+        .collect();
+    requests.push(json!({"path": "/nope"}));
+    let script = workspace_root().join("tests/clients/h2_streams.py");
+    let output = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(["127.0.0.1", &port.to_string(), "clear"])
+        .arg(Value::from(requests.clone()).to_string())
+        .output()
+        .expect("running the h2 client");
+    let answers: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("client line"))
+        .collect();
+    assert_eq!(answers.len(), count + 1);
+    assert_eq!(answers[count]["status"], 404);
+    observer.wait_ended(count + 1);
+    let (events, _) = observer.stop();
+    assert_every_request_ends_once(&events);
+    let incoming = of(&events, "INCOMING_REQUEST");
+    assert_eq!(incoming.len(), count + 1, "{events:#?}");
+    for (index, (request, answer)) in incoming.iter().zip(&answers).enumerate() {
+        let end = ending(&events, request).expect("an ending");
+        assert_eq!(
+            end["StatusCode"], answer["status"],
+            "stream {} (request {index}) paired with another stream's backend call: {end:#}",
+            answer["stream"]
+        );
+    }
+    let refused = ending(&events, incoming[count]).expect("an ending");
+    assert_eq!(refused["Event"], "ERROR");
+    assert!(refused.get("RequestOutURL").is_none(), "{refused:#}");
 }
