@@ -1683,3 +1683,51 @@ fn a_connection_found_at_attach_reads_as_http2_from_a_call_of_whole_frames() {
     s.data(5, call::WRITE, &h2::status(&mut gateway, 3, "200"));
     assert_eq!(ending_statuses(&s), [Some(200)]);
 }
+
+#[test]
+fn an_upgrade_to_h2c_is_answered_on_stream_one_and_the_connection_reads_on_as_http2() {
+    let mut s = Script::new(CATALOG);
+    let (mut client, mut gateway) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
+    s.accept(5);
+    s.data(
+        5,
+        call::READ,
+        b"GET /orders/1 HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+    );
+    s.connect(9, -115);
+    s.data(9, call::WRITEV, b"GET /v1/orders/1 HTTP/1.1\r\n\r\n");
+    // The 101 and the gateway's first frames in one write.
+    let switch = [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n".to_vec(),
+        h2::settings(),
+    ]
+    .concat();
+    s.data(5, call::WRITEV, &switch);
+    assert!(
+        s.of(EventKind::RequestComplete).is_empty(),
+        "a 101 to h2c is no answer"
+    );
+    let read = [
+        h2::PREFACE.to_vec(),
+        h2::settings(),
+        h2::get(&mut client, 3, "/orders/2"),
+    ]
+    .concat();
+    s.data(5, call::READ, &read);
+    s.answer(9, call::RECVFROM, "201 Created");
+    let write = [
+        h2::status(&mut gateway, 1, "201"),
+        h2::status(&mut gateway, 3, "404"),
+    ]
+    .concat();
+    s.data(5, call::WRITEV, &write);
+    assert_eq!(ending_statuses(&s), [Some(201), Some(404)]);
+    let complete = s.of(EventKind::RequestComplete);
+    assert_eq!(
+        complete[0].text("RequestOutURL"),
+        Some("http://127.0.0.1:8081/v1/orders/1")
+    );
+    assert_eq!(s.pipeline.stats().http2_connections, 1);
+    assert_eq!(s.pipeline.stats().opaque_connections, 0);
+}

@@ -144,6 +144,71 @@ impl Pipeline {
         true
     }
 
+    /// The gateway accepted a client's upgrade to HTTP/2 over cleartext (`Upgrade: h2c`, 101):
+    /// the connection reads as HTTP/2 from here, the client's preface next, and the upgrade
+    /// request is stream 1, answered there.
+    pub(super) fn upgrade_to_http2(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
+            return;
+        };
+        let sent = connection.requests.switch();
+        let mut h2 = Http2Connection::new(&self.interest, true);
+        if let Some(Some(number)) = connection.awaiting.front() {
+            h2.streams.insert(
+                1,
+                Stream {
+                    request: *number,
+                    answered: None,
+                },
+            );
+        }
+        connection.http2 = Some(Box::new(h2));
+        self.stats.http2_connections += 1;
+        if !sent.is_empty() {
+            let chunk = Chunk {
+                captured: &sent,
+                missing: 0,
+                starts_call: false,
+                whole_call: false,
+            };
+            self.http2_data(key, thread, true, &chunk, at, out);
+        }
+    }
+
+    /// After a gateway's write that held a 101: on a connection now read as HTTP/2, the bytes
+    /// that followed the 101 (and `missing`, those beyond the capture) are its first frames.
+    pub(super) fn after_switch(
+        &mut self,
+        key: ConnectionKey,
+        thread: ThreadKey,
+        missing: u64,
+        at: u64,
+        out: &mut Vec<Outcome>,
+    ) {
+        let Some(connection) = self.tables.connections.get_mut(&key) else {
+            return;
+        };
+        let Some(bytes) = connection.responses.take_switched() else {
+            return;
+        };
+        if connection.http2.is_none() || (bytes.is_empty() && missing == 0) {
+            return;
+        }
+        let chunk = Chunk {
+            captured: &bytes,
+            missing,
+            starts_call: false,
+            whole_call: false,
+        };
+        self.http2_data(key, thread, false, &chunk, at, out);
+    }
+
     /// One record's bytes on an HTTP/2 connection.
     pub(super) fn http2_data(
         &mut self,

@@ -30,7 +30,10 @@
 //!
 //! A low-confidence pairing is checked again when its answer comes, where the process's
 //! wake-ups are followed: the thread that read the answer wakes the request's own thread next
-//! (see `Pipeline::answer_woke`).
+//! (see `Pipeline::answer_woke`). Not on an HTTP/2 connection: one thread reads all its
+//! streams, so neither its wake-ups nor a hand-over from it (rule 5: Apache's mod_http2 gives
+//! each stream to whichever worker takes it from a queue) tell one stream from another; such
+//! pairings stay low confidence.
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -194,6 +197,29 @@ impl Linker {
         // Handed new work, the thread is not about to retry an old attempt.
         state.retry_for = None;
         self.handed_to.insert(handed, woken);
+    }
+
+    /// How far a pairing by thread facts (rules 2, 4, 5) of `thread` with request `id` can be
+    /// trusted: a request handed over from the thread that read every stream of an HTTP/2
+    /// connection was handed to whichever worker took it from a queue (Apache's mod_http2),
+    /// which the wake-ups do not tell: order alone, low.
+    fn hand_over_confidence(&self, tables: &Tables, thread: ThreadKey, id: u64) -> Confidence {
+        let retried = self
+            .threads
+            .get(&thread)
+            .is_some_and(|s| s.retry_for == Some(id));
+        let handed_from_http2 = tables.requests.get(&id).is_some_and(|r| {
+            r.reader != thread
+                && tables
+                    .connections
+                    .get(&r.connection)
+                    .is_some_and(|c| c.http2.is_some())
+        });
+        if handed_from_http2 && !retried {
+            Confidence::Low
+        } else {
+            Confidence::Kernel
+        }
     }
 
     /// A thread (and, in a Go program, a goroutine) completed an inbound request head.
@@ -414,7 +440,7 @@ impl Linker {
             return None;
         }
         if let Some(id) = self.by_thread(thread, tables, None) {
-            return Some((id, Confidence::Kernel));
+            return Some((id, self.hand_over_confidence(tables, thread, id)));
         }
         if self.open_hand_overs(thread, tables).nth(1).is_some() {
             // Several hand-overs open: the request written on the connection tells.
@@ -472,7 +498,7 @@ impl Linker {
         let by_kernel = bound
             .or_else(|| {
                 self.by_thread(thread, tables, Some(head))
-                    .map(|id| (id, Confidence::Kernel))
+                    .map(|id| (id, self.hand_over_confidence(tables, thread, id)))
             })
             .or_else(|| {
                 self.by_wake_given(thread, tables)

@@ -534,6 +534,17 @@ impl Pipeline {
         let Some(held) = request.held_answer.filter(|h| h.hold == Hold::Unconfirmed) else {
             return;
         };
+        let multiplexed = self
+            .tables
+            .connections
+            .get(&request.connection)
+            .is_some_and(|c| c.http2.is_some());
+        if multiplexed {
+            // One thread reads every stream of an HTTP/2 connection (Apache's mod_http2 hands
+            // each to a worker): waking it tells no stream from another. The answer stays
+            // held, at low confidence, until the gateway passes it on.
+            return;
+        }
         if request.reader == woken {
             request.attempts[held.attempt].attempt.confidence = Confidence::Kernel;
             return self.end_held(answered, held, out);
@@ -716,6 +727,9 @@ impl Pipeline {
         if answered {
             self.upgrade_answered(key, thread, direction, at, out);
         }
+        if answered && direction == Direction::Inbound && !carries_requests {
+            self.after_switch(key, thread, chunk.missing, at, out);
+        }
         if carries_requests && direction == Direction::Inbound {
             self.tables.update_ready(key);
         }
@@ -757,7 +771,7 @@ impl Pipeline {
                     self.inbound_request(key, thread, request, at, out)
                 }
                 (Direction::Inbound, Head::Response(response)) => {
-                    self.gateway_response(key, response, at, out)
+                    self.gateway_response(key, thread, response, at, out)
                 }
                 (Direction::Outbound, Head::Request(request)) => {
                     self.outbound_request(key, thread, request, at)
@@ -1105,6 +1119,7 @@ impl Pipeline {
     fn gateway_response(
         &mut self,
         key: ConnectionKey,
+        thread: ThreadKey,
         response: ResponseHead,
         at: u64,
         out: &mut Vec<Outcome>,
@@ -1115,6 +1130,10 @@ impl Pipeline {
         let Some(connection) = self.tables.connections.get_mut(&key) else {
             return;
         };
+        if response.status == 101 && connection.requests.is_upgrading_to_http2() {
+            // Not the answer: the request is answered on HTTP/2's stream 1.
+            return self.upgrade_to_http2(key, thread, at, out);
+        }
         if response.closes_connection {
             connection.answer_closed = true;
         }
@@ -1192,7 +1211,11 @@ impl Pipeline {
         if connection.encrypted_unread && !connection.tls {
             self.stats.tls_unreadable += 1;
         }
-        if connection.requests.is_opaque() || connection.responses.is_opaque() {
+        // Read as HTTP/2 after an upgrade: its HTTP/1 streams went opaque, the connection did
+        // not.
+        if connection.http2.is_none()
+            && (connection.requests.is_opaque() || connection.responses.is_opaque())
+        {
             self.stats.opaque_connections += 1;
         }
     }

@@ -91,9 +91,12 @@ enum State {
     UntilClose,
     /// Lost track of framing: waiting for a read that starts with a head.
     Unsynced,
-    /// A request asked to switch protocols: what follows waits in `pending` for the answer
-    /// (a 101 makes the stream opaque; any other answer resumes HTTP/1 with those bytes).
-    Upgrading,
+    /// A request asked to switch protocols (`http2`: to HTTP/2 over cleartext, `h2c`): what
+    /// follows waits in `pending` for the answer (a 101 makes the stream opaque; any other
+    /// answer resumes HTTP/1 with those bytes).
+    Upgrading {
+        http2: bool,
+    },
     /// Not HTTP/1 any more (upgrade, HTTP/2 preface): left alone.
     Opaque,
 }
@@ -110,6 +113,9 @@ pub struct Stream {
     line: Vec<u8>,
     /// The request headers the reader wants to hear of.
     interest: Arc<HeaderInterest>,
+    /// Responses: the bytes that followed a 101's head in the read or write that switched
+    /// the connection (the new protocol's first), until taken.
+    switched: Option<Vec<u8>>,
 }
 
 impl Stream {
@@ -125,6 +131,7 @@ impl Stream {
             head_requests: VecDeque::new(),
             line: Vec::new(),
             interest,
+            switched: None,
         }
     }
 
@@ -171,13 +178,31 @@ impl Stream {
     }
 
     pub fn is_upgrading(&self) -> bool {
-        self.state == State::Upgrading
+        matches!(self.state, State::Upgrading { .. })
+    }
+
+    /// A request asked to switch to HTTP/2 over cleartext (`Upgrade: h2c`), no answer yet.
+    pub fn is_upgrading_to_http2(&self) -> bool {
+        self.state == State::Upgrading { http2: true }
+    }
+
+    /// The switch to a protocol read elsewhere (HTTP/2) was accepted: the stream is left
+    /// alone; returns the bytes it held since the upgrade request (the new protocol's first).
+    pub fn switch(&mut self) -> Vec<u8> {
+        self.state = State::Opaque;
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Responses: after a feed whose 101 switched protocols, the bytes that followed its head
+    /// there (perhaps none); None when no switch happened since the last call.
+    pub fn take_switched(&mut self) -> Option<Vec<u8>> {
+        self.switched.take()
     }
 
     /// The answer to the upgrade request came: a switch leaves the stream alone; a refusal
     /// resumes HTTP/1 with the bytes held meanwhile, and returns the heads they complete.
     pub fn upgrade_answered(&mut self, switched: bool) -> Vec<Head> {
-        if self.state != State::Upgrading {
+        if !self.is_upgrading() {
             return Vec::new();
         }
         let held = std::mem::take(&mut self.pending);
@@ -218,7 +243,7 @@ impl Stream {
         loop {
             match self.state {
                 State::Opaque | State::Unsynced | State::UntilClose => return heads,
-                State::Upgrading => {
+                State::Upgrading { .. } => {
                     // Held only up to a head's worth: a refused upgrade is followed by heads.
                     let room = MAX_HEAD.saturating_sub(self.pending.len());
                     self.pending
@@ -256,6 +281,9 @@ impl Stream {
                             input = &input[used..];
                             self.pending.clear();
                             self.state = next;
+                            if next == State::Opaque && self.side == Side::Responses {
+                                self.switched = Some(input.to_vec());
+                            }
                             heads.push(head);
                         }
                         Parsed::Partial => {
@@ -428,7 +456,7 @@ struct Known<'h> {
     user_agent: Option<&'h [u8]>,
     content_length: Option<&'h [u8]>,
     transfer_encoding: Option<&'h [u8]>,
-    upgrade: bool,
+    upgrade: Option<&'h [u8]>,
     connection: Option<&'h [u8]>,
     noted: bool,
     /// The first id header present, by its place in the interest's list.
@@ -456,7 +484,7 @@ impl<'h> Known<'h> {
                 17 if name.eq_ignore_ascii_case("transfer-encoding") => {
                     known.transfer_encoding = Some(header.value)
                 }
-                7 if name.eq_ignore_ascii_case("upgrade") => known.upgrade = true,
+                7 if name.eq_ignore_ascii_case("upgrade") => first(&mut known.upgrade),
                 _ => {}
             }
             if interest
@@ -542,13 +570,19 @@ fn parse_request(bytes: &[u8], interest: &HeaderInterest) -> Parsed {
             let method = method_text(request.method.unwrap_or_default());
             let target: Arc<str> = Arc::from(request.path.unwrap_or_default());
             let known = Known::scan(request.headers, interest);
-            let upgrade = known.upgrade
+            let upgrade = known.upgrade.is_some()
                 && method.eq_ignore_ascii_case("GET")
                 && known
                     .connection
                     .is_some_and(|c| text(c).to_ascii_lowercase().contains("upgrade"));
             let next = if upgrade {
-                State::Upgrading
+                State::Upgrading {
+                    http2: known.upgrade.is_some_and(|protocols| {
+                        text(protocols)
+                            .split(',')
+                            .any(|p| p.trim().eq_ignore_ascii_case("h2c"))
+                    }),
+                }
             } else {
                 known.body_framing().unwrap_or(State::Head)
             };
