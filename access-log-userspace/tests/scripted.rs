@@ -95,13 +95,18 @@ impl Script {
     }
 
     fn data(&mut self, fd: i32, data_call: u32, bytes: &[u8]) {
+        self.data_beyond_capture(fd, data_call, bytes, bytes.len() as i64);
+    }
+
+    /// A call that moved `moved` bytes of which the kernel captured the first, `captured`.
+    fn data_beyond_capture(&mut self, fd: i32, data_call: u32, captured: &[u8], moved: i64) {
         let header = self.header(kind::DATA, fd, data_call);
         self.feed(Record::Data {
             header,
-            moved: bytes.len() as i64,
+            moved,
             offset: 0,
             more: false,
-            captured: bytes,
+            captured,
         });
     }
 
@@ -1493,6 +1498,10 @@ mod h2 {
         headers(encoder, stream, END_STREAM, &[(":status", status)])
     }
 
+    pub fn reset(stream: u32, code: u32) -> Vec<u8> {
+        frame(3, 0, stream, &code.to_be_bytes())
+    }
+
     pub fn goaway(last_stream: u32) -> Vec<u8> {
         let mut payload = last_stream.to_be_bytes().to_vec();
         payload.extend_from_slice(&0u32.to_be_bytes());
@@ -1597,14 +1606,7 @@ fn http2_answers_among_frames_not_captured_are_lost_and_later_frames_read_again(
     // A write of 64 KiB of which the record carries the first frame's header and a little of
     // its payload: the frames after it (the answers, perhaps) were never seen.
     let data = h2::frame(0, 0, 1, &[b'x'; 100]);
-    let header = s.header(kind::DATA, 5, call::WRITE);
-    s.feed(Record::Data {
-        header,
-        moved: 65536,
-        offset: 0,
-        more: false,
-        captured: &data,
-    });
+    s.data_beyond_capture(5, call::WRITE, &data, 65536);
     let lost = s.of(EventKind::Lost);
     assert_eq!(lost.len(), 1, "{:#?}", s.events);
     assert_eq!(lost[0].text("Reason"), Some("frames not captured"));
@@ -1634,14 +1636,7 @@ fn a_request_waiting_for_its_backend_outlives_the_gateways_frames_not_captured()
     // A large write whose frames after the first were not captured: /nope's answer may have
     // been among them, /orders/1's cannot (its backend has not answered).
     let data = h2::frame(0, 0, 7, &[b'x'; 100]);
-    let header = s.header(kind::DATA, 5, call::WRITE);
-    s.feed(Record::Data {
-        header,
-        moved: 65536,
-        offset: 0,
-        more: false,
-        captured: &data,
-    });
+    s.data_beyond_capture(5, call::WRITE, &data, 65536);
     let lost = s.of(EventKind::Lost);
     assert_eq!(lost.len(), 1, "{:#?}", s.events);
     assert_eq!(lost[0].get("RequestsLost"), Some(&Value::Integer(1)));
@@ -1730,4 +1725,28 @@ fn an_upgrade_to_h2c_is_answered_on_stream_one_and_the_connection_reads_on_as_ht
     );
     assert_eq!(s.pipeline.stats().http2_connections, 1);
     assert_eq!(s.pipeline.stats().opaque_connections, 0);
+}
+
+#[test]
+fn a_stream_the_gateway_refuses_was_not_served_and_one_it_resets_was_dropped() {
+    let mut s = Script::new(CATALOG);
+    let mut client = loona_hpack::Encoder::new();
+    s.accept(5);
+    let read = [
+        h2::PREFACE.to_vec(),
+        h2::get(&mut client, 1, "/orders/1"),
+        h2::get(&mut client, 3, "/orders/3"),
+    ]
+    .concat();
+    s.data(5, call::READ, &read);
+    // REFUSED_STREAM (0x7) on stream 1, INTERNAL_ERROR (0x2) on stream 3.
+    s.data(
+        5,
+        call::WRITE,
+        &[h2::reset(1, 0x7), h2::reset(3, 0x2)].concat(),
+    );
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 2, "{:#?}", s.events);
+    assert_eq!(errors[0].text("ERROR_CODE"), Some("0"), "not served");
+    assert_eq!(errors[1].text("ERROR_CODE"), Some("444"), "dropped");
 }

@@ -63,6 +63,9 @@ impl Frames {
     }
 }
 
+/// RST_STREAM's error code for a stream refused before any processing.
+const REFUSED_STREAM: u32 = 0x7;
+
 /// How many streams whose request could not be read are remembered, for the gateway's
 /// refusal of them.
 const UNREADABLE_KEPT: usize = 64;
@@ -387,10 +390,16 @@ impl Pipeline {
                     }
                 }
             }
-            // The gateway reset the stream: it ended without an answer.
-            Event::Reset { stream, .. } => {
+            // The gateway reset the stream: REFUSED_STREAM says it did no work on it (RFC
+            // 9113 section 8.7), any other code that it ended without an answer.
+            Event::Reset { stream, code } => {
+                let ending = if code == REFUSED_STREAM {
+                    Ending::NotServed
+                } else {
+                    Ending::Dropped
+                };
                 for number in self.take_streams(key, |s| s == stream) {
-                    self.end_unless_held(number, Ending::Dropped, at, out);
+                    self.end_unless_held(number, ending, at, out);
                 }
             }
             // Streams above the last one the gateway processed were never served.
