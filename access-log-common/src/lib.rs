@@ -80,6 +80,10 @@ pub mod flags {
     /// calls connect() again to learn how a non-blocking connect ended. Only failures are
     /// sent; the connection is the same.
     pub const REPEATED: u32 = 2;
+    /// A data record of an HTTP/2 call whose frames the kernel walked: the first record of
+    /// its call, whatever its `offset`. The records of such a call carry slices of it (frame
+    /// headers and header blocks); the bytes between them (DATA payloads) were skipped.
+    pub const FIRST: u32 = 4;
 }
 
 /// Which call produced a data record: a syscall, or a TLS library's read or write.
@@ -126,9 +130,9 @@ pub mod role {
     /// syscalls move ciphertext and are not captured (the plaintext comes from the uprobes).
     pub const TLS: u32 = 0x100;
     /// Flag: the connection speaks HTTP/2 (its client sent the preface, or user space
-    /// recognized its frames): every call on it is captured whole up to
-    /// [`super::MAX_CALL_CAPTURE`], since frames of many streams share one call and a lost
-    /// frame header hides the frames after it.
+    /// recognized its frames): frames of many streams share one call and a lost frame header
+    /// hides the frames after it, so a call is walked frame by frame where the frames are
+    /// known ([`super::frames`]), else captured whole up to [`super::MAX_CALL_CAPTURE`].
     pub const HTTP2: u32 = 0x200;
     /// The role without flags.
     pub const fn base(role: u32) -> u32 {
@@ -279,6 +283,21 @@ pub struct SocketKey {
     pub fd: i32,
 }
 const _: () = assert!(core::mem::size_of::<SocketKey>() == 8);
+
+/// Where the frames of one direction of an HTTP/2 socket stand at the start of its next call,
+/// in the kernel's table of them: [`frames::UNKNOWN`], or the bytes of the current frame still
+/// to come, with [`frames::KEPT`] when they are copied (a header block) rather than skipped (a
+/// DATA payload). 0: at a frame's start.
+pub mod frames {
+    pub const UNKNOWN: u32 = u32::MAX;
+    pub const KEPT: u32 = 1 << 31;
+    /// Frames walked in one call at most; a call with more is captured whole from there on
+    /// (and its direction's frames are unknown after it).
+    pub const MAX_WALKED: u32 = 64;
+    /// Index of the direction in the table's value: what the process reads, and writes.
+    pub const READS: usize = 0;
+    pub const WRITES: usize = 1;
+}
 
 /// Key of the kernel's table of TLS objects and their sockets: an SSL object's address within
 /// one process.

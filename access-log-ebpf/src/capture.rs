@@ -3,14 +3,17 @@
 //! The verifier must see every copy offset and length bounded; the masks are applied in inline
 //! asm right before each helper call, because LLVM may drop a Rust `min()` when it spills.
 use access_log_common::{
-    call, counter, flags, kind, role, RecordHeader, SocketKey, HTTP2_PREFACE, MAX_CALL_CAPTURE,
-    MAX_CAPTURE, MAX_CONTINUATIONS,
+    call, counter, flags, frames, kind, role, RecordHeader, SocketKey, HTTP2_PREFACE,
+    MAX_CALL_CAPTURE, MAX_CAPTURE, MAX_CONTINUATIONS,
 };
-use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_user};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::generated::{bpf_loop, bpf_probe_read_user},
+};
 
 use crate::maps::{
-    capture_bytes, count, header, lose_record, Caller, DataRecord, COPY_MASK, EVENTS, SCRATCH,
-    SOCKETS,
+    capture_bytes, count, header, lose_record, Caller, DataRecord, COPY_MASK, EVENTS, HTTP2_FRAMES,
+    MAX_RUNS, RUNS, SCRATCH, SOCKETS,
 };
 
 /// Most iovecs looked at in one readv/writev/sendmsg/recvmsg: Varnish writes each header line
@@ -49,12 +52,38 @@ struct IoVec {
 /// call goes on (a read carrying HTTP/1 requests that holds head text, any call on an HTTP/2
 /// connection), continuation records with the bytes after it, up to [`MAX_CALL_CAPTURE`] in
 /// all, so that pipelined requests or multiplexed frames moved at once are all seen. Requests
-/// that start with the HTTP/2 preface mark their socket HTTP/2.
+/// that start with the HTTP/2 preface mark their socket HTTP/2; from one buffer, the calls of
+/// an HTTP/2 socket whose frames are known are walked frame by frame instead ([`walk`]).
 #[inline(always)]
 pub fn emit(caller: Caller, fd: i32, data_call: u32, moved: i64, socket_role: u32, source: Source) {
     let Some(record) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    let key = SocketKey {
+        tgid: caller.tgid,
+        fd,
+    };
+    let index = if call::is_ingress(data_call) {
+        frames::READS
+    } else {
+        frames::WRITES
+    };
+    if socket_role & role::HTTP2 != 0 && moved > 0 {
+        match source {
+            Source::Buffer { pointer } => {
+                if let Some(cursor) = frames_cursor(key, index) {
+                    let mut head: RecordHeader = header(caller, kind::DATA, fd);
+                    head.call = data_call;
+                    head.result = moved;
+                    let after = walk(head, pointer, moved as u64, cursor, 0);
+                    set_frames_cursor(key, index, after);
+                    return;
+                }
+            }
+            // Iovecs are not walked: the frames of this direction are not known any more.
+            _ => set_frames_cursor(key, index, frames::UNKNOWN),
+        }
+    }
     let http2 = socket_role & role::HTTP2 != 0;
     let inbound = role::base(socket_role) == role::INBOUND;
     let requests_read = call::is_ingress(data_call) && inbound;
@@ -86,16 +115,34 @@ pub fn emit(caller: Caller, fd: i32, data_call: u32, moved: i64, socket_role: u3
     head.call = data_call;
     head.result = moved;
     head.captured_len = captured as u32;
+    // A client's preface read by the gateway, or the gateway's own to an HTTP/2 backend: the
+    // socket is HTTP/2 from here, both directions at a frame's start after the preface (a
+    // call from iovecs is not walked: its direction's frames are not known).
+    if carries_requests && !http2 && starts_with_preface(record, captured) {
+        mark_http2(key, socket_role);
+        let after = match source {
+            Source::Buffer { pointer } => {
+                walk(head, pointer, moved as u64, 0, HTTP2_PREFACE.len() as u64)
+            }
+            _ => {
+                let _ = send(record, head, captured);
+                frames::UNKNOWN
+            }
+        };
+        let mut cursors = [0u32; 2];
+        if index == frames::READS {
+            cursors[frames::READS] = after;
+        } else {
+            cursors[frames::WRITES] = after;
+        }
+        let _ = HTTP2_FRAMES.insert(key, cursors, 0);
+        return;
+    }
     let Source::Buffer { pointer } = source else {
         let _ = send(record, head, captured);
         return;
     };
-    let mut http2_now = http2;
-    // A client's preface read by the gateway, or the gateway's own to an HTTP/2 backend.
-    if carries_requests && !http2 && starts_with_preface(record, captured) {
-        mark_http2(caller.tgid, fd, socket_role);
-        http2_now = true;
-    }
+    let http2_now = http2;
     // Continuation: on HTTP/2 every call (frames of many streams share it); on HTTP/1 only a
     // read carrying requests that holds head text (pipelined requests, read in pieces that
     // start anywhere in a head; a long URL), only when the whole first window came. A read
@@ -155,13 +202,217 @@ fn starts_with_preface(record: &DataRecord, captured: u64) -> bool {
         && record.data[..HTTP2_PREFACE.len()] == HTTP2_PREFACE[..]
 }
 
-/// Marks a followed socket HTTP/2: its calls are captured whole from now on.
+/// Marks a followed socket HTTP/2: its calls are walked frame by frame from now on.
 #[inline(always)]
-fn mark_http2(tgid: u32, fd: i32, socket_role: u32) {
-    let key = SocketKey { tgid, fd };
+fn mark_http2(key: SocketKey, socket_role: u32) {
     // A full table cannot refuse an update of an existing entry; a socket closed meanwhile
     // has no entry to update (BPF_EXIST).
     let _ = SOCKETS.insert(key, socket_role | role::HTTP2, BPF_EXIST);
+}
+
+/// Where the frames of direction `index` of HTTP/2 socket `key` stand, when known.
+#[inline(always)]
+fn frames_cursor(key: SocketKey, index: usize) -> Option<u32> {
+    // SAFETY: the value is copied.
+    let cursors = unsafe { HTTP2_FRAMES.get(key) }.copied()?;
+    let cursor = if index == frames::READS {
+        cursors[frames::READS]
+    } else {
+        cursors[frames::WRITES]
+    };
+    (cursor != frames::UNKNOWN).then_some(cursor)
+}
+
+#[inline(always)]
+fn set_frames_cursor(key: SocketKey, index: usize, cursor: u32) {
+    let Some(cursors) = HTTP2_FRAMES.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: the entry lives while the map does; a racing update of the other direction
+    // touches the other word.
+    unsafe {
+        if index == frames::READS {
+            (*cursors)[frames::READS] = cursor;
+        } else {
+            (*cursors)[frames::WRITES] = cursor;
+        }
+    }
+}
+
+/// HTTP/2 frame header length and DATA's type.
+const FRAME_HEADER: u64 = 9;
+const DATA_FRAME: u8 = 0;
+
+/// A walk of one HTTP/2 call, shared by the loop callbacks ([`bpf_loop`] verifies each
+/// callback once, where an unrolled walk would be verified frame by frame).
+#[repr(C)]
+struct Walk {
+    head: RecordHeader,
+    pointer: u64,
+    moved: u64,
+    /// Where the next frame header stands.
+    next: u64,
+    /// Where the run of kept bytes under way starts.
+    run: u64,
+    /// Runs found (in [`RUNS`]).
+    count: u64,
+    /// Non-zero: where the frames stand is lost (a header cut by the call's end, an
+    /// unreadable buffer).
+    lost: u64,
+    /// Non-zero: the last frame walked is kept (not DATA).
+    last_kept: u64,
+}
+
+/// Emits the records of a call of `moved` bytes at `pointer` on an HTTP/2 socket whose frames
+/// are known (`cursor`), after `start` bytes that are no frame (the preface, kept): each
+/// record one run of kept bytes (frame headers, header blocks, control frames) at its
+/// `offset`, the DATA payloads between the runs skipped, the first record marked
+/// [`flags::FIRST`]. Returns where the frames stand after the call ([`frames::UNKNOWN`] when a
+/// frame header is cut by the call's end, or more than [`frames::MAX_WALKED`] frames came).
+#[inline(always)]
+fn walk(head: RecordHeader, pointer: u64, moved: u64, cursor: u32, start: u64) -> u32 {
+    let left = (cursor & !frames::KEPT) as u64;
+    let kept = cursor & frames::KEPT != 0;
+    let mut walk = Walk {
+        head,
+        pointer,
+        moved,
+        next: start + left,
+        run: if kept { 0 } else { left },
+        count: 0,
+        lost: 0,
+        last_kept: kept as u64,
+    };
+    let context = &mut walk as *mut Walk as *mut c_void;
+    // SAFETY: the callbacks are BPF subprograms taking (index, context); the context is
+    // this stack frame's `walk`, alive across the call.
+    unsafe { bpf_loop(frames::MAX_WALKED, walk_frame as *mut c_void, context, 0) };
+    if walk.next < walk.moved {
+        // More frames than walked: the rest of the call goes as one run.
+        walk.lost = 1;
+    }
+    // The run under way up to the call's end (or, for a call that was all DATA payload, an
+    // empty record at its end, so that the call is seen).
+    if walk.run < moved || walk.count == 0 {
+        let from = if walk.run < moved { walk.run } else { moved };
+        add_run(&mut walk, from, moved);
+    }
+    // SAFETY: as above.
+    unsafe { bpf_loop(MAX_RUNS as u32, send_walked_run as *mut c_void, context, 0) };
+    if walk.lost != 0 {
+        frames::UNKNOWN
+    } else if walk.last_kept != 0 {
+        frames::KEPT | (walk.next - moved) as u32
+    } else {
+        (walk.next - moved) as u32
+    }
+}
+
+/// Notes the run `[from, to)` of a walk.
+#[inline(always)]
+fn add_run(walk: &mut Walk, from: u64, to: u64) {
+    let Some(runs) = RUNS.get_ptr_mut(0) else {
+        walk.lost = 1;
+        return;
+    };
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let runs = unsafe { &mut *runs };
+    let index = walk.count as usize;
+    if let (Some(start), Some(end)) = (runs.starts.get_mut(index), runs.ends.get_mut(index)) {
+        *start = from as u32;
+        *end = to as u32;
+        walk.count += 1;
+    } else {
+        walk.lost = 1;
+    }
+}
+
+/// One step of a walk: the frame header at `next`. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn walk_frame(_index: u32, context: *mut c_void) -> i64 {
+    // SAFETY: `walk` passes its own Walk.
+    let walk = unsafe { &mut *(context as *mut Walk) };
+    if walk.next >= walk.moved {
+        return 1;
+    }
+    if walk.next + FRAME_HEADER > walk.moved {
+        walk.lost = 1;
+        return 1;
+    }
+    // SAFETY: a read of user memory through the helper, which fails cleanly.
+    let Ok(frame) = (unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user((walk.pointer + walk.next) as *const [u8; 9])
+    }) else {
+        walk.lost = 1;
+        return 1;
+    };
+    let length = ((frame[0] as u64) << 16) | ((frame[1] as u64) << 8) | frame[2] as u64;
+    let end = walk.next + FRAME_HEADER + length;
+    let kept = frame[3] != DATA_FRAME;
+    walk.last_kept = kept as u64;
+    if !kept {
+        // The run ends with this DATA frame's header; its payload is skipped.
+        let (from, to) = (walk.run, walk.next + FRAME_HEADER);
+        add_run(walk, from, to);
+        walk.run = end;
+    }
+    walk.next = end;
+    0
+}
+
+/// Sends run `index` of a walk. Returns 1 to stop.
+#[inline(never)]
+extern "C" fn send_walked_run(index: u32, context: *mut c_void) -> i64 {
+    // SAFETY: `walk` passes its own Walk.
+    let walk = unsafe { &mut *(context as *mut Walk) };
+    let index = index as u64;
+    if index >= walk.count {
+        return 1;
+    }
+    let (Some(runs), Some(record)) = (RUNS.get_ptr_mut(0), SCRATCH.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: per-CPU scratch slots, ours for the duration of this program.
+    let (runs, record) = unsafe { (&*runs, &mut *record) };
+    let (Some(from), Some(to)) = (
+        runs.starts.get(index as usize),
+        runs.ends.get(index as usize),
+    ) else {
+        return 1;
+    };
+    send_run(
+        record,
+        walk.head,
+        walk.pointer,
+        *from as u64,
+        *to as u64,
+        index + 1 < walk.count,
+        index == 0,
+    );
+    0
+}
+
+/// Sends the bytes `[from, to)` of a walked call (at most [`MAX_CAPTURE`] of them) in one
+/// record: `more` when a record of the call follows, `first` for the call's first record.
+#[inline(always)]
+fn send_run(
+    record: &mut DataRecord,
+    mut head: RecordHeader,
+    pointer: u64,
+    from: u64,
+    to: u64,
+    more: bool,
+    first: bool,
+) {
+    let mut length = to - from;
+    if length > MAX_CAPTURE as u64 {
+        length = MAX_CAPTURE as u64;
+    }
+    let copied = copy(record, 0, pointer + from, length);
+    head.offset = from as u32;
+    head.captured_len = copied as u32;
+    head.flags = if more { flags::MORE } else { 0 } | if first { flags::FIRST } else { 0 };
+    let _ = send(record, head, copied);
 }
 
 /// bpf_map_update_elem's flag: update an existing entry only.

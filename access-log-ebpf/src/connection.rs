@@ -347,10 +347,14 @@ fn try_close_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let Some(socket_role) = role_of(caller, fd) else {
         return Ok(());
     };
-    let _ = SOCKETS.remove(SocketKey {
+    let key = SocketKey {
         tgid: caller.tgid,
         fd,
-    });
+    };
+    let _ = SOCKETS.remove(key);
+    if socket_role & role::HTTP2 != 0 {
+        let _ = crate::maps::HTTP2_FRAMES.remove(key);
+    }
     if role::base(socket_role) != role::CREATED {
         // The state tells whether the peer ended the connection first (a client that left,
         // a backend that hung up) when no read of ours saw it.

@@ -67,6 +67,26 @@ pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static SOCKETS: HashMap<SocketKey, u32> = HashMap::with_max_entries(65536, 0);
 
+/// Where the frames of each direction of an HTTP/2 socket stand ([`access_log_common::frames`]),
+/// for sockets whose calls are walked frame by frame (entered when the preface is seen).
+#[map]
+pub static HTTP2_FRAMES: HashMap<SocketKey, [u32; 2]> = HashMap::with_max_entries(65536, 0);
+
+/// Per-CPU scratch for the runs of kept bytes a walk of an HTTP/2 call finds, sent after the
+/// walk (the verifier checks a loop that only reads frame headers cheaply, and one that sends).
+#[map]
+pub static RUNS: PerCpuArray<Runs> = PerCpuArray::with_max_entries(1, 0);
+
+/// Runs of kept bytes of one call: `[starts[i], ends[i])`.
+#[repr(C)]
+pub struct Runs {
+    pub starts: [u32; MAX_RUNS],
+    pub ends: [u32; MAX_RUNS],
+}
+
+/// Runs one walked call sends at most (a DATA frame ends each but the last).
+pub const MAX_RUNS: usize = access_log_common::frames::MAX_WALKED as usize + 1;
+
 /// Arguments of a call between its enter and exit tracepoints, keyed by pid_tgid. A plain hash
 /// (an LRU costs more on every call): an entry left by a thread that died inside a call is
 /// replaced when its thread id is reused, and a full table is counted.

@@ -11,7 +11,7 @@ use access_log::{
     kernel::{record::Record, Clock, Direction},
     pipeline::{Bounds, Outcome, Pipeline, PipelineConfig},
 };
-use access_log_common::{call, kind, RecordHeader};
+use access_log_common::{call, flags, kind, RecordHeader};
 
 const WORKER: u32 = 100;
 const CLIENT: &str = "10.0.0.7:50000";
@@ -1749,4 +1749,53 @@ fn a_stream_the_gateway_refuses_was_not_served_and_one_it_resets_was_dropped() {
     assert_eq!(errors.len(), 2, "{:#?}", s.events);
     assert_eq!(errors[0].text("ERROR_CODE"), Some("0"), "not served");
     assert_eq!(errors[1].text("ERROR_CODE"), Some("444"), "dropped");
+}
+
+#[test]
+fn a_walked_http2_call_skips_data_payloads_between_its_records() {
+    let mut s = Script::new(CATALOG);
+    let (mut client, mut gateway) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
+    s.accept(5);
+    let read = [
+        h2::PREFACE.to_vec(),
+        h2::get(&mut client, 1, "/nope/1"),
+        h2::get(&mut client, 3, "/nope/3"),
+    ]
+    .concat();
+    s.data(5, call::READ, &read);
+    // One write: stream 1's head and a DATA frame of 10,000 bytes, then stream 3's head. The
+    // kernel sends the runs around the DATA payload, which it skips.
+    let mut data_header = h2::frame(0, h2::END_STREAM, 1, &[]);
+    data_header[..3].copy_from_slice(&[0x00, 0x27, 0x10]);
+    let first = [
+        h2::headers(&mut gateway, 1, 0, &[(":status", "404")]),
+        data_header,
+    ]
+    .concat();
+    let second = h2::status(&mut gateway, 3, "404");
+    let moved = (first.len() + 10_000 + second.len()) as i64;
+    let mut header = s.header(kind::DATA, 5, call::WRITE);
+    header.flags = flags::FIRST | flags::MORE;
+    s.feed(Record::Data {
+        header,
+        moved,
+        offset: 0,
+        more: true,
+        captured: &first,
+    });
+    let header = RecordHeader { flags: 0, ..header };
+    s.feed(Record::Data {
+        header,
+        moved,
+        offset: (first.len() + 10_000) as u32,
+        more: false,
+        captured: &second,
+    });
+    assert_eq!(
+        ending_statuses(&s),
+        [Some(404), Some(404)],
+        "{:#?}",
+        s.events
+    );
+    assert_eq!(s.pipeline.stats().http2_frames_lost, 0);
 }

@@ -145,6 +145,8 @@ pub struct Probes {
     watched: HashMap<MapData, u32, u32>,
     sockets: HashMap<MapData, SocketKey, u32>,
     ssl_sockets: HashMap<MapData, SslKey, i32>,
+    /// Where the frames of each HTTP/2 socket stand, per direction.
+    http2_frames: HashMap<MapData, SocketKey, [u32; 2]>,
     counters: PerCpuArray<MapData, u64>,
     pub attached: usize,
 }
@@ -220,6 +222,8 @@ impl Probes {
         let sockets = HashMap::try_from(take("SOCKETS")?).map_err(map_error("SOCKETS"))?;
         let ssl_sockets =
             HashMap::try_from(take("SSL_SOCKETS")?).map_err(map_error("SSL_SOCKETS"))?;
+        let http2_frames =
+            HashMap::try_from(take("HTTP2_FRAMES")?).map_err(map_error("HTTP2_FRAMES"))?;
         let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(map_error("COUNTERS"))?;
         Ok(Probes {
             ebpf,
@@ -228,6 +232,7 @@ impl Probes {
             watched,
             sockets,
             ssl_sockets,
+            http2_frames,
             counters,
             attached,
         })
@@ -300,6 +305,7 @@ impl Probes {
     /// how many socket entries were removed.
     pub fn forget_sockets_of(&mut self, gone: &HashSet<u32>) -> usize {
         remove_where(&mut self.ssl_sockets, |key| gone.contains(&key.tgid));
+        remove_where(&mut self.http2_frames, |key| gone.contains(&key.tgid));
         remove_where(&mut self.sockets, |key| gone.contains(&key.tgid))
     }
 
@@ -310,6 +316,7 @@ impl Probes {
 
     /// Stops following one socket (closed in a way the probes do not see).
     pub fn unfollow_socket(&mut self, key: SocketKey) -> bool {
+        let _ = self.http2_frames.remove(&key);
         self.sockets.remove(&key).is_ok()
     }
 

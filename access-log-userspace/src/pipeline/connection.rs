@@ -43,6 +43,9 @@ pub(super) struct Connection {
     pub last_active: u64,
     /// Found at attach, and no HTTP/1 request read on it since: it may speak HTTP/2.
     pub joined_late: bool,
+    /// Per direction (written, read), where the records of the call under way have reached
+    /// in it: a record further on follows bytes the kernel skipped.
+    pub call_cursor: [u64; 2],
     /// Inbound, speaking HTTP/2: its frames and streams (its HTTP/1 streams then stay unused).
     pub http2: Option<Box<Http2Connection>>,
 }
@@ -74,6 +77,7 @@ impl Connection {
             answer_closed: false,
             client_ended: false,
             joined_late: false,
+            call_cursor: [0; 2],
             http2: None,
         }
     }

@@ -55,7 +55,11 @@ impl Frames {
             }
             self.direction = http2::Direction::new(self.side, interest.clone(), false);
         }
-        let events = self.direction.feed(chunk.captured, chunk.missing);
+        let mut events = Vec::new();
+        if chunk.skipped > 0 {
+            events = self.direction.feed(&[], chunk.skipped);
+        }
+        events.extend(self.direction.feed(chunk.captured, chunk.missing));
         if self.direction.is_lost() {
             self.unseen_at = at;
         }
@@ -176,6 +180,8 @@ impl Pipeline {
         if !sent.is_empty() {
             let chunk = Chunk {
                 captured: &sent,
+                offset: 0,
+                skipped: 0,
                 missing: 0,
                 starts_call: false,
                 whole_call: false,
@@ -205,6 +211,8 @@ impl Pipeline {
         }
         let chunk = Chunk {
             captured: &bytes,
+            offset: 0,
+            skipped: 0,
             missing,
             starts_call: false,
             whole_call: false,

@@ -12,7 +12,7 @@ pub mod outcome;
 
 use std::sync::Arc;
 
-use access_log_common::{call, tcp_state};
+use access_log_common::{call, flags, tcp_state};
 // Keys the kernel chose (pids, fds, our own numbers) get a fast hash, which pays off on every
 // record.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -70,7 +70,13 @@ pub struct PipelineStats {
 /// One record's bytes of a data call.
 pub(crate) struct Chunk<'a> {
     pub captured: &'a [u8],
-    /// Bytes of the call after these that no record carries.
+    /// Where they start in the call.
+    pub offset: u64,
+    /// Bytes of the call before them that no record carries (DATA payloads the kernel
+    /// skipped on an HTTP/2 connection); set by the connection that reads them.
+    pub skipped: u64,
+    /// Bytes of the call after these that no record carries (none while a record of the
+    /// call follows).
     pub missing: u64,
     /// The record carries the call's first bytes.
     pub starts_call: bool,
@@ -343,10 +349,12 @@ impl Pipeline {
         }
         // A thread that read an answer held for confirmation wakes the request's thread as
         // its very next act: anything else it does first (a new call) voids that.
+        let first_of_call = header.flags & flags::FIRST != 0;
         if !matches!(
             record,
             Record::Wake { .. } | Record::Data { offset: 1.., .. }
-        ) {
+        ) || first_of_call
+        {
             self.linker.thread_acted(thread);
         }
         match record {
@@ -401,10 +409,13 @@ impl Pipeline {
                 } else {
                     ((*moved).max(0) as u64).saturating_sub(seen)
                 };
+                let starts_call = *offset == 0 || first_of_call;
                 let chunk = Chunk {
                     captured,
+                    offset: *offset as u64,
+                    skipped: 0,
                     missing,
-                    starts_call: *offset == 0,
+                    starts_call,
                     whole_call: *offset == 0 && !*more && missing == 0,
                 };
                 self.data(key, thread, header.call, *moved, &chunk, at, out)
@@ -665,12 +676,22 @@ impl Pipeline {
         at: u64,
         out: &mut Vec<Outcome>,
     ) {
-        let captured = chunk.captured;
         let Some(connection) = self.tables.connections.get_mut(&key) else {
             self.stats.unknown_connection_records += 1;
             return;
         };
         let ingress = call::is_ingress(data_call);
+        // Where the records of the call stand: bytes between them were skipped.
+        let cursor = &mut connection.call_cursor[usize::from(ingress)];
+        if chunk.starts_call {
+            *cursor = 0;
+        }
+        let chunk = &Chunk {
+            skipped: chunk.offset.saturating_sub(*cursor),
+            ..*chunk
+        };
+        *cursor = chunk.offset + chunk.captured.len() as u64;
+        let captured = chunk.captured;
         let direction = connection.direction;
         let carries_requests = ingress == (direction == Direction::Inbound);
         if call::is_tls(data_call) {
@@ -719,7 +740,11 @@ impl Pipeline {
         } else {
             &mut connection.responses
         };
-        let heads = stream.feed(captured, chunk.missing);
+        let mut heads = Vec::new();
+        if chunk.skipped > 0 {
+            heads = stream.feed(&[], chunk.skipped);
+        }
+        heads.extend(stream.feed(captured, chunk.missing));
         let answered = heads
             .iter()
             .any(|h| matches!(h, Head::Response(r) if is_final(r.status)));
