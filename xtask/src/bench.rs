@@ -231,6 +231,21 @@ fn bpf_nanoseconds(lines: &[String]) -> u64 {
         .unwrap_or(0)
 }
 
+/// Each program's (name, nanoseconds, runs) from the observer's `bpf program` lines.
+fn bpf_programs(lines: &[String]) -> Vec<(String, u64, u64)> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("bpf program "))
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once(": ")?;
+            let mut words = rest.split_whitespace();
+            let nanoseconds = words.next()?.parse().ok()?;
+            let runs = words.nth(2)?.parse().ok()?;
+            Some((name.to_owned(), nanoseconds, runs))
+        })
+        .collect()
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
@@ -245,6 +260,10 @@ struct ScenarioResult {
     access_log_ratio: f64,
     bpf_ns_per_request: f64,
     drops: u64,
+    /// Per BPF program over every observer round: (name, nanoseconds, runs), and the requests
+    /// those rounds served.
+    programs: Vec<(String, u64, u64)>,
+    observed_requests: u64,
 }
 
 fn scenario(
@@ -269,6 +288,8 @@ fn scenario(
         Vec::new(),
     );
     let mut drops = 0;
+    let mut programs: Vec<(String, u64, u64)> = Vec::new();
+    let mut observed_requests = 0;
     // Warm both gateways' upstream pools.
     wrk(&plain_url, 1, close)?;
     wrk(&logged_url, 1, close)?;
@@ -287,6 +308,16 @@ fn scenario(
         drops += kernel_drops(&lines);
         let (with_log, _) = wrk(&logged_url, options.seconds, close)?;
         bpf.push(bpf_nanoseconds(&lines) as f64 / requests.max(1) as f64);
+        observed_requests += requests;
+        for (name, nanoseconds, runs) in bpf_programs(&lines) {
+            match programs.iter_mut().find(|p| p.0 == name) {
+                Some(program) => {
+                    program.1 += nanoseconds;
+                    program.2 += runs;
+                }
+                None => programs.push((name, nanoseconds, runs)),
+            }
+        }
         baselines.push(baseline);
         floor.push(floored / baseline);
         kernel.push(recorded / baseline);
@@ -307,6 +338,8 @@ fn scenario(
         access_log_ratio: median(&mut logged),
         bpf_ns_per_request: median(&mut bpf),
         drops,
+        programs,
+        observed_requests,
     })
 }
 
@@ -507,6 +540,50 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
          pair, format kv to /dev/null) on the same two cores as the gateway, its load \
          generator and its backend."
     );
+    let _ = writeln!(
+        report,
+        "\n## Where the BPF time goes\n\nPer program, over every observer round of each \
+         scenario (`--bpf-stats`): nanoseconds per proxied request, and in brackets runs per \
+         request and nanoseconds per run. Programs under 50 ns per request in every scenario \
+         are left out.\n"
+    );
+    let mut names: Vec<String> = Vec::new();
+    for r in &results {
+        for (name, nanoseconds, _) in &r.programs {
+            let per_request = *nanoseconds as f64 / r.observed_requests.max(1) as f64;
+            if per_request >= 50.0 && !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    let _ = writeln!(
+        report,
+        "| program | {} |",
+        results
+            .iter()
+            .map(|r| r.name)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(report, "|---|{}", "---|".repeat(results.len()));
+    for name in &names {
+        let cells: Vec<String> = results
+            .iter()
+            .map(|r| {
+                let requests = r.observed_requests.max(1) as f64;
+                match r.programs.iter().find(|p| &p.0 == name) {
+                    Some((_, nanoseconds, runs)) => format!(
+                        "{:.0} ns ({:.1} × {:.0} ns)",
+                        *nanoseconds as f64 / requests,
+                        *runs as f64 / requests,
+                        *nanoseconds as f64 / (*runs).max(1) as f64
+                    ),
+                    None => "-".to_owned(),
+                }
+            })
+            .collect();
+        let _ = writeln!(report, "| {name} | {} |", cells.join(" | "));
+    }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let _ = writeln!(
         report,
@@ -554,4 +631,30 @@ fn chrono_free_date() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::{bpf_nanoseconds, bpf_programs};
+
+    #[test]
+    fn the_observers_per_program_lines_are_read() {
+        let lines: Vec<String> = [
+            "bpf: 900 ns in 3 program runs (300 ns per run)",
+            "bpf program writev_exit: 658000 ns in 1000 runs",
+            "bpf program read_exit: 12 ns in 1 runs",
+            "summary: ...",
+        ]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect();
+        assert_eq!(
+            bpf_programs(&lines),
+            [
+                ("writev_exit".to_owned(), 658000, 1000),
+                ("read_exit".to_owned(), 12, 1)
+            ]
+        );
+        assert_eq!(bpf_nanoseconds(&lines), 900);
+    }
 }

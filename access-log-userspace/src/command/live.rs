@@ -189,6 +189,11 @@ impl Live {
                 "bpf: {nanoseconds} ns in {runs} program runs ({:.0} ns per run)",
                 nanoseconds as f64 / runs.max(1) as f64
             );
+            for (name, nanoseconds, runs) in self.session.program_run_times() {
+                if runs > 0 {
+                    eprintln!("bpf program {name}: {nanoseconds} ns in {runs} runs");
+                }
+            }
         }
     }
 }

@@ -331,6 +331,25 @@ impl Probes {
             .is_ok()
     }
 
+    /// (name, nanoseconds, runs) of each program, the busiest first, while run-time statistics
+    /// are on ([`RunTimeStats`]): where the kernel side's time goes. Read from the descriptors
+    /// held (no capability needed once attached).
+    pub fn run_times(&self) -> Vec<(String, u64, u64)> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let mut programs: Vec<(String, u64, u64)> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let fd = program.fd().ok()?.as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                let (nanoseconds, runs) = run_time_fields(&info);
+                Some((name.to_owned(), nanoseconds, runs))
+            })
+            .collect();
+        programs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        programs
+    }
+
     /// Empties the watched set.
     pub fn unwatch_all(&mut self) {
         remove_where(&mut self.watched, |_| true);
@@ -399,6 +418,29 @@ pub fn check_privileges() -> Result<(), NotRoot> {
     Ok(())
 }
 
+/// (run_time_ns, run_cnt) of a BPF program's fdinfo text.
+fn run_time_fields(info: &str) -> (u64, u64) {
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("run_time_ns:"), field("run_cnt:"))
+}
+
+/// The /proc/self/fdinfo text of each BPF program descriptor this process holds.
+fn held_program_fdinfo() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter(|info| info.contains("prog_tag:"))
+        .collect()
+}
+
 /// Keeps the kernel's BPF run-time statistics on while held (BPF_ENABLE_STATS).
 pub struct RunTimeStats {
     _enabled: std::os::fd::OwnedFd,
@@ -417,24 +459,10 @@ impl RunTimeStats {
     /// (nanoseconds, runs) of every BPF program this process holds, from /proc/self/fdinfo.
     pub fn totals(&self) -> (u64, u64) {
         let mut totals = (0, 0);
-        let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") else {
-            return totals;
-        };
-        for entry in entries.flatten() {
-            let Ok(info) = std::fs::read_to_string(entry.path()) else {
-                continue;
-            };
-            if !info.contains("prog_tag:") {
-                continue;
-            }
-            let field = |name: &str| -> u64 {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            totals.0 += field("run_time_ns:");
-            totals.1 += field("run_cnt:");
+        for info in held_program_fdinfo() {
+            let (nanoseconds, runs) = run_time_fields(&info);
+            totals.0 += nanoseconds;
+            totals.1 += runs;
         }
         totals
     }

@@ -324,6 +324,12 @@ impl Session {
         forgotten
     }
 
+    /// (name, nanoseconds, runs) of each kernel program, the busiest first (while run-time
+    /// statistics are on).
+    pub fn program_run_times(&self) -> Vec<(String, u64, u64)> {
+        self.probes.run_times()
+    }
+
     /// The kernel's counts of what it could not do.
     pub fn drops(&self) -> KernelDrops {
         self.probes.drops()
