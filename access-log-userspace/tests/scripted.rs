@@ -1494,6 +1494,15 @@ mod h2 {
         headers(encoder, stream, END_STREAM, &fields)
     }
 
+    /// A client's first bytes: the preface, then a GET on each (stream, path).
+    pub fn opening(encoder: &mut loona_hpack::Encoder, streams: &[(u32, &str)]) -> Vec<u8> {
+        let mut bytes = PREFACE.to_vec();
+        for (stream, path) in streams {
+            bytes.extend(get(encoder, *stream, path));
+        }
+        bytes
+    }
+
     pub fn status(encoder: &mut loona_hpack::Encoder, stream: u32, status: &str) -> Vec<u8> {
         headers(encoder, stream, END_STREAM, &[(":status", status)])
     }
@@ -1573,12 +1582,7 @@ fn streams_above_the_last_one_a_goaway_names_were_not_served() {
     let mut s = Script::new(CATALOG);
     let (mut client, mut gateway) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
     s.accept(5);
-    let read = [
-        h2::PREFACE.to_vec(),
-        h2::get(&mut client, 1, "/nope/1"),
-        h2::get(&mut client, 3, "/nope/3"),
-    ]
-    .concat();
+    let read = h2::opening(&mut client, &[(1, "/nope/1"), (3, "/nope/3")]);
     s.data(5, call::READ, &read);
     let write = [h2::status(&mut gateway, 1, "404"), h2::goaway(1)].concat();
     s.data(5, call::WRITE, &write);
@@ -1596,12 +1600,7 @@ fn http2_answers_among_frames_not_captured_are_lost_and_later_frames_read_again(
     let mut s = Script::new(CATALOG);
     let (mut client, mut gateway) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
     s.accept(5);
-    let read = [
-        h2::PREFACE.to_vec(),
-        h2::get(&mut client, 1, "/nope/1"),
-        h2::get(&mut client, 3, "/nope/3"),
-    ]
-    .concat();
+    let read = h2::opening(&mut client, &[(1, "/nope/1"), (3, "/nope/3")]);
     s.data(5, call::READ, &read);
     // A write of 64 KiB of which the record carries the first frame's header and a little of
     // its payload: the frames after it (the answers, perhaps) were never seen.
@@ -1624,12 +1623,7 @@ fn a_request_waiting_for_its_backend_outlives_the_gateways_frames_not_captured()
     let mut s = Script::new(CATALOG);
     let (mut client, mut gateway) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
     s.accept(5);
-    let read = [
-        h2::PREFACE.to_vec(),
-        h2::get(&mut client, 1, "/orders/1"),
-        h2::get(&mut client, 3, "/nope"),
-    ]
-    .concat();
+    let read = h2::opening(&mut client, &[(1, "/orders/1"), (3, "/nope")]);
     s.data(5, call::READ, &read);
     s.connect(9, -115);
     s.data(9, call::WRITEV, b"GET /v1/orders/1 HTTP/1.0\r\n\r\n");
@@ -1732,12 +1726,7 @@ fn a_stream_the_gateway_refuses_was_not_served_and_one_it_resets_was_dropped() {
     let mut s = Script::new(CATALOG);
     let mut client = loona_hpack::Encoder::new();
     s.accept(5);
-    let read = [
-        h2::PREFACE.to_vec(),
-        h2::get(&mut client, 1, "/orders/1"),
-        h2::get(&mut client, 3, "/orders/3"),
-    ]
-    .concat();
+    let read = h2::opening(&mut client, &[(1, "/orders/1"), (3, "/orders/3")]);
     s.data(5, call::READ, &read);
     // REFUSED_STREAM (0x7) on stream 1, INTERNAL_ERROR (0x2) on stream 3.
     s.data(
@@ -1756,12 +1745,7 @@ fn a_walked_http2_call_skips_data_payloads_between_its_records() {
     let mut s = Script::new(CATALOG);
     let (mut client, mut gateway) = (loona_hpack::Encoder::new(), loona_hpack::Encoder::new());
     s.accept(5);
-    let read = [
-        h2::PREFACE.to_vec(),
-        h2::get(&mut client, 1, "/nope/1"),
-        h2::get(&mut client, 3, "/nope/3"),
-    ]
-    .concat();
+    let read = h2::opening(&mut client, &[(1, "/nope/1"), (3, "/nope/3")]);
     s.data(5, call::READ, &read);
     // One write: stream 1's head and a DATA frame of 10,000 bytes, then stream 3's head. The
     // kernel sends the runs around the DATA payload, which it skips.

@@ -125,6 +125,14 @@ fn identical_streams(count: usize, path: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The RequestInURL of each INCOMING_REQUEST, in order.
+fn incoming_urls(events: &[Value]) -> Vec<&str> {
+    of(events, "INCOMING_REQUEST")
+        .iter()
+        .map(|e| e["RequestInURL"].as_str().unwrap_or(""))
+        .collect()
+}
+
 /// The ending events whose status is not the one the client got on the stream: a request's
 /// place among the INCOMING_REQUESTs is its stream's place among those the client opened.
 fn paired_wrong<'e>(events: &'e [Value], answers: &[Value]) -> Vec<&'e Value> {
@@ -172,10 +180,7 @@ fn curl_over_tls_and_over_cleartext_with_prior_knowledge() {
     let (events, summary) = setup.observer.stop();
     assert_every_request_ends_once(&events);
     let incoming = of(&events, "INCOMING_REQUEST");
-    let urls: Vec<&str> = incoming
-        .iter()
-        .map(|e| e["RequestInURL"].as_str().unwrap_or(""))
-        .collect();
+    let urls = incoming_urls(&events);
     assert_eq!(
         urls,
         ["/api/a?x=1", "/health", "/api/b", "/nope"],
@@ -485,10 +490,7 @@ fn a_connection_opened_before_attach_is_read_from_its_next_frames() {
     let (events, summary) = observer.stop();
     assert_every_request_ends_once(&events);
     let incoming = of(&events, "INCOMING_REQUEST");
-    let urls: Vec<&str> = incoming
-        .iter()
-        .map(|e| e["RequestInURL"].as_str().unwrap_or(""))
-        .collect();
+    let urls = incoming_urls(&events);
     assert_eq!(urls, ["/api/after-1", "/api/after-2"], "{events:#?}");
     for (request, status) in incoming.iter().zip([201, 202]) {
         assert_eq!(request["RequestInMethod"], "GET");
@@ -538,12 +540,9 @@ fn haproxy_with_http2_in_front_pairs_each_stream() {
     assert!(refused.get("RequestOutURL").is_none(), "{refused:#}");
 }
 
-/// Apache httpd (mod_http2) upgrading a client's HTTP/1.1 request to HTTP/2 over cleartext
-/// (`Upgrade: h2c`, curl's `--http2` on an http URL): the upgrade request is answered on
-/// stream 1, not by the 101. (One URL per curl: curl 7.88 sends nothing for a second URL on
-/// the upgraded connection it reuses.)
-#[test]
-fn an_h2c_upgrade_on_apache_is_answered_on_stream_one() {
+/// Apache httpd (event MPM) with mod_http2 offering h2c (upgrade and prior knowledge),
+/// proxying /api/ to a backend of its own, and the observer attached.
+fn apache_http2(name: &str) -> (Backend, Gateway, Observer) {
     require_root();
     let backend = Backend::start().expect("starting a backend");
     let port = free_port();
@@ -552,8 +551,19 @@ fn an_h2c_upgrade_on_apache_is_answered_on_stream_one() {
          Protocols h2c http/1.1\nProxyPass /api/ http://127.0.0.1:{}/v1/\n",
         backend.port()
     );
-    let gateway = Gateway::apache("h2-upgrade", &body, port).expect("starting Apache");
+    let gateway = Gateway::apache(name, &body, port).expect("starting Apache");
     let observer = Observer::attach(gateway.master_pid(), &[]).expect("attaching");
+    (backend, gateway, observer)
+}
+
+/// Apache httpd (mod_http2) upgrading a client's HTTP/1.1 request to HTTP/2 over cleartext
+/// (`Upgrade: h2c`, curl's `--http2` on an http URL): the upgrade request is answered on
+/// stream 1, not by the 101. (One URL per curl: curl 7.88 sends nothing for a second URL on
+/// the upgraded connection it reuses.)
+#[test]
+fn an_h2c_upgrade_on_apache_is_answered_on_stream_one() {
+    let (backend, gateway, observer) = apache_http2("h2-upgrade");
+    let port = gateway.port;
     let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
     for path in ["/api/first", "/api/second"] {
         assert_eq!(
@@ -565,10 +575,7 @@ fn an_h2c_upgrade_on_apache_is_answered_on_stream_one() {
     let (events, summary) = observer.stop();
     assert_every_request_ends_once(&events);
     let incoming = of(&events, "INCOMING_REQUEST");
-    let urls: Vec<&str> = incoming
-        .iter()
-        .map(|e| e["RequestInURL"].as_str().unwrap_or(""))
-        .collect();
+    let urls = incoming_urls(&events);
     assert_eq!(urls, ["/api/first", "/api/second"], "{events:#?}");
     for (request, path) in incoming.iter().zip(["first", "second"]) {
         let end = ending(&events, request).expect("an ending");
@@ -594,16 +601,8 @@ fn an_h2c_upgrade_on_apache_is_answered_on_stream_one() {
 /// not asserted.)
 #[test]
 fn apache_hands_streams_to_workers_and_no_wrong_pairing_is_confident() {
-    require_root();
-    let backend = Backend::start().expect("starting a backend");
-    let port = free_port();
-    let body = format!(
-        "LoadModule http2_module /usr/lib/apache2/modules/mod_http2.so\n\
-         Protocols h2c http/1.1\nProxyPass /api/ http://127.0.0.1:{}/v1/\n",
-        backend.port()
-    );
-    let gateway = Gateway::apache("h2-workers", &body, port).expect("starting Apache");
-    let observer = Observer::attach(gateway.master_pid(), &[]).expect("attaching");
+    let (_backend, gateway, observer) = apache_http2("h2-workers");
+    let port = gateway.port;
     let count = 50;
     let answers = h2_client(
         port,
