@@ -1783,3 +1783,66 @@ fn a_walked_http2_call_skips_data_payloads_between_its_records() {
     );
     assert_eq!(s.pipeline.stats().http2_frames_lost, 0);
 }
+
+#[test]
+fn a_backend_resetting_its_http2_stream_is_a_reset_attempt() {
+    let mut s = Script::new(CATALOG);
+    let (mut client, mut gateway, mut to_backend) = (
+        loona_hpack::Encoder::new(),
+        loona_hpack::Encoder::new(),
+        loona_hpack::Encoder::new(),
+    );
+    s.accept(5);
+    s.data(
+        5,
+        call::READ,
+        &h2::opening(&mut client, &[(1, "/orders/1"), (3, "/orders/3")]),
+    );
+    // nginx's grpc_pass: a connection to an HTTP/2 backend per request, its stream 1.
+    s.connect(9, -115);
+    let request = [
+        h2::PREFACE.to_vec(),
+        h2::settings(),
+        h2::get(&mut to_backend, 1, "/v1/orders/1"),
+    ]
+    .concat();
+    s.data(9, call::WRITEV, &request);
+    s.connect(10, -115);
+    let request = [
+        h2::PREFACE.to_vec(),
+        h2::get(&mut to_backend, 1, "/v1/orders/3"),
+    ]
+    .concat();
+    s.data(10, call::WRITEV, &request);
+    // The first backend resets the stream (INTERNAL_ERROR), the second goes away before it.
+    s.data(
+        9,
+        call::RECVFROM,
+        &[h2::settings(), h2::reset(1, 0x2)].concat(),
+    );
+    s.data(10, call::RECVFROM, &h2::goaway(0));
+    let write = [
+        h2::status(&mut gateway, 1, "502"),
+        h2::status(&mut gateway, 3, "502"),
+    ]
+    .concat();
+    s.data(5, call::WRITE, &write);
+    let errors = s.of(EventKind::Error);
+    assert_eq!(errors.len(), 2, "{:#?}", s.events);
+    assert_eq!(
+        errors[0].text("ERROR_MESSAGE"),
+        Some("Connection reset by the back end")
+    );
+    assert_eq!(
+        errors[0].text("RequestOutURL"),
+        Some("http://127.0.0.1:8081/v1/orders/1")
+    );
+    assert_eq!(
+        errors[1].text("ERROR_MESSAGE"),
+        Some("Connection closed by the back end")
+    );
+    assert_eq!(
+        errors[1].text("RequestOutURL"),
+        Some("http://127.0.0.1:8081/v1/orders/3")
+    );
+}
