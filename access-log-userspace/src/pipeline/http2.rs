@@ -111,6 +111,17 @@ impl Http2Connection {
         }
     }
 
+    /// `stream` carries (or serves) request `number` until it ends.
+    fn open_stream(&mut self, stream: u32, number: u64) {
+        self.streams.insert(
+            stream,
+            Stream {
+                request: number,
+                answered: None,
+            },
+        );
+    }
+
     /// After a gap in the records: where frames start is unknown in both directions, and no
     /// stream's request is known any more (the gap ended them).
     pub fn forget_frames(&mut self) {
@@ -167,26 +178,12 @@ impl Pipeline {
         let sent = connection.requests.switch();
         let mut h2 = Http2Connection::new(&self.interest, true);
         if let Some(Some(number)) = connection.awaiting.front() {
-            h2.streams.insert(
-                1,
-                Stream {
-                    request: *number,
-                    answered: None,
-                },
-            );
+            h2.open_stream(1, *number);
         }
         connection.http2 = Some(Box::new(h2));
         self.stats.http2_connections += 1;
         if !sent.is_empty() {
-            let chunk = Chunk {
-                captured: &sent,
-                offset: 0,
-                skipped: 0,
-                missing: 0,
-                starts_call: false,
-                whole_call: false,
-            };
-            self.http2_data(key, thread, true, &chunk, at, out);
+            self.http2_data(key, thread, true, &Chunk::carried(&sent, 0), at, out);
         }
     }
 
@@ -209,15 +206,14 @@ impl Pipeline {
         if connection.http2.is_none() || (bytes.is_empty() && missing == 0) {
             return;
         }
-        let chunk = Chunk {
-            captured: &bytes,
-            offset: 0,
-            skipped: 0,
-            missing,
-            starts_call: false,
-            whole_call: false,
-        };
-        self.http2_data(key, thread, false, &chunk, at, out);
+        self.http2_data(
+            key,
+            thread,
+            false,
+            &Chunk::carried(&bytes, missing),
+            at,
+            out,
+        );
     }
 
     /// One record's bytes on an HTTP/2 connection.
@@ -450,13 +446,7 @@ impl Pipeline {
             return;
         };
         if let Some(h2) = self.http2_of(key) {
-            h2.streams.insert(
-                stream,
-                Stream {
-                    request: number,
-                    answered: None,
-                },
-            );
+            h2.open_stream(stream, number);
         }
     }
 
@@ -526,13 +516,7 @@ impl Pipeline {
             return;
         };
         if let Some(h2) = self.http2_of(key) {
-            h2.streams.insert(
-                stream,
-                Stream {
-                    request: number,
-                    answered: None,
-                },
-            );
+            h2.open_stream(stream, number);
         }
     }
 

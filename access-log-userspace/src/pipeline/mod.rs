@@ -84,6 +84,21 @@ pub(crate) struct Chunk<'a> {
     pub whole_call: bool,
 }
 
+impl<'a> Chunk<'a> {
+    /// Bytes carried over from elsewhere (held by the HTTP/1 parser across a switch to
+    /// HTTP/2), not a call of their own; `missing` bytes not captured follow them.
+    pub fn carried(captured: &'a [u8], missing: u64) -> Chunk<'a> {
+        Chunk {
+            captured,
+            offset: 0,
+            skipped: 0,
+            missing,
+            starts_call: false,
+            whole_call: false,
+        }
+    }
+}
+
 /// How much state the pipeline keeps at most: a connection or a request past these is
 /// forgotten (its requests end in a LOST event, "state evicted") and counted. Checked once a
 /// second of the records' time, so a table may pass its cap for up to a second; over the cap,
