@@ -390,6 +390,11 @@ fn a_ring_buffer_too_small_for_a_burst_gives_loss_records_and_no_wrong_pairing()
     );
     let started = std::time::Instant::now();
     let address = SocketAddr::from(([127, 0, 0, 1], setup.gateway.port));
+    // The observer is stopped (SIGSTOP) through the burst, as a consumer stalled by a slow
+    // sink would be: however fast the machine drains, the kernel finds the ring full.
+    let observer = setup.observer.pid() as i32;
+    // SAFETY: signalling the observer this test started.
+    unsafe { libc::kill(observer, libc::SIGSTOP) };
     let requests: Vec<Request> = (0..2000)
         .map(|n| Request {
             method: "GET",
@@ -399,9 +404,21 @@ fn a_ring_buffer_too_small_for_a_burst_gives_loss_records_and_no_wrong_pairing()
         })
         .collect();
     let delivered = load::run(address, &requests, 64, |_| true);
+    // SAFETY: as above.
+    unsafe { libc::kill(observer, libc::SIGCONT) };
     assert!(delivered.iter().all(|d| d.status.is_ok()));
     // Then, once the burst's records are drained, calm: one request at a time fits the ring,
-    // and is paired.
+    // and is paired. The first records after the stall show the gap (the count of lost records
+    // they carry rose): what is linked in the quarantine after it (250 ms) ends in the loss
+    // record too, so the calm requests come after a request that shows it and that quarantine.
+    thread::sleep(Duration::from_millis(600));
+    let showing_the_gap = Request {
+        method: "GET",
+        target: "/api/items?n=4999".into(),
+        headers: vec![],
+        body: None,
+    };
+    load::run(address, &[showing_the_gap], 1, |_| true);
     thread::sleep(Duration::from_millis(600));
     let calm: Vec<Request> = (5000..5020)
         .map(|n| Request {
