@@ -5,7 +5,10 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc, Arc, Mutex,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -139,11 +142,61 @@ impl Drop for Attached {
 
 /// The observer attached with `--format json`, its events collected as they come. Dropping it
 /// (a failing test) stops the process: [`Attached`]'s drop.
+///
+/// The events go to a file that a thread of the test reads as it grows, not through a pipe:
+/// a test's reader starved by its own load (64 client threads on 2 cores) would otherwise
+/// block the observer's writes, and the kernel's ring would fill behind it: the test, not the
+/// observer, would lose records.
 pub struct Observer {
     /// None once stopped.
     process: Option<Attached>,
     events: Arc<Mutex<Vec<Value>>>,
     reader: Option<thread::JoinHandle<()>>,
+    /// Set once the process ended: the reader reads to the file's end, then stops.
+    ended: Arc<AtomicBool>,
+    file: PathBuf,
+}
+
+impl Drop for Observer {
+    /// Stops the process (when a test failed before stopping it), ends the reader, removes
+    /// the events file.
+    fn drop(&mut self) {
+        drop(self.process.take());
+        self.ended.store(true, Ordering::Release);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Reads the JSON lines of `file` as they are appended, into `sink`, until `ended` is set and
+/// the end of the file is reached. A line that is not JSON panics (the join fails the test).
+fn follow_events(file: PathBuf, sink: Arc<Mutex<Vec<Value>>>, ended: Arc<AtomicBool>) {
+    let opened = std::fs::File::open(&file)
+        .unwrap_or_else(|e| panic!("opening the events file {}: {e}", file.display()));
+    let mut reader = BufReader::new(opened);
+    let mut line = String::new();
+    loop {
+        // Read after looking at the flag: what was written before the end is read.
+        let last = ended.load(Ordering::Acquire);
+        match reader.read_line(&mut line) {
+            Ok(_) if line.ends_with('\n') => {
+                let value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("observer printed a line that is not JSON ({e}): {line}")
+                });
+                sink.lock().expect("events lock").push(value);
+                line.clear();
+            }
+            // At the end, a part of a line stays in `line` until the rest comes.
+            Ok(_) if last => {
+                assert!(line.is_empty(), "the observer's last line is cut: {line}");
+                return;
+            }
+            Ok(_) => thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("reading the events file: {e}"),
+        }
+    }
 }
 
 impl Observer {
@@ -173,29 +226,36 @@ impl Observer {
             }
             None => Command::new(binary()),
         };
+        static OBSERVERS: AtomicUsize = AtomicUsize::new(0);
+        let file = std::env::temp_dir().join(format!(
+            "access-log-test-events-{}-{}.json",
+            std::process::id(),
+            OBSERVERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&file, b"").map_err(|e| format!("{}: {e}", file.display()))?;
         command
             .arg("attach")
             .args(target)
-            .args(["--format", "json"])
+            .args(["--format", "json", "--output"])
+            .arg(&file)
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        let mut process = Attached::start(command, false)?;
+            .stdout(Stdio::null());
+        let process = Attached::start(command, false).inspect_err(|_| {
+            let _ = std::fs::remove_file(&file);
+        })?;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let stdout = process.child.stdout.take().expect("piped");
-        let sink = events.clone();
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line).unwrap_or_else(|e| {
-                    panic!("observer printed a line that is not JSON ({e}): {line}")
-                });
-                sink.lock().expect("events lock").push(value);
-            }
-        });
+        let ended = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (file, sink, ended) = (file.clone(), events.clone(), ended.clone());
+            thread::spawn(move || follow_events(file, sink, ended))
+        };
         Ok(Observer {
             process: Some(process),
             events,
             reader: Some(reader),
+            ended,
+            file,
         })
     }
 
@@ -246,7 +306,9 @@ impl Observer {
     /// Stops the observer with SIGTERM; returns every event and its stderr (with the summary).
     pub fn stop(mut self) -> (Vec<Value>, String) {
         let process = self.process.take().expect("stopped once");
-        let stderr = process.stop().unwrap_or_else(|e| panic!("{e}"));
+        let stopped = process.stop();
+        self.ended.store(true, Ordering::Release);
+        let stderr = stopped.unwrap_or_else(|e| panic!("{e}"));
         if let Some(reader) = self.reader.take() {
             // A line that was not JSON fails the test here.
             if let Err(panic) = reader.join() {

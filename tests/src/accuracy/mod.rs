@@ -260,10 +260,17 @@ pub fn run(config: &RunConfig) -> Result<Report, String> {
     let mut gateway = configs::start(config.gateway, port, http2_port, &backends)?;
     // For a developer too: the raw records of the run, to replay or read with the dump
     // example.
-    let save_records = config
-        .save_records
-        .clone()
-        .or_else(|| std::env::var_os("ACCESS_LOG_ACCURACY_RECORD").map(std::path::PathBuf::from));
+    let save_records = config.save_records.clone().or_else(|| {
+        // One file per run: the variable names a prefix.
+        std::env::var_os("ACCESS_LOG_ACCURACY_RECORD").map(|prefix| {
+            let run: String = config
+                .name()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            std::path::PathBuf::from(format!("{}.{run}", prefix.to_string_lossy()))
+        })
+    });
     let save_arguments = save_records
         .iter()
         .flat_map(|path| ["--save-records".to_owned(), path.display().to_string()])
