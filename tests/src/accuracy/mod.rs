@@ -348,7 +348,6 @@ pub fn run(config: &RunConfig) -> Result<Report, String> {
 pub fn target(config: &RunConfig) -> f64 {
     match (config.id_header, config.gateway, config.mix) {
         (true, _, _) => 1.0,
-        (false, Kind::Varnish, _) => 0.995,
         (false, _, Mix::Routes) => 0.995,
         (false, _, Mix::Identical | Mix::IdenticalHttp2) => 0.999,
     }
