@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: what the observer costs the gateway, measured against the gateway's own
 //! access log, in one run on one machine (ratios of alternating rounds, medians): throughput at
-//! saturation (wrk), added latency at half that rate, BPF run time per request, drops, and the
-//! user-space pipeline's replay throughput and peak memory. Writes BENCHMARKS.md.
+//! saturation (wrk), added latency at half that rate, BPF run time and the observer's CPU per
+//! request, drops, the user-space pipeline's replay throughput and peak memory, and perf
+//! profiles of the observer and of the gateway with it attached. Writes BENCHMARKS.md.
 use std::{
     fmt::Write as _,
     fs,
@@ -155,12 +156,25 @@ impl Bench {
     }
 }
 
+/// How wrk loads the gateway.
+#[derive(Clone, Copy, Default)]
+struct Load<'a> {
+    /// Every request with `Connection: close`.
+    close: bool,
+    /// A directory holding a copy of libssl that wrk loads instead of the gateway's: the TLS
+    /// uprobes sit on the gateway's file, so wrk's own TLS calls take no trap.
+    private_libssl: Option<&'a Path>,
+}
+
 /// One wrk run: requests per second and the number of requests.
-fn wrk(url: &str, seconds: u64, close: bool) -> anyhow::Result<(f64, u64)> {
+fn wrk(url: &str, seconds: u64, load: Load) -> anyhow::Result<(f64, u64)> {
     let mut command = Command::new("wrk");
     command.args(["-t1", "-c32", &format!("-d{seconds}s")]);
-    if close {
+    if load.close {
         command.args(["-H", "Connection: close"]);
+    }
+    if let Some(dir) = load.private_libssl {
+        command.env("LD_LIBRARY_PATH", dir);
     }
     let output = command.arg(url).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -201,16 +215,41 @@ fn record_only(pid: u32) -> anyhow::Result<Attached> {
     Attached::start(command, false).map_err(anyhow::Error::msg)
 }
 
-/// One wrk run with `attached` running beside it; returns (rate, requests, its stderr).
-fn wrk_with(
-    attached: Attached,
-    url: &str,
-    seconds: u64,
-    close: bool,
-) -> anyhow::Result<(f64, u64, Vec<String>)> {
-    let (rate, requests) = wrk(url, seconds, close)?;
+/// One wrk run with `attached` running beside it.
+struct WithRun {
+    rate: f64,
+    requests: u64,
+    /// What the attached process printed (its summary, `bpf` lines).
+    lines: Vec<String>,
+    /// CPU time (user and system) the attached process used during the wrk run.
+    cpu_seconds: f64,
+}
+
+fn wrk_with(attached: Attached, url: &str, seconds: u64, load: Load) -> anyhow::Result<WithRun> {
+    let pid = attached.child.id();
+    let before = cpu_seconds(pid);
+    let (rate, requests) = wrk(url, seconds, load)?;
+    let cpu_seconds = cpu_seconds(pid) - before;
     let lines = attached.stop().map_err(anyhow::Error::msg)?;
-    Ok((rate, requests, lines))
+    Ok(WithRun {
+        rate,
+        requests,
+        lines,
+        cpu_seconds,
+    })
+}
+
+/// User and system CPU seconds process `pid` used so far (/proc/PID/stat, in clock ticks).
+fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from the state (field 3):
+    // utime and stime are fields 14 and 15.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    (field(14).unwrap_or(0) + field(15).unwrap_or(0)) as f64 / ticks
 }
 
 fn kernel_drops(lines: &[String]) -> u64 {
@@ -259,6 +298,8 @@ struct ScenarioResult {
     observer_ratio: f64,
     access_log_ratio: f64,
     bpf_ns_per_request: f64,
+    /// The observer process's CPU time (user and system) per request, median of rounds.
+    process_ns_per_request: f64,
     drops: u64,
     /// Per BPF program over every observer round: (name, nanoseconds, runs), and the requests
     /// those rounds served.
@@ -272,7 +313,7 @@ fn scenario(
     name: &'static str,
     scheme_port: (&str, u16, u16),
     path: &str,
-    close: bool,
+    load: Load,
 ) -> anyhow::Result<ScenarioResult> {
     let (scheme, plain_port, logged_port) = scheme_port;
     let plain_url = format!("{scheme}://127.0.0.1:{plain_port}{path}");
@@ -287,27 +328,34 @@ fn scenario(
         Vec::new(),
         Vec::new(),
     );
+    let mut process = Vec::new();
     let mut drops = 0;
     let mut programs: Vec<(String, u64, u64)> = Vec::new();
     let mut observed_requests = 0;
     // Warm both gateways' upstream pools.
-    wrk(&plain_url, 1, close)?;
-    wrk(&logged_url, 1, close)?;
+    wrk(&plain_url, 1, load)?;
+    wrk(&logged_url, 1, load)?;
     for round in 0..options.rounds {
-        let (baseline, _) = wrk(&plain_url, options.seconds, close)?;
-        let (floored, _, _) = wrk_with(attach(idle, &[])?, &plain_url, options.seconds, close)?;
-        let (recorded, _, lines) =
-            wrk_with(record_only(gateway)?, &plain_url, options.seconds, close)?;
-        drops += kernel_drops(&lines);
-        let (observed, requests, lines) = wrk_with(
+        let (baseline, _) = wrk(&plain_url, options.seconds, load)?;
+        let floored = wrk_with(attach(idle, &[])?, &plain_url, options.seconds, load)?.rate;
+        let recorded = wrk_with(record_only(gateway)?, &plain_url, options.seconds, load)?;
+        drops += kernel_drops(&recorded.lines);
+        let recorded = recorded.rate;
+        let WithRun {
+            rate: observed,
+            requests,
+            lines,
+            cpu_seconds,
+        } = wrk_with(
             attach(gateway, &["--bpf-stats"])?,
             &plain_url,
             options.seconds,
-            close,
+            load,
         )?;
         drops += kernel_drops(&lines);
-        let (with_log, _) = wrk(&logged_url, options.seconds, close)?;
+        let (with_log, _) = wrk(&logged_url, options.seconds, load)?;
         bpf.push(bpf_nanoseconds(&lines) as f64 / requests.max(1) as f64);
+        process.push(cpu_seconds * 1e9 / requests.max(1) as f64);
         observed_requests += requests;
         for (name, nanoseconds, runs) in bpf_programs(&lines) {
             match programs.iter_mut().find(|p| p.0 == name) {
@@ -337,6 +385,7 @@ fn scenario(
         observer_ratio: median(&mut observer),
         access_log_ratio: median(&mut logged),
         bpf_ns_per_request: median(&mut bpf),
+        process_ns_per_request: median(&mut process),
         drops,
         programs,
         observed_requests,
@@ -395,7 +444,7 @@ fn replay_throughput(bench: &Bench, options: &Options, rate: f64) -> anyhow::Res
     let url = format!("http://127.0.0.1:{}/small", bench.ports.plain);
     let mut requests = 0;
     while requests < options.replay_requests {
-        requests += wrk(&url, seconds, false)?.1;
+        requests += wrk(&url, seconds, Load::default())?.1;
     }
     recorder.stop().map_err(anyhow::Error::msg)?;
     let records_bytes = fs::metadata(&file)?.len();
@@ -420,6 +469,106 @@ fn replay_throughput(bench: &Bench, options: &Options, rate: f64) -> anyhow::Res
         cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
         wall_seconds,
         peak_rss_kib: usage.ru_maxrss,
+    })
+}
+
+/// Symbols shown per profile, the busiest first.
+const PROFILE_LINES: usize = 20;
+
+/// perf's view of where the CPU goes with the observer attached: its process, and the
+/// gateway's workers.
+struct Profiles {
+    seconds: u64,
+    observer: Vec<String>,
+    gateway: Vec<String>,
+}
+
+/// Samples the observer and nginx's workers (perf at 999 Hz, self time by symbol) under the
+/// plaintext keep-alive load.
+fn profiles(bench: &Bench, options: &Options) -> anyhow::Result<Profiles> {
+    let seconds = options.seconds.max(2);
+    let observer = attach(bench.plain.master_pid(), &[])?;
+    let url = format!("http://127.0.0.1:{}/small", bench.ports.plain);
+    let load = thread::spawn(move || wrk(&url, seconds + 2, Load::default()));
+    thread::sleep(Duration::from_secs(1));
+    let dir = std::env::temp_dir();
+    let workers: Vec<String> = bench.plain.workers().iter().map(u32::to_string).collect();
+    let targets = [
+        (
+            observer.child.id().to_string(),
+            dir.join("access-log-bench-observer.perf"),
+        ),
+        (workers.join(","), dir.join("access-log-bench-gateway.perf")),
+    ];
+    let mut recorders = Vec::new();
+    for (pids, file) in &targets {
+        let child = Command::new("perf")
+            .args(["record", "-F", "999", "-o"])
+            .arg(file)
+            .args(["-p", pids, "--", "sleep", &seconds.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting perf record")?;
+        recorders.push(child);
+    }
+    for mut recorder in recorders {
+        recorder.wait().context("perf record")?;
+    }
+    load.join()
+        .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+    observer.stop().map_err(anyhow::Error::msg)?;
+    let mut reports = Vec::new();
+    for (_, file) in &targets {
+        let output = Command::new("perf")
+            .args(["report", "--stdio", "--sort", "symbol", "-i"])
+            .arg(file)
+            .output()
+            .context("perf report")?;
+        let _ = fs::remove_file(file);
+        let all: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#') && l.contains('%'))
+            .map(|l| l.trim_end_matches([' ', '-']).to_owned())
+            .collect();
+        // Totals by where the time went: user space, the kernel, and the BPF programs in it.
+        let (mut user, mut kernel, mut bpf) = (0.0, 0.0, 0.0);
+        for line in &all {
+            let percent: f64 = line
+                .split('%')
+                .next()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0.0);
+            if line.contains("[k]") {
+                kernel += percent;
+                if line.contains("bpf_prog_") {
+                    bpf += percent;
+                }
+            } else {
+                user += percent;
+            }
+        }
+        let mut lines: Vec<String> = all.into_iter().take(PROFILE_LINES).collect();
+        lines.push(format!(
+            "(all samples: user space {user:.1} %, kernel {kernel:.1} %, of which BPF \
+             programs {bpf:.1} %)"
+        ));
+        if lines.len() == 1 {
+            anyhow::bail!(
+                "perf recorded nothing in {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        reports.push(lines);
+    }
+    let gateway = reports.pop().unwrap_or_default();
+    let observer = reports.pop().unwrap_or_default();
+    Ok(Profiles {
+        seconds,
+        observer,
+        gateway,
     })
 }
 
@@ -461,38 +610,59 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let bench = Bench::start()?;
     let p = bench.ports;
+    // wrk's own copy of libssl, under the name its loader looks for.
+    let private = std::env::temp_dir().join(format!("access-log-bench-ssl-{}", std::process::id()));
+    fs::create_dir_all(&private)?;
+    let libssl = gateway_libssl(bench.plain.master_pid())?;
+    let soname = libssl.file_name().context("libssl's file name")?;
+    fs::copy(&libssl, private.join(soname)).context("copying libssl for wrk")?;
+    let keep_alive = Load::default();
     let mut results = Vec::new();
-    for (name, scheme_port, path, close) in [
+    for (name, scheme_port, path, load) in [
         (
             "plaintext, keep-alive, small",
             ("http", p.plain, p.logged),
             "/small",
-            false,
+            keep_alive,
         ),
         (
             "plaintext, Connection: close, small",
             ("http", p.plain, p.logged),
             "/small",
-            true,
+            Load {
+                close: true,
+                private_libssl: None,
+            },
         ),
         (
             "HTTPS, keep-alive, small",
             ("https", p.plain_tls, p.logged_tls),
             "/small",
-            false,
+            keep_alive,
+        ),
+        (
+            "HTTPS, keep-alive, small, wrk's own libssl",
+            ("https", p.plain_tls, p.logged_tls),
+            "/small",
+            Load {
+                close: false,
+                private_libssl: Some(&private),
+            },
         ),
         (
             "plaintext, keep-alive, 64 KiB",
             ("http", p.plain, p.logged),
             "/big",
-            false,
+            keep_alive,
         ),
     ] {
-        results.push(scenario(&bench, options, name, scheme_port, path, close)?);
+        results.push(scenario(&bench, options, name, scheme_port, path, load)?);
     }
+    let _ = fs::remove_dir_all(&private);
     let half_rate = results[0].baseline_rps / 2.0;
     let latency = latency(&bench, options, half_rate)?;
     let replay = replay_throughput(&bench, options, results[0].baseline_rps)?;
+    let profiles = profiles(&bench, options)?;
 
     let mut report = String::new();
     let _ = writeln!(report, "# Benchmarks\n");
@@ -513,13 +683,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         report,
-        "| scenario | nothing attached | probe floor (nothing watched) | kernel side only (`record`) | with the observer | with nginx's access_log (buffered) | BPF time per request | kernel drops |"
+        "| scenario | nothing attached | probe floor (nothing watched) | kernel side only (`record`) | with the observer | with nginx's access_log (buffered) | BPF time per request | observer process CPU per request | observer's total CPU per request | kernel drops |"
     );
-    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|---|");
     for r in &results {
         let _ = writeln!(
             report,
-            "| {} | {:.0} req/s | {:.3} | {:.3} | **{:.3}** | {:.3} | {:.0} ns | {} |",
+            "| {} | {:.0} req/s | {:.3} | {:.3} | **{:.3}** | {:.3} | {:.0} ns | {:.0} ns | **{:.0} ns** | {} |",
             r.name,
             r.baseline_rps,
             r.floor_ratio,
@@ -527,6 +697,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             r.observer_ratio,
             r.access_log_ratio,
             r.bpf_ns_per_request,
+            r.process_ns_per_request,
+            r.bpf_ns_per_request + r.process_ns_per_request,
             r.drops
         );
     }
@@ -538,7 +710,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
          probe choice costs before any of our code runs. The kernel side adds the copies into \
          the ring (`access-log record` to /dev/null); the observer adds user space (decode, \
          pair, format kv to /dev/null) on the same two cores as the gateway, its load \
-         generator and its backend."
+         generator and its backend. The observer's total CPU per request is the BPF time \
+         (`--bpf-stats`) plus the observer process's own CPU time (user and system, \
+         /proc/PID/stat) over the requests of its rounds: a figure that does not depend on how \
+         the cores are shared. \"wrk's own libssl\": wrk loads a copy of the library, so its \
+         TLS calls do not hit the uprobes set on the gateway's file."
     );
     let _ = writeln!(
         report,
@@ -612,6 +788,23 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         per_core,
         replay.peak_rss_kib as f64 / 1024.0
     );
+    let _ = writeln!(
+        report,
+        "\n## Profiles (plaintext, keep-alive, small; perf at 999 Hz for {} s)\n\n\
+         Where the CPU goes, by symbol (self time, the {PROFILE_LINES} busiest), in the \
+         observer process and in nginx's worker with the observer attached (kernel symbols \
+         included: the BPF programs show as `bpf_prog_*`). Without a hardware PMU perf samples \
+         on a timer, so time spent with interrupts off is counted where they are turned back \
+         on (`_raw_spin_unlock_irqrestore`: among others the ring buffer's lock, and waking a \
+         thread).\n",
+        profiles.seconds
+    );
+    for (title, lines) in [
+        ("the observer process", &profiles.observer),
+        ("nginx's worker", &profiles.gateway),
+    ] {
+        let _ = writeln!(report, "{title}:\n\n```\n{}\n```\n", lines.join("\n"));
+    }
     let _ = writeln!(
         report,
         "\nFor scale (../shared/notes/platform.md): enabling the socket syscall tracepoints with \

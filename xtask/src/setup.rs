@@ -18,6 +18,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/caddy", "caddy"),
     ("/usr/bin/java", "openjdk-17-jre-headless"),
     ("/usr/bin/wrk", "wrk"),
+    // The bench's profiles of the observer and of the gateway.
+    ("/usr/bin/perf", "linux-perf"),
     ("/usr/sbin/haproxy", "haproxy"),
     ("/usr/sbin/varnishd", "varnish"),
     ("/usr/sbin/logrotate", "logrotate"),
