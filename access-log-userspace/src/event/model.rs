@@ -77,7 +77,9 @@ pub struct Fields(Vec<(&'static str, Value)>);
 
 impl Fields {
     pub fn new() -> Self {
-        Fields(Vec::with_capacity(16))
+        // Room for the fields of the longest events (ERROR, REQUEST_COMPLETE with every
+        // optional field), so that no event grows its list.
+        Fields(Vec::with_capacity(24))
     }
 
     pub fn text(mut self, key: &'static str, value: impl Into<Text>) -> Self {

@@ -562,10 +562,16 @@ fn method_text(method: &str) -> Text {
     }
 }
 
+/// Room for a head's headers, left uninitialized: httparse writes the ones it finds, and
+/// initializing 64 of them for every head cost more than parsing most heads.
+fn header_room<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 fn parse_request(bytes: &[u8], interest: &HeaderInterest) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(bytes) {
+    let mut headers = header_room();
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(bytes, &mut headers) {
         Ok(httparse::Status::Complete(length)) => {
             let method = method_text(request.method.unwrap_or_default());
             let target: Arc<str> = Arc::from(request.path.unwrap_or_default());
@@ -606,9 +612,13 @@ fn parse_request(bytes: &[u8], interest: &HeaderInterest) -> Parsed {
 }
 
 fn parse_response(bytes: &[u8], to_head_request: Option<bool>) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(bytes) {
+    let mut headers = header_room();
+    let mut response = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        bytes,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(length)) => {
             let status = response.code.unwrap_or_default();
             let known = Known::scan(response.headers, &HeaderInterest::default());
