@@ -68,6 +68,10 @@ pub mod watched {
     pub const YES: u32 = 1;
     /// The process runs Go: its data records carry the goroutine (R14 in Go's register ABI).
     pub const GO: u32 = 2;
+    /// The process has entered a probed TLS library function since attach (set by the
+    /// kernel): only then can one of its syscalls run inside an SSL call, so only then do its
+    /// data syscalls look for one (a lookup saved on every call of a plaintext gateway).
+    pub const TLS_CALLS: u32 = 4;
 }
 
 /// Bits of [`RecordHeader::flags`].

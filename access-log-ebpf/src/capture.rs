@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    capture_bytes, count, header, lose_record, Caller, DataRecord, COPY_MASK, EVENTS, HTTP2_FRAMES,
-    MAX_RUNS, RUNS, SCRATCH, SOCKETS,
+    capture_bytes, count, header, lose_record, Caller, DataRecord, BPF_EXIST, COPY_MASK, EVENTS,
+    HTTP2_FRAMES, MAX_RUNS, RUNS, SCRATCH, SOCKETS,
 };
 
 /// Most iovecs looked at in one readv/writev/sendmsg/recvmsg: Varnish writes each header line
@@ -414,9 +414,6 @@ fn send_run(
     head.flags = if more { flags::MORE } else { 0 } | if first { flags::FIRST } else { 0 };
     let _ = send(record, head, copied);
 }
-
-/// bpf_map_update_elem's flag: update an existing entry only.
-const BPF_EXIST: u64 = 2;
 
 /// How far into a read a line end is looked for.
 const HEAD_LINE: usize = 64;

@@ -129,7 +129,10 @@ fn exit(ctx: &TracePointContext, data_call: u32) -> Result<(), i64> {
         if ingress {
             ssl::note_socket_read(caller.pid_tgid, fd);
         }
-        if ssl::inside_ssl_call(caller.pid_tgid, caller.tgid, fd) && ciphertext {
+        if caller.flags & watched::TLS_CALLS != 0
+            && ssl::inside_ssl_call(caller.pid_tgid, caller.tgid, fd)
+            && ciphertext
+        {
             return Ok(());
         }
     }

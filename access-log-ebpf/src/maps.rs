@@ -110,6 +110,10 @@ pub static LOST: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
+/// bpf_map_update_elem's flag: update an existing entry only (one removed meanwhile stays
+/// removed).
+pub const BPF_EXIST: u64 = 2;
+
 /// Ring-buffer submit flag: user space drains on a timer, so no record wakes it (a wakeup per
 /// record costs about 20 times the batched path).
 pub const NO_WAKEUP: u64 = 1;

@@ -5,7 +5,7 @@
 //! tracepoints, which then skip the ciphertext), remembered per SSL object for calls OpenSSL
 //! serves from its own buffer. Attached for every process that maps the library; the tgid
 //! filter runs first.
-use access_log_common::{call, counter, role, SocketKey, SslKey};
+use access_log_common::{call, counter, role, watched, SocketKey, SslKey};
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
     macros::{map, uprobe, uretprobe},
@@ -15,7 +15,7 @@ use aya_ebpf::{
 
 use crate::{
     capture::{emit, Source},
-    maps::{count, watched_caller, SOCKETS},
+    maps::{count, watched_caller, BPF_EXIST, SOCKETS, WATCHED},
 };
 
 /// An SSL call under way on a thread.
@@ -132,6 +132,10 @@ fn enter(ctx: &ProbeContext, function: u32, form: Form) -> Result<(), i64> {
     let Some(caller) = watched_caller() else {
         return Ok(());
     };
+    if caller.flags & watched::TLS_CALLS == 0 {
+        // Before the call's own syscalls: they look for it from now on.
+        let _ = WATCHED.insert(caller.tgid, caller.flags | watched::TLS_CALLS, BPF_EXIST);
+    }
     let ssl: u64 = ctx.arg(0).ok_or(1i64)?;
     let buffer: u64 = ctx.arg(1).ok_or(1i64)?;
     let length_out: u64 = match form.count_argument() {
