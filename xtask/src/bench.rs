@@ -459,9 +459,13 @@ fn replay_throughput(bench: &Bench, options: &Options, rate: f64) -> anyhow::Res
     // SAFETY: a zeroed rusage is a valid out-parameter.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: waiting for our own child with valid out-pointers.
-    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let wall_seconds = started.elapsed().as_secs_f64();
     let _ = fs::remove_file(&file);
+    // A replay that failed measured nothing.
+    if waited < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        anyhow::bail!("the replay of the recorded capture failed (wait status {status})");
+    }
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(Replay {
         requests,
@@ -805,12 +809,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     ] {
         let _ = writeln!(report, "{title}:\n\n```\n{}\n```\n", lines.join("\n"));
     }
-    let _ = writeln!(
-        report,
-        "\nFor scale (../shared/notes/platform.md): enabling the socket syscall tracepoints with \
-         programs that return at once costs nginx about 0.87-0.89 of its throughput here; that \
-         floor is part of every observer figure above."
-    );
     println!("{report}");
     fs::write(tests::workspace_root().join("BENCHMARKS.md"), &report)?;
     eprintln!("bench: wrote BENCHMARKS.md");
