@@ -150,7 +150,8 @@ pub mod counter {
     pub const RING_FULL: u32 = 0;
     /// The socket table was full: a connection is not followed.
     pub const SOCKET_TABLE_FULL: u32 = 1;
-    /// The in-flight call table was full: a call's bytes were not captured.
+    /// The in-flight call table, or this CPU's scratch records (programs nested by
+    /// preemption), were full: a call's bytes were not captured.
     pub const CALL_TABLE_FULL: u32 = 2;
     /// Reading the process's buffer failed.
     pub const READ_FAILED: u32 = 3;

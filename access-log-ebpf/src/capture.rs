@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 
 use crate::maps::{
-    capture_bytes, count, header, lose_record, Caller, DataRecord, BPF_EXIST, COPY_MASK, EVENTS,
-    HTTP2_FRAMES, MAX_RUNS, RUNS, SCRATCH, SOCKETS,
+    capture_bytes, claim_scratch, count, header, lose_record, release_scratch, Caller, DataRecord,
+    BPF_EXIST, COPY_MASK, EVENTS, HTTP2_FRAMES, MAX_RUNS, RUNS, SCRATCH, SOCKETS,
 };
 
 /// Most iovecs looked at in one readv/writev/sendmsg/recvmsg: Varnish writes each header line
@@ -56,7 +56,25 @@ struct IoVec {
 /// an HTTP/2 socket whose frames are known are walked frame by frame instead ([`walk`]).
 #[inline(always)]
 pub fn emit(caller: Caller, fd: i32, data_call: u32, moved: i64, socket_role: u32, source: Source) {
-    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+    let Some(slot) = claim_scratch() else {
+        return;
+    };
+    emit_in(slot, caller, fd, data_call, moved, socket_role, source);
+    release_scratch(slot);
+}
+
+/// [`emit`] with this CPU's scratch slot `slot`.
+#[inline(always)]
+fn emit_in(
+    slot: u32,
+    caller: Caller,
+    fd: i32,
+    data_call: u32,
+    moved: i64,
+    socket_role: u32,
+    source: Source,
+) {
+    let Some(record) = SCRATCH.get_ptr_mut(slot) else {
         return;
     };
     let key = SocketKey {
@@ -75,7 +93,7 @@ pub fn emit(caller: Caller, fd: i32, data_call: u32, moved: i64, socket_role: u3
                     let mut head: RecordHeader = header(caller, kind::DATA, fd);
                     head.call = data_call;
                     head.result = moved;
-                    let after = walk(head, pointer, moved as u64, cursor, 0);
+                    let after = walk(slot, head, pointer, moved as u64, cursor, 0);
                     set_frames_cursor(key, index, after);
                     return;
                 }
@@ -94,7 +112,7 @@ pub fn emit(caller: Caller, fd: i32, data_call: u32, moved: i64, socket_role: u3
     } else {
         capture_bytes(carries_requests)
     };
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    // SAFETY: the per-CPU scratch slot claimed for this program (claim_scratch).
     let record = unsafe { &mut *record };
     let mut wanted = 0u64;
     if moved > 0 {
@@ -121,9 +139,14 @@ pub fn emit(caller: Caller, fd: i32, data_call: u32, moved: i64, socket_role: u3
     if carries_requests && !http2 && starts_with_preface(record, captured) {
         mark_http2(key, socket_role);
         let after = match source {
-            Source::Buffer { pointer } => {
-                walk(head, pointer, moved as u64, 0, HTTP2_PREFACE.len() as u64)
-            }
+            Source::Buffer { pointer } => walk(
+                slot,
+                head,
+                pointer,
+                moved as u64,
+                0,
+                HTTP2_PREFACE.len() as u64,
+            ),
             _ => {
                 let _ = send(record, head, captured);
                 frames::UNKNOWN
@@ -248,6 +271,8 @@ const DATA_FRAME: u8 = 0;
 #[repr(C)]
 struct Walk {
     head: RecordHeader,
+    /// The scratch slot ([`SCRATCH`], [`RUNS`]) of the program walking.
+    slot: u64,
     pointer: u64,
     moved: u64,
     /// Where the next frame header stands.
@@ -270,11 +295,12 @@ struct Walk {
 /// [`flags::FIRST`]. Returns where the frames stand after the call ([`frames::UNKNOWN`] when a
 /// frame header is cut by the call's end, or more than [`frames::MAX_WALKED`] frames came).
 #[inline(always)]
-fn walk(head: RecordHeader, pointer: u64, moved: u64, cursor: u32, start: u64) -> u32 {
+fn walk(slot: u32, head: RecordHeader, pointer: u64, moved: u64, cursor: u32, start: u64) -> u32 {
     let left = (cursor & !frames::KEPT) as u64;
     let kept = cursor & frames::KEPT != 0;
     let mut walk = Walk {
         head,
+        slot: slot as u64,
         pointer,
         moved,
         next: start + left,
@@ -311,11 +337,11 @@ fn walk(head: RecordHeader, pointer: u64, moved: u64, cursor: u32, start: u64) -
 /// Notes the run `[from, to)` of a walk.
 #[inline(always)]
 fn add_run(walk: &mut Walk, from: u64, to: u64) {
-    let Some(runs) = RUNS.get_ptr_mut(0) else {
+    let Some(runs) = RUNS.get_ptr_mut(walk.slot as u32) else {
         walk.lost = 1;
         return;
     };
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    // SAFETY: the per-CPU scratch slot claimed for this program (claim_scratch).
     let runs = unsafe { &mut *runs };
     let index = walk.count as usize;
     if let (Some(start), Some(end)) = (runs.starts.get_mut(index), runs.ends.get_mut(index)) {
@@ -369,7 +395,8 @@ extern "C" fn send_walked_run(index: u32, context: *mut c_void) -> i64 {
     if index >= walk.count {
         return 1;
     }
-    let (Some(runs), Some(record)) = (RUNS.get_ptr_mut(0), SCRATCH.get_ptr_mut(0)) else {
+    let slot = walk.slot as u32;
+    let (Some(runs), Some(record)) = (RUNS.get_ptr_mut(slot), SCRATCH.get_ptr_mut(slot)) else {
         return 1;
     };
     // SAFETY: per-CPU scratch slots, ours for the duration of this program.

@@ -73,9 +73,10 @@ pub static SOCKETS: HashMap<SocketKey, u32> = HashMap::with_max_entries(65536, 0
 pub static HTTP2_FRAMES: HashMap<SocketKey, [u32; 2]> = HashMap::with_max_entries(65536, 0);
 
 /// Per-CPU scratch for the runs of kept bytes a walk of an HTTP/2 call finds, sent after the
-/// walk (the verifier checks a loop that only reads frame headers cheaply, and one that sends).
+/// walk (the verifier checks a loop that only reads frame headers cheaply, and one that sends);
+/// one per [`SCRATCH`] slot.
 #[map]
-pub static RUNS: PerCpuArray<Runs> = PerCpuArray::with_max_entries(1, 0);
+pub static RUNS: PerCpuArray<Runs> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
 /// Runs of kept bytes of one call: `[starts[i], ends[i])`.
 #[repr(C)]
@@ -93,9 +94,46 @@ pub const MAX_RUNS: usize = access_log_common::frames::MAX_WALKED as usize + 1;
 #[map]
 pub static CALLS: HashMap<u64, PendingCall> = HashMap::with_max_entries(65536, 0);
 
-/// Per-CPU scratch for building a data record too large for the 512-byte stack.
+/// Per-CPU scratch for building a data record too large for the 512-byte stack: a few slots,
+/// taken in turn ([`claim_scratch`]), because on a preemptible kernel a uprobe program (and,
+/// where syscall tracepoints may fault, a syscall program) can be preempted on its CPU by a
+/// task whose program then runs on the same CPU: one slot would be overwritten under it.
 #[map]
-pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// Scratch slots per CPU: programs nested by preemption on one CPU, at most.
+pub const SCRATCH_SLOTS: u32 = 3;
+
+/// Per CPU, the scratch slots in use: the next free one. Preemption on one CPU nests (a program
+/// that preempts another ends before it resumes), so the slots are taken and given back like a
+/// stack, without atomics: a preempting program between our read and write of the count takes
+/// and gives back the slot we then take.
+#[map]
+static SCRATCH_IN_USE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Takes this CPU's next scratch slot; None (counted) when every slot is in use.
+#[inline(always)]
+pub fn claim_scratch() -> Option<u32> {
+    let in_use = SCRATCH_IN_USE.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; see SCRATCH_IN_USE for why no atomics are needed.
+    let slot = unsafe { *in_use };
+    if slot >= SCRATCH_SLOTS {
+        count(counter::CALL_TABLE_FULL);
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { *in_use = slot + 1 };
+    Some(slot)
+}
+
+/// Gives back `slot`, the last claimed on this CPU.
+#[inline(always)]
+pub fn release_scratch(slot: u32) {
+    if let Some(in_use) = SCRATCH_IN_USE.get_ptr_mut(0) {
+        // SAFETY: as in claim_scratch.
+        unsafe { *in_use = slot };
+    }
+}
 
 /// Per-CPU counts of what the programs could not do (indexes in [`counter`]).
 #[map]

@@ -338,8 +338,8 @@ impl Session {
     pub fn drops_summary(&self) -> String {
         let drops = self.drops();
         format!(
-            "records lost {} (ring full); not captured {} (socket table full {}, call table \
-             full {}, unreadable buffers {}, children not watched {}, TLS calls without a \
+            "records lost {} (ring full); not captured {} (socket table full {}, call or \
+             scratch tables full {}, unreadable buffers {}, children not watched {}, TLS calls without a \
              socket {}); sockets forgotten: {} of exited processes, {} closed unseen",
             drops.records_lost(),
             drops.not_captured(),
