@@ -129,7 +129,10 @@ pub fn classify(
     }
     if let Some(last) = attempts.last() {
         return Some(match (status, last) {
-            (504, _) | (_, AttemptOutcome::Abandoned) => {
+            // A 503 while the backend call is still out (sent; no answer, no close): the
+            // gateway gave up waiting, and may close the connection only after answering
+            // (Varnish's first_byte_timeout, whose fetch thread closes it).
+            (504, _) | (_, AttemptOutcome::Abandoned) | (503, AttemptOutcome::Sent) => {
                 class(FAULT, "101504", "Connection timed out")
             }
             (_, AttemptOutcome::ConnectFailed | AttemptOutcome::Connecting) => {
@@ -191,6 +194,10 @@ mod tests {
         assert_eq!(closed.code, "101505");
         let timeout = classify(504, &[AttemptOutcome::Sent], false, true).unwrap();
         assert_eq!(timeout.code, "101504");
+        let given_up = classify(503, &[AttemptOutcome::Sent], false, true).unwrap();
+        assert_eq!(given_up.code, "101504");
+        let unanswered = classify(502, &[AttemptOutcome::Sent], false, true).unwrap();
+        assert_eq!(unanswered.code, "101505");
     }
 
     #[test]
