@@ -89,15 +89,26 @@ fn gateway_libssl(pid: u32) -> anyhow::Result<std::path::PathBuf> {
 struct Ports {
     plain: u16,
     plain_tls: u16,
+    plain_h2: u16,
     logged: u16,
     logged_tls: u16,
+    logged_h2: u16,
 }
 
-fn gateway_block(port: u16, tls_port: u16, backend: u16, dir: &Path, access_log: bool) -> String {
+/// A gateway's ports: plaintext HTTP/1, TLS, and cleartext HTTP/2 (prior knowledge).
+type Listeners = (u16, u16, u16);
+
+fn gateway_block(
+    (port, tls_port, h2_port): Listeners,
+    backend: u16,
+    dir: &Path,
+    access_log: bool,
+) -> String {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     format!(
         "  upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; }}\n  {}\n  server {{\n    \
          listen 127.0.0.1:{port} backlog=4096;\n    listen 127.0.0.1:{tls_port} ssl backlog=4096;\n    \
+         listen 127.0.0.1:{h2_port} http2 backlog=4096;\n    \
          ssl_certificate {};\n    ssl_certificate_key {};\n    keepalive_requests 1000000;\n    \
          location / {{ proxy_pass http://backend; proxy_http_version 1.1; \
          proxy_set_header Connection \"\"; }}\n  }}\n",
@@ -128,20 +139,32 @@ impl Bench {
         let ports = Ports {
             plain: free_port(),
             plain_tls: free_port(),
+            plain_h2: free_port(),
             logged: free_port(),
             logged_tls: free_port(),
+            logged_h2: free_port(),
         };
         let plain = Gateway::nginx(
             "bench-plain",
             1,
-            &gateway_block(ports.plain, ports.plain_tls, backend_port, &certs, false),
+            &gateway_block(
+                (ports.plain, ports.plain_tls, ports.plain_h2),
+                backend_port,
+                &certs,
+                false,
+            ),
             ports.plain,
         )
         .map_err(anyhow::Error::msg)?;
         let logged = Gateway::nginx(
             "bench-logged",
             1,
-            &gateway_block(ports.logged, ports.logged_tls, backend_port, &certs, true),
+            &gateway_block(
+                (ports.logged, ports.logged_tls, ports.logged_h2),
+                backend_port,
+                &certs,
+                true,
+            ),
             ports.logged,
         )
         .map_err(anyhow::Error::msg)?;
@@ -161,13 +184,19 @@ impl Bench {
 struct Load<'a> {
     /// Every request with `Connection: close`.
     close: bool,
+    /// HTTP/2 with prior knowledge (h2load, 32 connections of 8 streams in flight) instead of
+    /// wrk's HTTP/1.1.
+    http2: bool,
     /// A directory holding a copy of libssl that wrk loads instead of the gateway's: the TLS
     /// uprobes sit on the gateway's file, so wrk's own TLS calls take no trap.
     private_libssl: Option<&'a Path>,
 }
 
-/// One wrk run: requests per second and the number of requests.
+/// One wrk run (h2load for [`Load::http2`]): requests per second and the number of requests.
 fn wrk(url: &str, seconds: u64, load: Load) -> anyhow::Result<(f64, u64)> {
+    if load.http2 {
+        return h2load(url, seconds);
+    }
     let mut command = Command::new("wrk");
     command.args(["-t1", "-c32", &format!("-d{seconds}s")]);
     if load.close {
@@ -193,6 +222,34 @@ fn wrk(url: &str, seconds: u64, load: Load) -> anyhow::Result<(f64, u64)> {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
     Ok((rate, total))
+}
+
+/// One h2load run over cleartext HTTP/2 (prior knowledge): requests per second and the
+/// number of requests that succeeded.
+fn h2load(url: &str, seconds: u64) -> anyhow::Result<(f64, u64)> {
+    let output = Command::new("h2load")
+        .args(["-t1", "-c32", "-m8", "-D"])
+        .arg(seconds.to_string())
+        .arg(url)
+        .output()
+        .context("running h2load")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "finished in 5.00s, 12345.67 req/s, ..." and "requests: N total, N started, N done,
+    // N succeeded, ...".
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|rest| rest.split(", ").nth(1))
+        .and_then(|r| r.strip_suffix(" req/s"))
+        .and_then(|r| r.trim().parse().ok())
+        .with_context(|| format!("h2load printed no rate: {text}"))?;
+    let succeeded = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|rest| rest.split(", ").find_map(|p| p.strip_suffix(" succeeded")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((rate, succeeded))
 }
 
 fn attach(pid: u32, extra: &[&str]) -> anyhow::Result<Attached> {
@@ -602,7 +659,7 @@ fn machine() -> String {
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
         .unwrap_or_default();
     format!(
-        "{} cores ({cpu}), {memory} memory, Linux {}, {nginx}, wrk -t1 -c32",
+        "{} cores ({cpu}), {memory} memory, Linux {}, {nginx}, wrk -t1 -c32 (HTTP/2: h2load -t1 -c32 -m8)",
         thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -635,7 +692,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             "/small",
             Load {
                 close: true,
-                private_libssl: None,
+                ..keep_alive
             },
         ),
         (
@@ -649,8 +706,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             ("https", p.plain_tls, p.logged_tls),
             "/small",
             Load {
-                close: false,
                 private_libssl: Some(&private),
+                ..keep_alive
             },
         ),
         (
@@ -658,6 +715,15 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             ("http", p.plain, p.logged),
             "/big",
             keep_alive,
+        ),
+        (
+            "cleartext HTTP/2 (h2load, 8 streams a connection), small",
+            ("http", p.plain_h2, p.logged_h2),
+            "/small",
+            Load {
+                http2: true,
+                ..keep_alive
+            },
         ),
     ] {
         results.push(scenario(&bench, options, name, scheme_port, path, load)?);
