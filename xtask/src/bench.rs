@@ -284,10 +284,14 @@ struct WithRun {
 
 fn wrk_with(attached: Attached, url: &str, seconds: u64, load: Load) -> anyhow::Result<WithRun> {
     let pid = attached.child.id();
-    let before = cpu_seconds(pid);
+    let before = cpu_seconds(pid)?;
     let (rate, requests) = wrk(url, seconds, load)?;
-    let cpu_seconds = cpu_seconds(pid) - before;
+    let cpu_seconds = cpu_seconds(pid)? - before;
     let lines = attached.stop().map_err(anyhow::Error::msg)?;
+    // A round that served nothing would make every per-request figure meaningless.
+    if requests == 0 {
+        anyhow::bail!("the load generator reported no requests served at {url}");
+    }
     Ok(WithRun {
         rate,
         requests,
@@ -297,16 +301,22 @@ fn wrk_with(attached: Attached, url: &str, seconds: u64, load: Load) -> anyhow::
 }
 
 /// User and system CPU seconds process `pid` used so far (/proc/PID/stat, in clock ticks).
-fn cpu_seconds(pid: u32) -> f64 {
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name (which may hold spaces), from the state (field 3):
     // utime and stime are fields 14 and 15.
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    (field(14).unwrap_or(0) + field(15).unwrap_or(0)) as f64 / ticks
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("no field {n} in {path}"))
+    };
+    Ok((field(14)? + field(15)?) as f64 / ticks)
 }
 
 fn kernel_drops(lines: &[String]) -> u64 {
