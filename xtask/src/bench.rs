@@ -492,6 +492,88 @@ struct Replay {
     cpu_seconds: f64,
     wall_seconds: f64,
     peak_rss_kib: i64,
+    /// Where the replay's CPU went: each stage's inclusive share of the samples, in percent.
+    stages: Vec<(&'static str, f64)>,
+}
+
+/// The replay's stages, each named by the function that does it (a substring of its symbol)
+/// and counted with everything it calls: perf's inclusive ("children") share.
+const REPLAY_STAGES: [(&str, &str); 5] = [
+    (
+        "reading the capture file",
+        "capture_file::Reader<R>::next_entry",
+    ),
+    (
+        "the pipeline: connections, pairing, outcomes",
+        "pipeline::Pipeline::process",
+    ),
+    (
+        "of which HTTP/1 heads (httparse and framing)",
+        "protocol::http1::Stream::feed",
+    ),
+    (
+        "events built from outcomes",
+        "event::build::EventBuilder::event",
+    ),
+    (
+        "kv lines formatted and written",
+        "sink::kv::KvSink<W> as access_log::sink::Sink>::write_event",
+    ),
+];
+
+/// Samples a replay of `file` with call stacks (perf, DWARF unwinding through the binary's
+/// unwind tables) and returns each of REPLAY_STAGES' inclusive share of the samples. A stage
+/// perf never saw (inlined away, renamed) fails the bench rather than reading as free.
+fn replay_stages(file: &Path) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let profile = std::env::temp_dir().join(format!(
+        "access-log-bench-replay-{}.perf",
+        std::process::id()
+    ));
+    let status = Command::new("perf")
+        .args(["record", "-F", "499", "--call-graph", "dwarf,8192", "-o"])
+        .arg(&profile)
+        .arg("--")
+        .arg(observer::binary())
+        .args(["replay", "--format", "kv", "--output", "/dev/null"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("perf record of the replay")?;
+    if !status.success() {
+        anyhow::bail!("perf record of the replay failed ({status})");
+    }
+    let output = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--children",
+            "--sort",
+            "symbol",
+            "-g",
+            "none",
+            "-i",
+        ])
+        .arg(&profile)
+        .output()
+        .context("perf report of the replay")?;
+    let _ = fs::remove_file(&profile);
+    let report = String::from_utf8_lossy(&output.stdout);
+    REPLAY_STAGES
+        .iter()
+        .map(|(label, symbol)| {
+            let line = report
+                .lines()
+                .find(|l| l.contains(symbol))
+                .with_context(|| format!("no samples in {symbol} in the replay's profile"))?;
+            let percent = line
+                .split('%')
+                .next()
+                .and_then(|p| p.trim().parse::<f64>().ok())
+                .with_context(|| format!("perf's line for {symbol}: {line}"))?;
+            Ok((*label, percent))
+        })
+        .collect()
 }
 
 fn replay_throughput(bench: &Bench, options: &Options, rate: f64) -> anyhow::Result<Replay> {
@@ -528,11 +610,15 @@ fn replay_throughput(bench: &Bench, options: &Options, rate: f64) -> anyhow::Res
     // SAFETY: waiting for our own child with valid out-pointers.
     let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let wall_seconds = started.elapsed().as_secs_f64();
-    let _ = fs::remove_file(&file);
     // A replay that failed measured nothing.
     if waited < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        let _ = fs::remove_file(&file);
         anyhow::bail!("the replay of the recorded capture failed (wait status {status})");
     }
+    // A second replay, sampled, says where the first one's time went.
+    let stages = replay_stages(&file);
+    let _ = fs::remove_file(&file);
+    let stages = stages?;
     let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Ok(Replay {
         requests,
@@ -540,6 +626,7 @@ fn replay_throughput(bench: &Bench, options: &Options, rate: f64) -> anyhow::Res
         cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
         wall_seconds,
         peak_rss_kib: usage.ru_maxrss,
+        stages,
     })
 }
 
@@ -868,6 +955,22 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         per_core,
         replay.peak_rss_kib as f64 / 1024.0
     );
+    let per_request_ns = replay.cpu_seconds * 1e9 / replay.requests.max(1) as f64;
+    let _ = writeln!(
+        report,
+        "\nWhere that time goes, per proxied request ({per_request_ns:.0} ns in all; 1.5 million \
+         a second per core would be {:.0} ns): a second replay of the same capture sampled by \
+         perf with call stacks (499 Hz, DWARF unwinding), each stage with everything it calls.\n\n\
+         | stage (function) | share of the CPU | per proxied request |\n|---|---|---|",
+        1e9 / 1.5e6
+    );
+    for ((label, percent), (_, symbol)) in replay.stages.iter().zip(REPLAY_STAGES) {
+        let _ = writeln!(
+            report,
+            "| {label} (`{symbol}`) | {percent:.1} % | {:.0} ns |",
+            percent / 100.0 * per_request_ns
+        );
+    }
     let _ = writeln!(
         report,
         "\n## Profiles (plaintext, keep-alive, small; perf at 999 Hz for {} s)\n\n\
