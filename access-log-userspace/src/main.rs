@@ -47,6 +47,10 @@ enum Command {
         /// Keep the captured bytes as received, credentials included.
         #[arg(long)]
         no_redact: bool,
+        /// Also mask this API-key header's values (repeatable; added to apikey, x-api-key,
+        /// api-key).
+        #[arg(long = "api-key-header", value_name = "NAME")]
+        api_key_header: Vec<String>,
     },
     /// Turn a capture file into events, offline and without privileges.
     ///
@@ -60,6 +64,20 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// API keys for the key catalog (`--keys`), which lists keys by fingerprint only.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Read one key on standard input and print its SHA-256 fingerprint (64 hex digits), the
+    /// `fingerprint` of a [[key]] entry.
+    ///
+    /// Example: printf %s "$KEY" | access-log keys fingerprint
+    Fingerprint,
 }
 
 fn main() {
@@ -75,16 +93,21 @@ fn main() {
             output,
             redact_query,
             no_redact,
+            api_key_header,
         } => command::record::run(
             &target,
             &output,
-            access_log::event::redact::Redactor::new(!no_redact, &redact_query),
+            access_log::event::redact::Redactor::new(!no_redact, &redact_query)
+                .with_key_headers(&api_key_header),
         ),
         Command::Replay {
             file,
             events,
             output,
         } => command::replay::run(&file, &events, output.as_ref()),
+        Command::Keys {
+            action: KeysAction::Fingerprint,
+        } => command::keys::fingerprint(),
     };
     if let Err(error) = result {
         eprintln!("access-log: error: {error:#}");

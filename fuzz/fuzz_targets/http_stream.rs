@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let interest = Arc::new(HeaderInterest {
         values: vec!["x-request-id".into()],
         presence: vec!["authorization".into()],
+        keys: vec!["apikey".into()],
     });
     let mut frames = http2::Direction::new(side, interest, control & 4 == 0);
     for _ in 0..(control >> 1) {

@@ -41,7 +41,39 @@ fn invalid_and_unreadable_catalogs() {
     let missing = dir.join("missing.toml");
     let output = run(&["attach", "--pid", &me, "--apis", missing.to_str().unwrap()]);
     assert_one_line_error(&output, "cannot read API catalog");
+    let keys = dir.join("keys.toml");
+    std::fs::write(&keys, "[[key]]\nfingerprint = 'abc'\napplication = 'a'\n").unwrap();
+    let output = run(&["attach", "--pid", &me, "--keys", keys.to_str().unwrap()]);
+    assert_one_line_error(
+        &output,
+        "key 1 (fingerprint \"abc\"): a fingerprint is 64 hex digits",
+    );
+    let output = run(&["attach", "--pid", &me, "--keys", missing.to_str().unwrap()]);
+    assert_one_line_error(&output, "cannot read key catalog");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_fingerprint_needs_one_key_on_standard_input() {
+    use std::io::Write as _;
+    for input in ["", "\n", "one\ntwo\n"] {
+        let mut child = Command::new(binary())
+            .args(["keys", "fingerprint"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running access-log");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert_one_line_error(&output, "key");
+        assert!(output.stdout.is_empty());
+    }
 }
 
 #[test]

@@ -29,6 +29,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/python3", "python3"),
     // HTTP/2 clients: h2load, and Python's h2 and gRPC for the tests' own clients and server.
     ("/usr/bin/h2load", "nghttp2-client"),
+    // The metrics' real scraper, and its format checker (promtool).
+    ("/usr/bin/prometheus", "prometheus"),
     (
         "/usr/lib/python3/dist-packages/h2/__init__.py",
         "python3-h2",

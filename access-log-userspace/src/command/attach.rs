@@ -13,8 +13,8 @@ use super::{
     EventArgs, EventConsumer, TargetArgs,
 };
 use crate::{
-    kernel::{ConnectionKey, Direction, Endpoint, RecordConsumer},
-    sink::syslog::SyslogSink,
+    kernel::{ConnectionKey, Direction, Endpoint, KernelDrops, RecordConsumer},
+    sink::{metrics::MetricsListener, syslog::SyslogSink},
 };
 
 pub fn run(
@@ -23,18 +23,25 @@ pub fn run(
     output: Option<&PathBuf>,
     save_records: Option<&Path>,
 ) -> anyhow::Result<()> {
-    // The catalog and the outputs are checked before anything is attached.
+    // The catalogs and the outputs are checked before anything is attached.
     events.catalog()?;
+    events.identities()?;
     let sink = events.sink(output)?;
     let syslog = events.syslog()?;
+    let metrics = events.metrics()?;
     let capture_file = save_records
         .map(|path| record::create(path).map(|file| (file, path)))
         .transpose()?;
     let mut live = Live::start(target)?;
     let syslog = syslog.map(SyslogSink::start);
+    let metrics = metrics
+        .map(MetricsListener::start)
+        .transpose()
+        .context("serving metrics")?;
     let mut consumer = EventConsumer::new(events, live.session.clock, sink)?
         .reopening(output, events)
         .forwarding(syslog)
+        .counting(metrics)
         .with_status_line(std::io::stderr().is_terminal());
     let mut saved = String::new();
     let outcome = match capture_file {
@@ -93,9 +100,9 @@ impl<C: RecordConsumer> RecordConsumer for Tee<'_, C> {
         self.events.batch_done();
     }
 
-    fn tick(&mut self, now_ns: u64, not_captured: u64) {
-        self.capture.tick(now_ns, not_captured);
-        self.events.tick(now_ns, not_captured);
+    fn tick(&mut self, now_ns: u64, drops: &KernelDrops) {
+        self.capture.tick(now_ns, drops);
+        self.events.tick(now_ns, drops);
     }
 
     /// The capture file is one stream from its header on: only the event outputs reopen.

@@ -153,7 +153,7 @@ impl Live {
                 }
                 if second {
                     next_second = now + SECOND;
-                    consumer.tick(monotonic_ns(), session.drops().not_captured());
+                    consumer.tick(monotonic_ns(), &session.drops());
                 }
                 if now >= next_sweep {
                     next_sweep = now + SOCKET_SWEEP;

@@ -4,6 +4,7 @@
 //! and a sink (`EventConsumer`).
 #[cfg(feature = "kernel")]
 pub mod attach;
+pub mod keys;
 #[cfg(feature = "kernel")]
 pub mod live;
 #[cfg(feature = "kernel")]
@@ -21,13 +22,21 @@ use anyhow::Context as _;
 
 use crate::{
     event::{
-        catalog::Catalog, classify::CREDENTIAL_HEADERS, loss::LossLedger, redact::Redactor, Event,
-        EventBuilder, EventCounts,
+        catalog::Catalog,
+        classify::CREDENTIAL_HEADERS,
+        identity::{Identities, KeyCatalog},
+        loss::LossLedger,
+        redact::Redactor,
+        Event, EventBuilder, EventCounts,
     },
-    kernel::{record::decode, Clock, ConnectionKey, Direction, Endpoint, RecordConsumer},
+    kernel::{
+        record::decode, Clock, ConnectionKey, Direction, Endpoint, KernelDrops, RecordConsumer,
+    },
     pipeline::{Bounds, Outcome, Pipeline, PipelineConfig, PipelineStats},
+    protocol::credential::DEFAULT_KEY_HEADERS,
     sink::{
         self,
+        metrics::{Metrics, MetricsListener, MetricsSink, RunGauges},
         syslog::{Receiver5424, SyslogSink, SyslogStats},
         Format, Sink,
     },
@@ -109,6 +118,22 @@ pub struct EventArgs {
     /// links them exactly (repeatable).
     #[arg(long = "id-header", default_values_t = ["x-request-id".to_string(), "traceparent".to_string()])]
     pub id_header: Vec<String>,
+    /// API-key catalog (TOML: [[key]] fingerprint, application, optional user) naming the
+    /// caller of a request that presents a listed key; `access-log keys fingerprint` prints a
+    /// key's fingerprint, so no key is stored in clear.
+    #[arg(long, value_name = "FILE")]
+    pub keys: Option<PathBuf>,
+    /// Also read API keys from this header (repeatable; added to apikey, x-api-key, api-key).
+    #[arg(long = "api-key-header", value_name = "NAME")]
+    pub api_key_header: Vec<String>,
+    /// JWT claim naming the application (repeatable, the first present wins; replaces
+    /// http://wso2.org/claims/applicationname, azp, client_id).
+    #[arg(long = "application-claim", value_name = "CLAIM")]
+    pub application_claim: Vec<String>,
+    /// JWT claim naming the end user (repeatable, the first present wins; replaces
+    /// http://wso2.org/claims/enduser, sub).
+    #[arg(long = "user-claim", value_name = "CLAIM")]
+    pub user_claim: Vec<String>,
     /// Also redact the value of this query parameter (repeatable; added to access_token,
     /// api_key, apikey, key, token, password, secret, client_secret, signature, sig, code).
     #[arg(long = "redact-query", value_name = "NAME")]
@@ -133,6 +158,10 @@ pub struct EventArgs {
     /// absent receiver never holds capture up: a bounded queue, drops counted, reconnects.
     #[arg(long, value_name = "URL")]
     pub syslog: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (requests by API, event and status
+    /// class, backend latency, errors, losses and kernel drops; e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl EventArgs {
@@ -153,14 +182,49 @@ impl EventArgs {
             .transpose()?)
     }
 
+    /// The metrics' address when `--metrics` asks for them, bound now: an address in use is
+    /// an error before anything is attached.
+    pub fn metrics(&self) -> anyhow::Result<Option<MetricsListener>> {
+        let Some(address) = self.metrics else {
+            return Ok(None);
+        };
+        MetricsListener::bind(address)
+            .map(Some)
+            .with_context(|| format!("cannot serve metrics on {address}"))
+    }
+
     pub fn redactor(&self) -> Redactor {
-        Redactor::new(!self.no_redact, &self.redact_query)
+        Redactor::new(!self.no_redact, &self.redact_query).with_key_headers(&self.api_key_header)
+    }
+
+    /// Who calls, from JWT claims and the key catalog (read now: a bad catalog stops the run
+    /// before anything is attached).
+    pub fn identities(&self) -> anyhow::Result<Identities> {
+        let keys = match &self.keys {
+            Some(path) => KeyCatalog::load(path)?,
+            None => KeyCatalog::default(),
+        };
+        Ok(Identities::new(
+            self.application_claim.clone(),
+            self.user_claim.clone(),
+            keys,
+        ))
     }
 
     fn pipeline(&self) -> Pipeline {
+        let key_headers: Vec<String> = DEFAULT_KEY_HEADERS
+            .iter()
+            .map(|h| (*h).to_owned())
+            .chain(self.api_key_header.iter().cloned())
+            .collect();
         Pipeline::new(PipelineConfig {
             id_headers: self.id_header.clone(),
-            noted_headers: CREDENTIAL_HEADERS.iter().map(|h| (*h).to_owned()).collect(),
+            noted_headers: CREDENTIAL_HEADERS
+                .iter()
+                .map(|h| (*h).to_owned())
+                .chain(self.api_key_header.iter().cloned())
+                .collect(),
+            key_headers,
             bounds: Bounds {
                 idle_ns: (self.idle_timeout * 1e9) as u64,
                 max_connections: self.max_connections as usize,
@@ -212,6 +276,8 @@ pub struct EventConsumer {
     /// Every event also goes to a syslog receiver.
     syslog: Option<SyslogSink>,
     syslog_stats: Option<Arc<SyslogStats>>,
+    /// Every event also counts in the metrics served at `--metrics`.
+    metrics: Option<MetricsSink>,
     outcomes: Vec<Outcome>,
     undecodable: u64,
     write_failures: u64,
@@ -221,7 +287,8 @@ impl EventConsumer {
     pub fn new(args: &EventArgs, clock: Clock, sink: Box<dyn Sink>) -> anyhow::Result<Self> {
         Ok(EventConsumer {
             pipeline: args.pipeline(),
-            builder: EventBuilder::new(args.catalog()?, clock, args.redactor()),
+            builder: EventBuilder::new(args.catalog()?, clock, args.redactor())
+                .with_identities(args.identities()?),
             sink,
             losses: LossLedger::default(),
             not_captured: 0,
@@ -229,6 +296,7 @@ impl EventConsumer {
             reopen: None,
             syslog: None,
             syslog_stats: None,
+            metrics: None,
             outcomes: Vec::new(),
             undecodable: 0,
             write_failures: 0,
@@ -239,6 +307,12 @@ impl EventConsumer {
     pub fn forwarding(mut self, syslog: Option<SyslogSink>) -> Self {
         self.syslog_stats = syslog.as_ref().map(SyslogSink::stats);
         self.syslog = syslog;
+        self
+    }
+
+    /// Also keeps every event in these metrics.
+    pub fn counting(mut self, metrics: Option<Metrics>) -> Self {
+        self.metrics = metrics.map(MetricsSink);
         self
     }
 
@@ -273,6 +347,9 @@ impl EventConsumer {
     fn emit(&mut self, event: &Event) {
         if let Some(syslog) = &mut self.syslog {
             let _ = syslog.write_event(event);
+        }
+        if let Some(metrics) = &mut self.metrics {
+            let _ = metrics.write_event(event);
         }
         if let Err(error) = self.sink.write_event(event) {
             self.write_failures += 1;
@@ -398,7 +475,18 @@ impl RecordConsumer for EventConsumer {
 
     /// Losses are reported when due, kernel calls not captured since the last tick join them,
     /// and the status line is rewritten.
-    fn tick(&mut self, now_ns: u64, not_captured: u64) {
+    fn tick(&mut self, now_ns: u64, drops: &KernelDrops) {
+        let not_captured = drops.not_captured();
+        if let Some(metrics) = &self.metrics {
+            let (connections, requests_in_flight) = self.pipeline.tracked();
+            metrics.0.set_run(
+                *drops,
+                RunGauges {
+                    connections: connections as u64,
+                    requests_in_flight: requests_in_flight as u64,
+                },
+            );
+        }
         if not_captured > self.not_captured {
             self.losses
                 .not_captured(not_captured - self.not_captured, now_ns);

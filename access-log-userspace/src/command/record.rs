@@ -45,6 +45,9 @@ pub(super) struct CaptureConsumer<W: Write> {
     /// Masks credential parameters in the captured bytes before they are written.
     redactor: Redactor,
     masked: Vec<u8>,
+    /// Connections (process, descriptor) whose last captured slice ended inside a credential
+    /// header line: the next slice's first line is masked whole.
+    inside_credential: std::collections::HashSet<(u32, i32)>,
     records: u64,
     failed: Option<std::io::Error>,
 }
@@ -55,6 +58,7 @@ impl<W: Write> CaptureConsumer<W> {
             writer: Writer::new(out, clock)?,
             redactor,
             masked: Vec::new(),
+            inside_credential: std::collections::HashSet::new(),
             records: 0,
             failed: None,
         })
@@ -96,11 +100,16 @@ impl<W: Write> RecordConsumer for CaptureConsumer<W> {
             const HEADER: usize = size_of::<access_log_common::RecordHeader>();
             self.masked.clear();
             self.masked.extend_from_slice(bytes);
-            if crate::kernel::record::read_header(bytes)
-                .is_ok_and(|h| h.kind == access_log_common::kind::DATA)
-                && self.masked.len() > HEADER
-            {
-                self.redactor.mask(&mut self.masked[HEADER..]);
+            if let Ok(header) = crate::kernel::record::read_header(bytes) {
+                if header.kind == access_log_common::kind::DATA && self.masked.len() > HEADER {
+                    let connection = (header.tgid, header.fd);
+                    let inside = self.inside_credential.remove(&connection);
+                    let payload = &mut self.masked[HEADER..];
+                    self.redactor.mask(payload);
+                    if self.redactor.mask_credentials(payload, inside) {
+                        self.inside_credential.insert(connection);
+                    }
+                }
             }
             let result = self.writer.record(&self.masked);
             if result.is_ok() {

@@ -1,13 +1,15 @@
 //! Outcomes to events: the WSO2 API Manager access-log format's fields in its order, then
 //! ours. Names the API (catalog), classifies failures (classify), names requests and events
-//! (identity), and redacts URLs (redact) before any value leaves this module.
+//! (message_id), says who called (identity), and redacts URLs (redact) before any value
+//! leaves this module.
 use std::sync::Arc;
 
 use super::{
     catalog::{ApiMatch, Catalog},
     classify::{self, Classification},
-    identity::Identity,
+    identity::{Caller, Identities},
     loss::LossReport,
+    message_id::MessageIds,
     model::{Event, EventKind, Fields},
     redact::Redactor,
 };
@@ -37,7 +39,8 @@ pub struct EventBuilder {
     catalog: Catalog,
     clock: Clock,
     redactor: Redactor,
-    identity: Identity,
+    ids: MessageIds,
+    identities: Identities,
     counts: EventCounts,
 }
 
@@ -47,8 +50,33 @@ impl EventBuilder {
             catalog,
             clock,
             redactor,
-            identity: Identity::new(),
+            ids: MessageIds::new(),
+            identities: Identities::default(),
             counts: EventCounts::default(),
+        }
+    }
+
+    /// Names callers with these claims and this key catalog.
+    pub fn with_identities(mut self, identities: Identities) -> Self {
+        self.identities = identities;
+        self
+    }
+
+    /// APPLICATION_NAME and END_USER_NAME (`null` when unknown), and `IdentityCut` when the
+    /// credential was cut by the capture window.
+    fn caller_fields(&mut self, request: &Request, fields: Fields) -> Fields {
+        let Caller {
+            application,
+            user,
+            cut,
+        } = self.identities.caller(request.head.credential.as_ref());
+        let fields = fields
+            .text_or_null("APPLICATION_NAME", application)
+            .text_or_null("END_USER_NAME", user);
+        if cut {
+            fields.text("IdentityCut", "true")
+        } else {
+            fields
         }
     }
 
@@ -102,7 +130,7 @@ impl EventBuilder {
         self.counts.incoming += 1;
         let mut fields = Fields::new()
             .text("Event", EventKind::IncomingRequest.as_str())
-            .text("MessageID", self.identity.request(request.number));
+            .text("MessageID", self.ids.request(request.number));
         let api = self.catalog.lookup(&request.head.target);
         if !matches!(api, ApiMatch::Unknown) {
             fields = fields.text("API", api.name());
@@ -192,11 +220,13 @@ impl EventBuilder {
     ) -> Event {
         self.counts.complete += 1;
         let request = &ended.request;
-        let mut fields = Fields::new()
+        let fields = Fields::new()
             .text("Event", EventKind::RequestComplete.as_str())
-            .text("MessageID", self.identity.event())
+            .text("MessageID", self.ids.event())
             .text("API", api.name())
-            .text("ResponseTo", self.identity.request(request.number))
+            .text("ResponseTo", self.ids.request(request.number));
+        let mut fields = self
+            .caller_fields(request, fields)
             .integer("StatusCode", status.into());
         if by_gateway {
             self.counts.answered_by_gateway += 1;
@@ -230,7 +260,7 @@ impl EventBuilder {
         let mut fields = Fields::new()
             .text("ErrorSource", class.source)
             .text("Event", EventKind::Error.as_str())
-            .text("MessageID", self.identity.event());
+            .text("MessageID", self.ids.event());
         if !matches!(api, ApiMatch::Unknown) {
             fields = fields.text("API", api.name());
         }
@@ -240,7 +270,8 @@ impl EventBuilder {
         fields = fields
             .text("ERROR_CODE", class.code)
             .text("ERROR_MESSAGE", class.message)
-            .text("ResponseTo", self.identity.request(request.number));
+            .text("ResponseTo", self.ids.request(request.number));
+        fields = self.caller_fields(request, fields);
         fields = self.incoming_fields(request, fields);
         if let Some(last) = ended.attempts.last() {
             fields = attempt_fields(
@@ -272,7 +303,7 @@ impl EventBuilder {
         let fields = Fields::new()
             .text("ErrorSource", class.source)
             .text("Event", EventKind::Error.as_str())
-            .text("MessageID", self.identity.event())
+            .text("MessageID", self.ids.event())
             .integer("StatusCode", status.into())
             .text("ERROR_CODE", class.code)
             .text("ERROR_MESSAGE", class.message)
@@ -302,11 +333,11 @@ impl EventBuilder {
         let ids: Vec<Arc<str>> = report
             .requests
             .iter()
-            .map(|n| self.identity.request(*n))
+            .map(|n| self.ids.request(*n))
             .collect();
         let mut fields = Fields::new()
             .text("Event", EventKind::Lost.as_str())
-            .text("MessageID", self.identity.event())
+            .text("MessageID", self.ids.event())
             .text("Reason", report.reasons.join(", "));
         if report.records > 0 {
             fields = fields.integer("RecordsLost", report.records);

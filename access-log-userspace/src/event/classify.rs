@@ -4,7 +4,8 @@
 //! table. Also which headers and query parameters count as credentials.
 use crate::{pipeline::AttemptOutcome, protocol::http1::RequestHead};
 
-/// Header names whose presence (never value) marks a request as carrying credentials.
+/// Header names whose presence (never value) marks a request as carrying credentials:
+/// Authorization and the default API-key headers (`--api-key-header` adds to both).
 pub const CREDENTIAL_HEADERS: &[&str] = &["authorization", "apikey", "x-api-key", "api-key"];
 /// Query parameters that carry credentials (their values are also redacted).
 pub const CREDENTIAL_PARAMS: &[&str] = &["api_key", "apikey", "access_token"];

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// The session's keys.
-pub struct Identity {
+pub struct MessageIds {
     requests: (u64, u64),
     events: (u64, u64),
     next_event: u64,
@@ -18,10 +18,10 @@ const SPREAD: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Bits of the number space a UUID's low half keeps (two are the variant's).
 const LOW: u64 = (1 << 62) - 1;
 
-impl Identity {
-    pub fn new() -> Identity {
+impl MessageIds {
+    pub fn new() -> MessageIds {
         let random = || Uuid::new_v4().as_u64_pair();
-        Identity {
+        MessageIds {
             requests: random(),
             events: random(),
             next_event: 1,
@@ -41,9 +41,9 @@ impl Identity {
     }
 }
 
-impl Default for Identity {
+impl Default for MessageIds {
     fn default() -> Self {
-        Identity::new()
+        MessageIds::new()
     }
 }
 
@@ -66,14 +66,14 @@ mod tests {
 
     #[test]
     fn ids_are_stable_per_request_and_never_repeat() {
-        let mut identity = Identity::new();
-        assert_eq!(identity.request(7), identity.request(7));
+        let mut ids = MessageIds::new();
+        assert_eq!(ids.request(7), ids.request(7));
         let mut seen = std::collections::HashSet::new();
         for number in 1..20_000 {
-            assert!(seen.insert(identity.request(number)));
-            assert!(seen.insert(identity.event()));
+            assert!(seen.insert(ids.request(number)));
+            assert!(seen.insert(ids.event()));
         }
-        let id = identity.request(1);
+        let id = ids.request(1);
         assert!(id.starts_with("urn:uuid:"), "{id}");
         assert_eq!(id.as_bytes()[9 + 14], b'4', "{id}");
         assert!(

@@ -37,6 +37,9 @@ pub enum Value {
     Integer(u64),
     /// Milliseconds, written with microsecond precision.
     Millis(f64),
+    /// Nothing known (`null`, as the WSO2 API Manager access-log format writes an unknown
+    /// APPLICATION_NAME; JSON's null).
+    Null,
 }
 
 impl fmt::Display for Value {
@@ -45,6 +48,7 @@ impl fmt::Display for Value {
             Value::Text(text) => f.write_str(text),
             Value::Integer(number) => write!(f, "{number}"),
             Value::Millis(ms) => write!(f, "{ms:.3}"),
+            Value::Null => f.write_str("null"),
         }
     }
 }
@@ -96,6 +100,15 @@ impl Fields {
 
     pub fn integer(mut self, key: &'static str, value: u64) -> Self {
         self.0.push((key, Value::Integer(value)));
+        self
+    }
+
+    /// A text field that is `null` when nothing is known.
+    pub fn text_or_null(mut self, key: &'static str, value: Option<impl Into<Text>>) -> Self {
+        self.0.push((
+            key,
+            value.map_or(Value::Null, |value| Value::Text(value.into())),
+        ));
         self
     }
 

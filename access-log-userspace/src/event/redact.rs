@@ -1,6 +1,9 @@
 //! Query-string redaction: the values of credential-like query parameters become `REDACTED`
-//! before a URL goes into any event (and so into any output format).
+//! before a URL goes into any event (and so into any output format). Captures are masked in
+//! place: credential parameters, and the secret part of credential headers.
 use std::{borrow::Cow, sync::Arc};
+
+use crate::protocol::credential::{self, DEFAULT_KEY_HEADERS};
 
 /// The parameters redacted unless `--no-redact`: names compared without regard to case, after
 /// percent-decoding.
@@ -25,6 +28,8 @@ pub const REDACTED: &str = "REDACTED";
 pub struct Redactor {
     /// Lower-case names; empty when redaction is off.
     names: Vec<String>,
+    /// Lower-case names of the headers that carry API keys (masked in captures).
+    key_headers: Vec<String>,
 }
 
 impl Redactor {
@@ -39,12 +44,68 @@ impl Redactor {
         } else {
             Vec::new()
         };
-        Redactor { names }
+        Redactor {
+            names,
+            key_headers: DEFAULT_KEY_HEADERS
+                .iter()
+                .map(|h| (*h).to_owned())
+                .collect(),
+        }
+    }
+
+    /// Also masks these API-key headers in captures.
+    pub fn with_key_headers(mut self, extra: &[String]) -> Redactor {
+        self.key_headers
+            .extend(extra.iter().map(|h| h.to_ascii_lowercase()));
+        self
     }
 
     /// No redaction at all.
     pub fn off() -> Redactor {
-        Redactor { names: Vec::new() }
+        Redactor {
+            names: Vec::new(),
+            key_headers: Vec::new(),
+        }
+    }
+
+    /// Masks, in place, the secret part of every credential header line in `bytes` (a captured
+    /// call, or a slice of one): a JWT's signature, a Basic password, an opaque token or API
+    /// key whole (see [`credential::mask_header_line`]). `inside` says the previous slice of
+    /// the same connection ended inside a credential header line, whose rest is masked whole
+    /// here; the answer says whether this slice ends inside one.
+    pub fn mask_credentials(&self, bytes: &mut [u8], inside: bool) -> bool {
+        if self.names.is_empty() {
+            return false;
+        }
+        let mut start = 0;
+        if inside {
+            let end = bytes
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(bytes.len());
+            bytes[..end]
+                .iter_mut()
+                .filter(|b| !b.is_ascii_whitespace())
+                .for_each(|b| *b = b'X');
+            if end == bytes.len() {
+                return true;
+            }
+            start = end + 1;
+        }
+        while start < bytes.len() {
+            let end = bytes[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|p| start + p);
+            let line_end = end.unwrap_or(bytes.len());
+            let credential =
+                credential::mask_header_line(&mut bytes[start..line_end], &self.key_headers);
+            match end {
+                Some(end) => start = end + 1,
+                None => return credential,
+            }
+        }
+        false
     }
 
     fn redacts(&self, name: &str) -> bool {
@@ -225,6 +286,28 @@ Referer: http://x/?token=XX\r\n\r\n{\"path\":\"/a?api_key=XX\"}"
         let mut off = b"GET /a?token=t HTTP/1.1\r\n".to_vec();
         Redactor::off().mask(&mut off);
         assert_eq!(&off[..], b"GET /a?token=t HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn credential_headers_are_masked_across_the_slices_of_a_call() {
+        let redactor = Redactor::new(true, &[]).with_key_headers(&["x-secret-key".to_owned()]);
+        let mut first =
+            b"GET / HTTP/1.1\r\nX-Secret-Key: abc\r\nAuthorization: Bearer tok".to_vec();
+        assert!(redactor.mask_credentials(&mut first, false));
+        assert_eq!(
+            String::from_utf8_lossy(&first),
+            "GET / HTTP/1.1\r\nX-Secret-Key: XXX\r\nAuthorization: Bearer XXX"
+        );
+        // The next slice goes on inside the token: masked up to the line's end.
+        let mut second = b"en-rest\r\nAccept: */*\r\n\r\n".to_vec();
+        assert!(!redactor.mask_credentials(&mut second, true));
+        assert_eq!(
+            String::from_utf8_lossy(&second),
+            "XXXXXXX\r\nAccept: */*\r\n\r\n"
+        );
+        let mut off = b"Authorization: Bearer tok\r\n".to_vec();
+        assert!(!Redactor::off().mask_credentials(&mut off, false));
+        assert_eq!(&off[..], b"Authorization: Bearer tok\r\n");
     }
 
     #[test]

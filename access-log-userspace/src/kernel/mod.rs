@@ -94,6 +94,34 @@ impl Clock {
     }
 }
 
+/// Kernel-side counts of what could not be done.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelDrops {
+    pub ring_full: u64,
+    pub socket_table_full: u64,
+    pub call_table_full: u64,
+    pub read_failed: u64,
+    pub watch_table_full: u64,
+    pub tls_socket_unknown: u64,
+}
+
+impl KernelDrops {
+    /// Records the kernel made and could not deliver.
+    pub fn records_lost(&self) -> u64 {
+        self.ring_full
+    }
+
+    /// Calls or connections whose bytes were not captured, in part or at all: tables full,
+    /// unreadable buffers, TLS calls without a known socket.
+    pub fn not_captured(&self) -> u64 {
+        self.socket_table_full
+            + self.call_table_full
+            + self.read_failed
+            + self.watch_table_full
+            + self.tls_socket_unknown
+    }
+}
+
 /// What receives kernel records, from the live ring buffer or from a capture file: the
 /// connections that existed at attach first, then the records a batch at a time.
 pub trait RecordConsumer {
@@ -106,9 +134,9 @@ pub trait RecordConsumer {
     /// The end of a batch: a moment to flush output.
     fn batch_done(&mut self);
     /// About once a second, records or not: a moment for what is due by the clock. `now_ns`
-    /// is CLOCK_MONOTONIC (the records' clock); `not_captured`, the kernel's count so far of
-    /// calls it could not capture.
-    fn tick(&mut self, _now_ns: u64, _not_captured: u64) {}
+    /// is CLOCK_MONOTONIC (the records' clock); `drops`, the kernel's counts so far of what
+    /// it could not do.
+    fn tick(&mut self, _now_ns: u64, _drops: &KernelDrops) {}
     /// SIGHUP: reopen output files (a log rotator renamed them).
     fn reopen_outputs(&mut self) {}
     /// Connections found to speak HTTP/2 by their frames since the last call (joined

@@ -14,7 +14,7 @@ use super::{
     procfs::{self, ProcError},
     tls::TlsTarget,
     tls_sites::ProbeSite,
-    Direction,
+    Direction, KernelDrops,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -108,34 +108,6 @@ pub struct ProbeConfig {
     /// Follow wake-ups between the gateway's threads (`sched_waking`, which runs on every
     /// wake-up of the host): only worth it for a gateway whose threads hand work to each other.
     pub wake_ups: bool,
-}
-
-/// Kernel-side counts of what could not be done.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct KernelDrops {
-    pub ring_full: u64,
-    pub socket_table_full: u64,
-    pub call_table_full: u64,
-    pub read_failed: u64,
-    pub watch_table_full: u64,
-    pub tls_socket_unknown: u64,
-}
-
-impl KernelDrops {
-    /// Records the kernel made and could not deliver.
-    pub fn records_lost(&self) -> u64 {
-        self.ring_full
-    }
-
-    /// Calls or connections whose bytes were not captured, in part or at all: tables full,
-    /// unreadable buffers, TLS calls without a known socket.
-    pub fn not_captured(&self) -> u64 {
-        self.socket_table_full
-            + self.call_table_full
-            + self.read_failed
-            + self.watch_table_full
-            + self.tls_socket_unknown
-    }
 }
 
 pub struct Probes {

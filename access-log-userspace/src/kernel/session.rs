@@ -7,9 +7,9 @@ use std::{collections::HashSet, os::unix::fs::MetadataExt as _, path::PathBuf};
 use access_log_common::{kind, watched, ConnectionRecord, SocketKey};
 
 use super::{
-    probes::{self, KernelDrops, NotRoot, ProbeConfig, ProbeError, Probes},
+    probes::{self, NotRoot, ProbeConfig, ProbeError, Probes},
     procfs::{self, ProcError},
-    record, tls, Clock, ConnectionKey, Direction, Endpoint, RecordConsumer,
+    record, tls, Clock, ConnectionKey, Direction, Endpoint, KernelDrops, RecordConsumer,
 };
 
 /// What to attach to and how much to copy.

@@ -131,6 +131,8 @@ pub struct PipelineConfig {
     pub id_headers: Vec<String>,
     /// Lower-case names of request headers whose presence the events report on (credentials).
     pub noted_headers: Vec<String>,
+    /// Lower-case names of request headers that carry API keys (read for who calls).
+    pub key_headers: Vec<String>,
     pub bounds: Bounds,
 }
 
@@ -280,6 +282,7 @@ impl Pipeline {
             interest: Arc::new(HeaderInterest {
                 values: lower(config.id_headers).collect(),
                 presence: lower(config.noted_headers).collect(),
+                keys: lower(config.key_headers).collect(),
             }),
             tables: Tables::default(),
             linker: link::Linker::default(),

@@ -3,6 +3,7 @@
 //! window) by resynchronising at the start of the next read.
 use std::{collections::VecDeque, sync::Arc};
 
+use super::credential::{self, Credential};
 use crate::text::Text;
 
 /// A head larger than this is not HTTP we can follow; the stream goes opaque until resync.
@@ -18,6 +19,9 @@ pub struct HeaderInterest {
     pub values: Vec<String>,
     /// Headers whose presence, never value, is noted (credentials).
     pub presence: Vec<String>,
+    /// Headers that carry API keys, read (besides Authorization) for who calls: kept only as
+    /// a fingerprint ([`credential`]).
+    pub keys: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +37,8 @@ pub struct RequestHead {
     pub id: Option<Arc<str>>,
     /// Both Content-Length and Transfer-Encoding: a request-smuggling signal (chunked wins).
     pub conflicting_framing: bool,
+    /// Who the request says calls, secrets removed (Authorization first, then API keys).
+    pub credential: Option<Credential>,
     /// The target may be cut: the head went past the capture window, or (HTTP/2) its
     /// `:path` could not be decoded.
     pub truncated: bool,
@@ -461,6 +467,9 @@ struct Known<'h> {
     noted: bool,
     /// The first id header present, by its place in the interest's list.
     id: Option<(usize, &'h [u8])>,
+    authorization: Option<&'h [u8]>,
+    /// The first API-key header present: name and value.
+    api_key: Option<(&'h str, &'h [u8])>,
 }
 
 impl<'h> Known<'h> {
@@ -485,7 +494,18 @@ impl<'h> Known<'h> {
                     known.transfer_encoding = Some(header.value)
                 }
                 7 if name.eq_ignore_ascii_case("upgrade") => first(&mut known.upgrade),
+                13 if name.eq_ignore_ascii_case(credential::AUTHORIZATION) => {
+                    first(&mut known.authorization)
+                }
                 _ => {}
+            }
+            if known.api_key.is_none()
+                && interest
+                    .keys
+                    .iter()
+                    .any(|k| k.len() == name.len() && k.eq_ignore_ascii_case(name))
+            {
+                known.api_key = Some((header.name, header.value));
             }
             if interest
                 .presence
@@ -531,6 +551,18 @@ impl<'h> Known<'h> {
         })
     }
 
+    /// The request's credential: Authorization when it identifies, else an API key.
+    fn credential(&self, interest: &HeaderInterest) -> Option<Credential> {
+        self.authorization
+            .and_then(|value| {
+                credential::from_header(credential::AUTHORIZATION.as_bytes(), value, &[])
+            })
+            .or_else(|| {
+                let (name, value) = self.api_key?;
+                credential::from_header(name.as_bytes(), value, &interest.keys)
+            })
+    }
+
     /// `name:value` of the first id header present, its whole value: a traceparent's trace id
     /// alone is shared by every request of a trace, so it links nothing exactly.
     fn id(&self, interest: &HeaderInterest) -> Option<Arc<str>> {
@@ -540,6 +572,39 @@ impl<'h> Known<'h> {
         let value = value.trim();
         (!value.is_empty()).then(|| Arc::from(format!("{name}:{value}")))
     }
+}
+
+/// The credential of a head cut by the capture window, from its whole header lines; a
+/// credential header on the line the window cut is [`Credential::Cut`].
+fn cut_head_credential(rest: &[u8], interest: &HeaderInterest) -> Option<Credential> {
+    let mut found: Option<Credential> = None;
+    let mut lines = rest.split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let whole = lines.peek().is_some();
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        let is_authorization = name.eq_ignore_ascii_case(credential::AUTHORIZATION.as_bytes());
+        let is_key = interest
+            .keys
+            .iter()
+            .any(|k| k.as_bytes().eq_ignore_ascii_case(name));
+        if !is_authorization && !is_key {
+            continue;
+        }
+        if !whole {
+            return found.or(Some(Credential::Cut));
+        }
+        let credential = credential::from_header(name, &line[colon + 1..], &interest.keys);
+        // Authorization wins over an API key, as in a whole head.
+        match (&found, is_authorization) {
+            (None, _) => found = credential,
+            (Some(_), true) if credential.is_some() => found = credential,
+            _ => {}
+        }
+    }
+    found
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -600,6 +665,7 @@ fn parse_request(bytes: &[u8], interest: &HeaderInterest) -> Parsed {
                 id: known.id(interest),
                 conflicting_framing: known.content_length.is_some()
                     && known.transfer_encoding.is_some(),
+                credential: known.credential(interest),
                 truncated: false,
                 headers_unknown: false,
             };
@@ -735,6 +801,7 @@ fn first_line_head(bytes: &[u8], side: Side, interest: &HeaderInterest) -> Optio
                     .iter()
                     .any(|c| c.as_bytes().eq_ignore_ascii_case(name))
             });
+            let credential = cut_head_credential(rest, interest);
             Some(Head::Request(RequestHead {
                 method: method_text(&text(method)),
                 noted_header,
@@ -742,6 +809,7 @@ fn first_line_head(bytes: &[u8], side: Side, interest: &HeaderInterest) -> Optio
                 user_agent: None,
                 id: None,
                 conflicting_framing: false,
+                credential,
                 truncated: true,
                 headers_unknown: true,
             }))
@@ -774,6 +842,7 @@ mod tests {
             noted_header: false,
             id: None,
             conflicting_framing: false,
+            credential: None,
             truncated: false,
             headers_unknown: false,
         })
@@ -891,7 +960,62 @@ mod tests {
         Arc::new(HeaderInterest {
             values: vec!["x-request-id".to_owned(), "traceparent".to_owned()],
             presence: vec!["apikey".to_owned()],
+            keys: vec!["apikey".to_owned()],
         })
+    }
+
+    fn credential_of(heads: &[Head]) -> Option<Credential> {
+        match heads {
+            [Head::Request(head)] => head.credential.clone(),
+            _ => panic!("{heads:?}"),
+        }
+    }
+
+    #[test]
+    fn authorization_wins_over_an_api_key_and_keeps_no_secret() {
+        let mut stream = Stream::with_interest(Side::Requests, interest());
+        // alice:pw
+        let heads = stream.feed(
+            b"GET /a HTTP/1.1\r\napikey: k1\r\nAuthorization: Basic YWxpY2U6cHc=\r\n\r\n",
+            0,
+        );
+        assert_eq!(
+            credential_of(&heads),
+            Some(Credential::BasicUser(Arc::from("alice")))
+        );
+        let heads = stream.feed(b"GET /a HTTP/1.1\r\nAPIKEY: k1\r\n\r\n", 0);
+        assert_eq!(
+            credential_of(&heads),
+            Some(Credential::Fingerprint(credential::fingerprint(b"k1")))
+        );
+        // A scheme that names nobody leaves the API key to say who calls.
+        let heads = stream.feed(
+            b"GET /a HTTP/1.1\r\nAuthorization: Negotiate abc\r\napikey: k1\r\n\r\n",
+            0,
+        );
+        assert_eq!(
+            credential_of(&heads),
+            Some(Credential::Fingerprint(credential::fingerprint(b"k1")))
+        );
+    }
+
+    #[test]
+    fn a_head_cut_inside_its_credential_says_so() {
+        let mut stream = Stream::with_interest(Side::Requests, interest());
+        // 1,024 bytes of a head whose token the window cuts: the read moved more than came.
+        let mut head = b"GET /cut HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer eyJ".to_vec();
+        head.resize(1024, b'a');
+        let heads = stream.feed(&head, 4000);
+        assert_eq!(credential_of(&heads), Some(Credential::Cut));
+        // A whole credential line before the cut is read.
+        let mut stream = Stream::with_interest(Side::Requests, interest());
+        let mut head = b"GET /cut HTTP/1.1\r\napikey: k1\r\nCookie: ".to_vec();
+        head.resize(1024, b'c');
+        let heads = stream.feed(&head, 4000);
+        assert_eq!(
+            credential_of(&heads),
+            Some(Credential::Fingerprint(credential::fingerprint(b"k1")))
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::{
+    credential,
     hpack::{Decoder, Field},
     http1::{HeaderInterest, RequestHead, Side},
 };
@@ -414,6 +415,23 @@ impl Direction {
             .iter()
             .any(|name| value_of(name).is_some());
         let truncated = method.is_none() || path.is_none();
+        // Authorization first, then the first API-key header, as for HTTP/1.
+        let credential = fields
+            .iter()
+            .filter_map(|field| match field {
+                Field::Known { name, value } => {
+                    let authorization = name.as_slice() == credential::AUTHORIZATION.as_bytes();
+                    let keys: &[String] = if authorization {
+                        &[]
+                    } else {
+                        &self.interest.keys
+                    };
+                    credential::from_header(name, value, keys).map(|c| (!authorization, c))
+                }
+                _ => None,
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, credential)| credential);
         RequestHead {
             method: method.map(Text::from).unwrap_or(Text::Static("")),
             target: Arc::from(path.unwrap_or_default()),
@@ -421,6 +439,7 @@ impl Direction {
             noted_header,
             id,
             conflicting_framing: false,
+            credential,
             truncated,
             headers_unknown: unknown,
         }
@@ -571,6 +590,7 @@ mod tests {
         Arc::new(HeaderInterest {
             values: vec!["x-request-id".into()],
             presence: vec!["authorization".into()],
+            keys: vec!["apikey".into()],
         })
     }
 

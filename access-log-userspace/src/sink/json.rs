@@ -57,7 +57,7 @@ pub fn line(event: &Event, out: &mut String) {
             Value::Text(text) => push_string(text, out),
             Value::Integer(number) => out.push_str(itoa::Buffer::new().format(*number)),
             Value::Millis(ms) if ms.is_finite() && *ms >= 0.0 => push_millis(*ms, out),
-            Value::Millis(_) => out.push_str("null"),
+            Value::Millis(_) | Value::Null => out.push_str("null"),
         }
     }
     out.push('}');

@@ -1,10 +1,12 @@
 //! Events to the world, one [`Sink`] per output format: `kv` (the WSO2 API Manager access-log
 //! format's Key="value" line), `json` (one object per line) and `pretty` (a short line for a
 //! person at a terminal). Every value is escaped so no URL or User-Agent can add a field or a
-//! line. `syslog` forwards the kv line to a syslog receiver, beside the chosen output. The
-//! shared pieces (timestamps, escaping, numbers) live here.
+//! line. `syslog` forwards the kv line to a syslog receiver, beside the chosen output;
+//! `metrics` counts events for Prometheus. The shared pieces (timestamps, escaping, numbers)
+//! live here.
 pub mod json;
 pub mod kv;
+pub mod metrics;
 pub mod pretty;
 pub mod syslog;
 
@@ -161,6 +163,7 @@ fn push_value(value: &Value, out: &mut String) {
         Value::Text(text) => escape_quoted(text, out),
         Value::Integer(number) => out.push_str(itoa::Buffer::new().format(*number)),
         Value::Millis(ms) => push_millis(*ms, out),
+        Value::Null => out.push_str("null"),
     }
 }
 
