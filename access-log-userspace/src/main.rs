@@ -2,12 +2,21 @@
 //! the subcommands are in the library's `command` module.
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
-use access_log::command::{self, EventArgs, TargetArgs};
+use access_log::command::{self, report::ReportArgs, top::TopArgs, EventArgs, TargetArgs};
 
 #[derive(Parser)]
-#[command(name = "access-log", version, about, long_about = None)]
+#[command(
+    name = "access-log",
+    version,
+    about = "A passive, eBPF-based access log for API gateways",
+    long_about = "A passive, eBPF-based access log for API gateways: attached to a running \
+gateway (nginx, HAProxy, Apache httpd, Caddy, Varnish, ...) by its PID, it reads the \
+gateway's socket traffic with kernel probes, pairs each client request with the backend call \
+made for it, and writes INCOMING_REQUEST, REQUEST_COMPLETE and ERROR events in the WSO2 API \
+Manager access-log format, without changing or restarting the gateway."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,11 +73,45 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Answer the WSO2 API Manager access log's usual questions from event files: calls per API
+    /// over time, successes and failures by API, URLs that matched no API, top errors, backend
+    /// latency by API.
+    ///
+    /// Examples: access-log report /var/log/access-log/events.log*
+    ///           access-log report events.log --exclude-api '*Echo*' --html report.html
+    Report(ReportArgs),
+    /// A live dashboard in the terminal: per API the request rate, successes, errors of each
+    /// kind and backend latency; the most recent errors; loss and drops. Keys: q quit, s sort,
+    /// / filter by API, c clear the filter, p pause.
+    ///
+    /// Examples: access-log top --pidfile /run/nginx.pid --apis apis.toml
+    ///           access-log top --replay capture.alrec
+    Top(TopArgs),
+    /// Print a shell completion script.
+    ///
+    /// Example: access-log completions bash > /etc/bash_completion.d/access-log
+    Completions { shell: Shell },
+    /// Print the manual page (roff), generated from these same definitions; with --dir,
+    /// write it and one page per subcommand (access-log-attach.1, ...) there.
+    ///
+    /// Example: access-log man --dir /usr/local/share/man/man1
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// API keys for the key catalog (`--keys`), which lists keys by fingerprint only.
     Keys {
         #[command(subcommand)]
         action: KeysAction,
     },
+}
+
+/// Shells `completions` writes for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +121,28 @@ enum KeysAction {
     ///
     /// Example: printf %s "$KEY" | access-log keys fingerprint
     Fingerprint,
+}
+
+/// The manual page, or with `dir` every page (the command's and its subcommands') as files.
+fn manual(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let command = Cli::command();
+    let Some(dir) = dir else {
+        return Ok(clap_mangen::Man::new(command).render(&mut std::io::stdout())?);
+    };
+    let mut pages = vec![("access-log".to_owned(), command.clone())];
+    for sub in command.get_subcommands() {
+        let name = format!("access-log-{}", sub.get_name());
+        let bin = format!("access-log {}", sub.get_name());
+        pages.push((name.clone(), sub.clone().display_name(name).bin_name(bin)));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn main() {
@@ -105,6 +170,23 @@ fn main() {
             events,
             output,
         } => command::replay::run(&file, &events, output.as_ref()),
+        Command::Report(args) => command::report::run(&args),
+        Command::Top(args) => command::top::run(&args),
+        Command::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "access-log",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { dir } => manual(dir.as_deref()),
         Command::Keys {
             action: KeysAction::Fingerprint,
         } => command::keys::fingerprint(),

@@ -31,6 +31,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/h2load", "nghttp2-client"),
     // The metrics' real scraper, and its format checker (promtool).
     ("/usr/bin/prometheus", "prometheus"),
+    // Renders `report --html` pages in the tests.
+    ("/usr/bin/chromium", "chromium"),
+    // Drives `top` in the tests; renders the manual pages.
+    ("/usr/bin/tmux", "tmux"),
+    ("/usr/bin/man", "man-db"),
     (
         "/usr/lib/python3/dist-packages/h2/__init__.py",
         "python3-h2",

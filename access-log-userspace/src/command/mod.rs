@@ -10,6 +10,8 @@ pub mod live;
 #[cfg(feature = "kernel")]
 pub mod record;
 pub mod replay;
+pub mod report;
+pub mod top;
 
 use std::{
     fs::OpenOptions,
@@ -105,12 +107,38 @@ fn parse_duration(text: &str) -> Result<f64, String> {
     Ok(seconds)
 }
 
+/// Whether to color what a person reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Color or not, for an output that is (or is not) a terminal: `auto` follows NO_COLOR
+    /// (https://no-color.org) and the terminal.
+    pub fn enabled(self, terminal: bool) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
+}
+
 /// How records become events and how they are written.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EventArgs {
     /// Output format [default: pretty on a terminal, kv otherwise].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+    /// Color in the pretty format and in top: auto (on a terminal, unless NO_COLOR is set),
+    /// always or never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
     /// API catalog (TOML: [[api]] name, version, context, provider) naming each API.
     #[arg(long)]
     pub apis: Option<PathBuf>,
@@ -246,7 +274,7 @@ impl EventArgs {
                 sink::open(
                     self.format.unwrap_or(Format::Kv),
                     BufWriter::new(file),
-                    false,
+                    self.color.enabled(false),
                 )
             }
             None => {
@@ -254,8 +282,11 @@ impl EventArgs {
                 let format =
                     self.format
                         .unwrap_or(if terminal { Format::Pretty } else { Format::Kv });
-                let color = terminal && std::env::var_os("NO_COLOR").is_none();
-                sink::open(format, BufWriter::new(io::stdout()), color)
+                sink::open(
+                    format,
+                    BufWriter::new(io::stdout()),
+                    self.color.enabled(terminal),
+                )
             }
         })
     }
@@ -522,5 +553,32 @@ impl RecordConsumer for EventConsumer {
             Ok(sink) => self.sink = sink,
             Err(error) => eprintln!("access-log: {error:#}; still writing to the old file"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ColorChoice;
+
+    #[test]
+    fn color_follows_the_choice_the_terminal_and_no_color() {
+        assert!(ColorChoice::Always.enabled(false));
+        assert!(!ColorChoice::Never.enabled(true));
+        assert!(!ColorChoice::Auto.enabled(false));
+        // NO_COLOR is read from the environment: set only in this test's process for the
+        // check, which no other test of this binary reads.
+        let before = std::env::var_os("NO_COLOR");
+        // SAFETY: no other thread of this test binary reads or writes NO_COLOR.
+        unsafe { std::env::set_var("NO_COLOR", "1") };
+        let with_no_color = ColorChoice::Auto.enabled(true);
+        // SAFETY: as above.
+        unsafe {
+            match before {
+                Some(value) => std::env::set_var("NO_COLOR", value),
+                None => std::env::remove_var("NO_COLOR"),
+            }
+        }
+        assert!(!with_no_color);
+        assert!(ColorChoice::Always.enabled(true));
     }
 }

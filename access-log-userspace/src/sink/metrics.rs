@@ -330,6 +330,12 @@ impl Metrics {
         state.gauges = gauges;
     }
 
+    /// The kernel's drop counters and the run's gauges, as last set.
+    pub fn run(&self) -> (KernelDrops, RunGauges) {
+        let state = self.state();
+        (state.drops, state.gauges)
+    }
+
     /// The text exposition format (version 0.0.4) of everything kept.
     pub fn render(&self) -> String {
         self.state().render()

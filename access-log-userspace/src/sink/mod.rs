@@ -2,8 +2,9 @@
 //! format's Key="value" line), `json` (one object per line) and `pretty` (a short line for a
 //! person at a terminal). Every value is escaped so no URL or User-Agent can add a field or a
 //! line. `syslog` forwards the kv line to a syslog receiver, beside the chosen output;
-//! `metrics` counts events for Prometheus. The shared pieces (timestamps, escaping, numbers)
-//! live here.
+//! `metrics` counts events for Prometheus; `dashboard` keeps what `top` shows. The shared
+//! pieces (timestamps, escaping, numbers) live here.
+pub mod dashboard;
 pub mod json;
 pub mod kv;
 pub mod metrics;

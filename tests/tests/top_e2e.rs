@@ -1,0 +1,144 @@
+//! `access-log top` driven in tmux (send-keys, capture-pane) while nginx serves traffic: in an
+//! 80x24 terminal and a large one it shows the APIs with their request counts and errors and
+//! the most recent errors, filters by API, and quits cleanly on `q` (the run's summary
+//! follows).
+use std::{
+    fs,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use tests::{backend::Backend, curl, free_port, gateway::Gateway, observer::binary, require_root};
+
+fn tmux(args: &[&str]) -> String {
+    let output = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("running tmux");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn alive(session: &str) -> bool {
+    Command::new("tmux")
+        .args(["has-session", "-t", session])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The pane's text once `done` holds (or the last one seen, after 15 s).
+fn screen_when(session: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-t", session]);
+        if done(&screen) || Instant::now() > deadline {
+            return screen;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The line of the APIs table that names `api`.
+fn row<'s>(screen: &'s str, api: &str) -> Option<&'s str> {
+    screen.lines().find(|l| l.contains(api) && l.contains('│'))
+}
+
+#[test]
+fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
+    require_root();
+    let backend = Backend::start().expect("a backend");
+    let port = free_port();
+    let dead = free_port();
+    let block = format!(
+        "  server {{\n    listen 127.0.0.1:{port};\n    \
+         location /orders/ {{ proxy_pass http://127.0.0.1:{}; }}\n    \
+         location /billing/ {{ proxy_pass http://127.0.0.1:{dead}; }}\n  }}\n",
+        backend.port()
+    );
+    let gateway = Gateway::nginx("top", 1, &block, port).expect("starting nginx");
+    let apis = gateway.dir.join("apis.toml");
+    fs::write(
+        &apis,
+        "[[api]]\nname = \"Orders\"\nversion = \"v1\"\ncontext = \"/orders\"\n\
+         [[api]]\nname = \"Billing\"\nversion = \"v2\"\ncontext = \"/billing\"\n",
+    )
+    .unwrap();
+    for (columns, lines) in [(80, 24), (200, 50)] {
+        let session = format!("access-log-top-{}-{columns}", std::process::id());
+        let stderr = gateway.dir.join(format!("top-{columns}.err"));
+        let command = format!(
+            "{} top --pid {} --apis {} 2>{}",
+            binary().display(),
+            gateway.master_pid(),
+            apis.display(),
+            stderr.display()
+        );
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            &columns.to_string(),
+            "-y",
+            &lines.to_string(),
+            &command,
+        ]);
+        let screen = screen_when(&session, |s| s.contains("access-log top: gateway PID"));
+        assert!(screen.contains("q quit"), "{screen}");
+        for index in 0..20 {
+            assert_eq!(
+                curl(&[&format!("http://127.0.0.1:{port}/orders/{index}")]),
+                vec![200]
+            );
+        }
+        for index in 0..3 {
+            assert_eq!(
+                curl(&[&format!("http://127.0.0.1:{port}/billing/{index}")]),
+                vec![502]
+            );
+        }
+        let screen = screen_when(&session, |s| {
+            row(s, "Orders:v1").is_some_and(|r| r.contains(" 20 "))
+                && row(s, "Billing:v2").is_some()
+                && s.matches("101503 Error connecting to the back end").count() == 3
+        });
+        let orders = row(&screen, "Orders:v1").unwrap_or_else(|| panic!("{screen}"));
+        assert!(orders.contains(" 20 "), "{screen}");
+        let billing = row(&screen, "Billing:v2").unwrap_or_else(|| panic!("{screen}"));
+        assert!(billing.contains(" 3 "), "{screen}");
+        assert_eq!(
+            screen
+                .matches("101503 Error connecting to the back end")
+                .count(),
+            3,
+            "{screen}"
+        );
+        assert!(screen.contains("/billing/2"), "{screen}");
+        assert!(screen.lines().count() <= lines, "{screen}");
+        // Filter by API, then sort, then quit.
+        tmux(&["send-keys", "-t", &session, "/", "bill", "Enter"]);
+        let screen = screen_when(&session, |s| row(s, "Orders:v1").is_none());
+        assert!(row(&screen, "Orders:v1").is_none(), "{screen}");
+        assert!(row(&screen, "Billing:v2").is_some(), "{screen}");
+        assert!(screen.contains("filter: bill"), "{screen}");
+        tmux(&["send-keys", "-t", &session, "c", "s"]);
+        let screen = screen_when(&session, |s| s.contains("sort: requests"));
+        assert!(row(&screen, "Orders:v1").is_some(), "{screen}");
+        tmux(&["send-keys", "-t", &session, "q"]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while alive(&session) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
+        let alive_after = alive(&session);
+        if alive_after {
+            tmux(&["kill-session", "-t", &session]);
+        }
+        assert!(!alive_after, "top did not quit on q");
+        let stderr = fs::read_to_string(&stderr).unwrap_or_default();
+        assert!(stderr.contains("summary: 23 INCOMING_REQUEST"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    drop(backend);
+}
