@@ -124,6 +124,20 @@ fn emit_in(
             wanted = MAX_CAPTURE as u64;
         }
     }
+    // A call carrying HTTP/1 responses that does not start with a status line is inside a
+    // body (or past an upgrade): its length is all user space needs (it frames the body by
+    // it, and finds the next head at the start of a later call), so its bytes are not copied.
+    // Requests keep their window: their heads are read in pieces that start anywhere.
+    if !carries_requests && !http2 && wanted > STATUS_PREFIX {
+        let peeked = match source {
+            Source::Buffer { pointer } => copy(record, 0, pointer, STATUS_PREFIX),
+            Source::Vector { iov, count } => copy_vector(record, iov, count, STATUS_PREFIX),
+            Source::CountOnly => 0,
+        };
+        if peeked == STATUS_PREFIX && !starts_with_status(record) {
+            wanted = 0;
+        }
+    }
     let captured = match source {
         Source::Buffer { pointer } => copy(record, 0, pointer, wanted),
         Source::Vector { iov, count } => copy_vector(record, iov, count, wanted),
@@ -440,6 +454,19 @@ fn send_run(
     head.captured_len = copied as u32;
     head.flags = if more { flags::MORE } else { 0 } | if first { flags::FIRST } else { 0 };
     let _ = send(record, head, copied);
+}
+
+/// Bytes of a call looked at to tell a response head from a body.
+const STATUS_PREFIX: u64 = 5;
+
+/// Whether the record starts with an HTTP/1 status line's `HTTP/`.
+#[inline(always)]
+fn starts_with_status(record: &DataRecord) -> bool {
+    record.data[0] == b'H'
+        && record.data[1] == b'T'
+        && record.data[2] == b'T'
+        && record.data[3] == b'P'
+        && record.data[4] == b'/'
 }
 
 /// How far into a read a line end is looked for.

@@ -1,7 +1,7 @@
 //! `access-log top` driven in tmux (send-keys, capture-pane) while nginx serves traffic: in an
 //! 80x24 terminal and a large one it shows the APIs with their request counts and errors and
 //! the most recent errors, filters by API, and quits cleanly on `q` (the run's summary
-//! follows).
+//! follows); fed by a capture file of the same traffic, it shows the same counts.
 use std::{
     fs,
     process::Command,
@@ -64,6 +64,19 @@ fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
          [[api]]\nname = \"Billing\"\nversion = \"v2\"\ncontext = \"/billing\"\n",
     )
     .unwrap();
+    // Everything both runs see, recorded for `top --replay` after them.
+    let capture = gateway.dir.join("capture.alrec");
+    let mut command = Command::new(binary());
+    command
+        .args([
+            "record",
+            "--pid",
+            &gateway.master_pid().to_string(),
+            "--output",
+        ])
+        .arg(&capture)
+        .stdout(std::process::Stdio::null());
+    let recorder = tests::observer::Attached::start(command, false).expect("recording");
     for (columns, lines) in [(80, 24), (200, 50)] {
         let session = format!("access-log-top-{}-{columns}", std::process::id());
         let stderr = gateway.dir.join(format!("top-{columns}.err"));
@@ -140,5 +153,48 @@ fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
         assert!(stderr.contains("summary: 23 INCOMING_REQUEST"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    thread::sleep(Duration::from_millis(300));
+    recorder.stop().expect("stopping the recorder");
+    // The same figures from the capture file, without a gateway.
+    let session = format!("access-log-top-{}-replay", std::process::id());
+    let command = format!(
+        "{} top --replay {} --apis {}",
+        binary().display(),
+        capture.display(),
+        apis.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "80",
+        "-y",
+        "24",
+        &command,
+    ]);
+    let screen = screen_when(&session, |s| {
+        row(s, "Orders:v1").is_some_and(|r| r.contains(" 40 "))
+    });
+    assert!(screen.contains("access-log top: capture"), "{screen}");
+    assert!(
+        row(&screen, "Orders:v1").is_some_and(|r| r.contains(" 40 ")),
+        "{screen}"
+    );
+    assert!(
+        row(&screen, "Billing:v2").is_some_and(|r| r.contains(" 6 ")),
+        "{screen}"
+    );
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(&session) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let alive_after = alive(&session);
+    if alive_after {
+        tmux(&["kill-session", "-t", &session]);
+    }
+    assert!(!alive_after, "top --replay did not quit on q");
     drop(backend);
 }
