@@ -54,6 +54,16 @@ fn invalid_and_unreadable_catalogs() {
 }
 
 #[test]
+fn top_needs_a_terminal_and_a_source() {
+    // Standard output is a pipe here.
+    let output = run(&["top", "--replay", "/dev/null"]);
+    assert_one_line_error(&output, "top draws on a terminal");
+    let output = run(&["top"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+}
+
+#[test]
 fn a_fingerprint_needs_one_key_on_standard_input() {
     use std::io::Write as _;
     for input in ["", "\n", "one\ntwo\n"] {

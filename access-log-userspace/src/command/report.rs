@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use crate::report::{
-    query::{Filter, Pattern, Report},
+    query::{Filter, Pattern, ReportBuilder},
     read::{parse_time, read_files},
     render,
 };
@@ -62,8 +62,9 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         since_ms: time(args.since.as_ref(), "since")?,
         until_ms: time(args.until.as_ref(), "until")?,
     };
-    let read = read_files(&args.files)?;
-    if read.events.is_empty() {
+    let mut builder = ReportBuilder::new(filter, i64::from(args.bucket));
+    let read = read_files(&args.files, &mut |event| builder.add(&event))?;
+    if read.events == 0 {
         anyhow::bail!(
             "no events in {} (files written by `access-log attach --output`, kv or JSON)",
             args.files
@@ -79,7 +80,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
             read.skipped
         );
     }
-    let report = Report::build(&read.events, &filter, i64::from(args.bucket));
+    let report = builder.finish();
     match args.format {
         ReportFormat::Table => print!("{}", render::table(&report)),
         ReportFormat::Json => println!("{}", render::json(&report)),

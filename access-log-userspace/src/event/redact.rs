@@ -3,7 +3,10 @@
 //! place: credential parameters, and the secret part of credential headers.
 use std::{borrow::Cow, sync::Arc};
 
-use crate::protocol::credential::{self, DEFAULT_KEY_HEADERS};
+use crate::protocol::{
+    credential::{self, DEFAULT_KEY_HEADERS},
+    http2,
+};
 
 /// The parameters redacted unless `--no-redact`: names compared without regard to case, after
 /// percent-decoding.
@@ -72,11 +75,20 @@ impl Redactor {
     /// call, or a slice of one): a JWT's signature, a Basic password, an opaque token or API
     /// key whole (see [`credential::mask_header_line`]). `inside` says the previous slice of
     /// the same connection ended inside a credential header line, whose rest is masked whole
-    /// here; the answer says whether this slice ends inside one.
+    /// here; the answer says whether this slice ends inside one. HTTP/2 frames get their
+    /// credential fields' values masked in their header blocks ([`http2::mask_sensitive`]).
     pub fn mask_credentials(&self, bytes: &mut [u8], inside: bool) -> bool {
         if self.names.is_empty() {
             return false;
         }
+        let sensitive = |name: &[u8]| {
+            name.eq_ignore_ascii_case(credential::AUTHORIZATION.as_bytes())
+                || self
+                    .key_headers
+                    .iter()
+                    .any(|k| k.as_bytes().eq_ignore_ascii_case(name))
+        };
+        http2::mask_sensitive(bytes, &sensitive);
         let mut start = 0;
         if inside {
             let end = bytes

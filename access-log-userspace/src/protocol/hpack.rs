@@ -281,6 +281,81 @@ impl Decoder {
     }
 }
 
+/// Where the values of the literal fields that `sensitive` names stand in a header block: the
+/// bytes of each value's string literal (after its length prefix), and whether they are
+/// Huffman-coded. Found without a decoder's table, so a name given by a dynamic table index is
+/// not known here (its field is left alone); names given as literals or by the static table
+/// are. Fields before a malformed or cut representation are still found.
+pub fn sensitive_values(
+    block: &[u8],
+    sensitive: &dyn Fn(&[u8]) -> bool,
+) -> Vec<(std::ops::Range<usize>, bool)> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < block.len() {
+        let first = block[at];
+        let prefix = if first & 0x80 != 0 {
+            7
+        } else if first & 0xe0 == 0x20 {
+            5
+        } else if first & 0xc0 == 0x40 {
+            6
+        } else {
+            4
+        };
+        let Ok((index, used)) = integer(&block[at..], prefix) else {
+            break;
+        };
+        at += used;
+        if prefix == 7 || prefix == 5 {
+            // An indexed field or a table size update: no literal.
+            continue;
+        }
+        let name_is_sensitive = if index == 0 {
+            let Some((name, used)) = literal(&block[at..]) else {
+                break;
+            };
+            at += used;
+            sensitive(&name)
+        } else {
+            STATIC
+                .get(index - 1)
+                .is_some_and(|(name, _)| sensitive(name.as_bytes()))
+        };
+        let Some(huffman) = block.get(at).map(|b| b & 0x80 != 0) else {
+            break;
+        };
+        let Ok((length, used)) = integer(&block[at..], 7) else {
+            break;
+        };
+        let start = at + used;
+        let end = start.saturating_add(length).min(block.len());
+        if name_is_sensitive {
+            found.push((start..end, huffman));
+        }
+        if start.saturating_add(length) > block.len() {
+            break;
+        }
+        at = end;
+    }
+    found
+}
+
+/// A string literal's text (decoded when Huffman-coded) and the bytes it took.
+fn literal(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let huffman = bytes.first()? & 0x80 != 0;
+    let (length, used) = integer(bytes, 7).ok()?;
+    let raw = bytes.get(used..used.checked_add(length)?)?;
+    let text = if huffman {
+        let mut text = Vec::with_capacity(raw.len() * 8 / 5 + 1);
+        httlib_huffman::decode(raw, &mut text, httlib_huffman::DecoderSpeed::FourBits).ok()?;
+        text
+    } else {
+        raw.to_vec()
+    };
+    Some((text, used + length))
+}
+
 /// An integer with an N-bit prefix (RFC 7541 5.1): its value and how many bytes it took.
 fn integer(bytes: &[u8], prefix_bits: u8) -> Result<(usize, usize), HpackError> {
     let mask = (1u16 << prefix_bits) as usize - 1;

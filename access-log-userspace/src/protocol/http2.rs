@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{
     credential,
-    hpack::{Decoder, Field},
+    hpack::{self, Decoder, Field},
     http1::{HeaderInterest, RequestHead, Side},
 };
 use crate::text::Text;
@@ -480,6 +480,58 @@ pub fn frames_fit(bytes: &[u8]) -> bool {
     true
 }
 
+/// Masks, in place and keeping every length, the values of the header fields that
+/// `sensitive` names in the HTTP/2 frames `bytes` starts with (a captured call, or a run of
+/// one: the client's preface first, or a frame header): Huffman-coded values become `X`s
+/// (each byte 0xfc, the code of `X`), others `X`s. Walks frame headers while they are valid
+/// and stops at the first that is not, or whose payload was not captured. Returns how many
+/// values it masked.
+pub fn mask_sensitive(bytes: &mut [u8], sensitive: &dyn Fn(&[u8]) -> bool) -> usize {
+    let mut at = if bytes.starts_with(PREFACE) {
+        PREFACE.len()
+    } else {
+        0
+    };
+    let mut masked = 0;
+    while bytes.len() >= at + FRAME_HEADER {
+        let (length, kind, flags, stream) = header(&bytes[at..]);
+        if kind > frame::CONTINUATION || bytes[at + 5] & 0x80 != 0 || length > 1 << 24 {
+            break;
+        }
+        let payload = at + FRAME_HEADER;
+        let Some(end) = payload
+            .checked_add(length)
+            .filter(|end| *end <= bytes.len())
+        else {
+            break;
+        };
+        let (start, stop) = match kind {
+            frame::HEADERS if stream != 0 => {
+                let mut start = payload;
+                let mut stop = end;
+                if flags & flag::PADDED != 0 {
+                    let pad = bytes.get(payload).copied().unwrap_or(0) as usize;
+                    start += 1;
+                    stop = stop.saturating_sub(pad).max(start);
+                }
+                if flags & flag::PRIORITY != 0 {
+                    start = (start + 5).min(stop);
+                }
+                (start, stop)
+            }
+            frame::CONTINUATION if stream != 0 => (payload, end),
+            _ => (end, end),
+        };
+        for (range, huffman) in hpack::sensitive_values(&bytes[start..stop], sensitive) {
+            let value = &mut bytes[start + range.start..start + range.end];
+            value.fill(if huffman { 0xfc } else { b'X' });
+            masked += 1;
+        }
+        at = end;
+    }
+    masked
+}
+
 /// (payload length, type, flags, stream id) of a frame header.
 fn header(bytes: &[u8]) -> (usize, u8, u8, u32) {
     let length = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
@@ -584,6 +636,69 @@ mod tests {
         let list = get(path);
         let borrowed: Vec<(&str, &str)> = list.iter().map(|(n, v)| (*n, v.as_str())).collect();
         headers(encoder, stream, flag::END_STREAM, &borrowed)
+    }
+
+    #[test]
+    fn credential_values_are_masked_in_captured_frames_and_nothing_else() {
+        let mut encoder = Encoder::new();
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(frame::SETTINGS, 0, 0, &[]));
+        bytes.extend(headers(
+            &mut encoder,
+            1,
+            flag::END_STREAM,
+            &[
+                (":method", "GET"),
+                (":path", "/a"),
+                (
+                    "authorization",
+                    "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0.c2ln",
+                ),
+                ("apikey", "key-123"),
+                ("x-request-id", "id-1"),
+            ],
+        ));
+        // A padded HEADERS frame carrying a never-indexed, raw literal with the static name.
+        let mut block = vec![0x82, 0x84, 0x1f, 0x08, 0x09];
+        block.extend_from_slice(b"Basic abc");
+        let mut payload = vec![3u8];
+        payload.extend_from_slice(&block);
+        payload.extend_from_slice(&[0, 0, 0]);
+        bytes.extend(frame(
+            frame::HEADERS,
+            flag::END_STREAM | flag::END_HEADERS | flag::PADDED,
+            3,
+            &payload,
+        ));
+        let length = bytes.len();
+        let sensitive = |name: &[u8]| name == b"authorization" || name == b"apikey";
+        assert_eq!(mask_sensitive(&mut bytes, &sensitive), 3);
+        assert_eq!(bytes.len(), length);
+        // The masked block still decodes, to X's where the credentials were.
+        let mut decoder = Decoder::new(false);
+        let start = PREFACE.len() + FRAME_HEADER;
+        let (block_len, ..) = header(&bytes[start..]);
+        let block = &bytes[start + FRAME_HEADER..start + FRAME_HEADER + block_len];
+        let fields = decoder.decode(block).expect("a masked block decodes");
+        let value = |wanted: &str| {
+            fields.iter().find_map(|f| match f {
+                Field::Known { name, value } if name == wanted.as_bytes() => {
+                    Some(String::from_utf8_lossy(value).into_owned())
+                }
+                _ => None,
+            })
+        };
+        let authorization = value("authorization").unwrap();
+        assert!(!authorization.is_empty() && authorization.bytes().all(|b| b == b'X'));
+        assert!(value("apikey").unwrap().bytes().all(|b| b == b'X'));
+        assert_eq!(value("x-request-id").as_deref(), Some("id-1"));
+        assert_eq!(value(":path").as_deref(), Some("/a"));
+        // The raw literal of stream 3 is X'd in place.
+        assert!(bytes.windows(9).any(|w| w == b"XXXXXXXXX"));
+        assert!(!bytes.windows(9).any(|w| w == b"Basic abc"));
+        // HTTP/1 bytes are no frames: left alone.
+        let mut text = b"GET / HTTP/1.1\r\nAuthorization: Basic abc\r\n\r\n".to_vec();
+        assert_eq!(mask_sensitive(&mut text, &sensitive), 0);
     }
 
     fn interest() -> Arc<HeaderInterest> {

@@ -117,88 +117,155 @@ pub struct Report {
 /// The result a success/failure chart shows for a successful call.
 pub const SUCCESS: &str = "Success";
 
-impl Report {
-    /// A report of the events `filter` keeps; `bucket_seconds` 0 picks a width that gives
-    /// about 30 buckets over the events' span.
-    pub fn build(events: &[LoggedEvent], filter: &Filter, bucket_seconds: i64) -> Report {
-        let kept: Vec<&LoggedEvent> = events.iter().filter(|e| filter.keeps(e)).collect();
-        let first_ms = kept.iter().map(|e| e.unix_ms).min();
-        let last_ms = kept.iter().map(|e| e.unix_ms).max();
-        let bucket_seconds = if bucket_seconds > 0 {
-            bucket_seconds
-        } else {
-            auto_bucket(first_ms.zip(last_ms).map_or(0, |(a, b)| b - a))
+/// Distinct time buckets kept while reading with an automatic width: past it, the buckets
+/// are merged into wider ones, so memory stays bounded however long the logs span.
+const MAX_BUCKETS: usize = 4096;
+
+/// Builds a [`Report`] one event at a time.
+pub struct ReportBuilder {
+    filter: Filter,
+    /// Bucket width in seconds; `auto` lets it grow (see [`MAX_BUCKETS`]).
+    width: i64,
+    auto: bool,
+    events: u64,
+    first_ms: Option<i64>,
+    last_ms: Option<i64>,
+    calls: BTreeMap<i64, BTreeMap<String, u64>>,
+    results_by_api: BTreeMap<String, BTreeMap<String, u64>>,
+    not_found: HashMap<String, u64>,
+    errors: HashMap<(String, String, String), u64>,
+    latencies: BTreeMap<String, Vec<f64>>,
+    requests_lost: u64,
+}
+
+impl ReportBuilder {
+    /// `bucket_seconds` 0 picks a width that gives about 30 buckets over the events' span.
+    pub fn new(filter: Filter, bucket_seconds: i64) -> ReportBuilder {
+        ReportBuilder {
+            filter,
+            width: bucket_seconds.max(1),
+            auto: bucket_seconds <= 0,
+            events: 0,
+            first_ms: None,
+            last_ms: None,
+            calls: BTreeMap::new(),
+            results_by_api: BTreeMap::new(),
+            not_found: HashMap::new(),
+            errors: HashMap::new(),
+            latencies: BTreeMap::new(),
+            requests_lost: 0,
+        }
+    }
+
+    /// Counts `event` if the filter keeps it.
+    pub fn add(&mut self, event: &LoggedEvent) {
+        if !self.filter.keeps(event) {
+            return;
+        }
+        self.events += 1;
+        self.first_ms = Some(
+            self.first_ms
+                .map_or(event.unix_ms, |f| f.min(event.unix_ms)),
+        );
+        self.last_ms = Some(self.last_ms.map_or(event.unix_ms, |l| l.max(event.unix_ms)));
+        let api = match event.get("API") {
+            Some(api) if !api.is_empty() => api.to_owned(),
+            _ => NO_API.to_owned(),
         };
-        let bucket_ms = bucket_seconds * 1000;
-        let mut calls_over_time: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
-        let mut results_by_api: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-        let mut not_found: HashMap<String, u64> = HashMap::new();
-        let mut errors: HashMap<(String, String, String), u64> = HashMap::new();
-        let mut latencies: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        let mut requests_lost = 0;
-        for event in &kept {
-            let api = event.get("API").unwrap_or(NO_API).to_owned();
-            let api = if api.is_empty() {
-                NO_API.to_owned()
-            } else {
-                api
-            };
-            match event.kind() {
-                "INCOMING_REQUEST" => {
-                    let bucket = event.unix_ms.div_euclid(bucket_ms) * bucket_ms;
-                    *calls_over_time
-                        .entry(bucket)
-                        .or_default()
-                        .entry(api)
+        match event.kind() {
+            "INCOMING_REQUEST" => {
+                let bucket_ms = self.width * 1000;
+                let bucket = event.unix_ms.div_euclid(bucket_ms) * bucket_ms;
+                *self
+                    .calls
+                    .entry(bucket)
+                    .or_default()
+                    .entry(api)
+                    .or_default() += 1;
+                if self.auto && self.calls.len() > MAX_BUCKETS {
+                    let wider = WIDTHS
+                        .iter()
+                        .copied()
+                        .find(|w| *w > self.width)
+                        .unwrap_or(self.width * 2);
+                    self.rebucket(wider);
+                }
+            }
+            "REQUEST_COMPLETE" | "ERROR" => {
+                let complete = event.kind() == "REQUEST_COMPLETE";
+                let result = if complete {
+                    SUCCESS.to_owned()
+                } else {
+                    event.get("ERROR_MESSAGE").unwrap_or("null").to_owned()
+                };
+                *self
+                    .results_by_api
+                    .entry(api.clone())
+                    .or_default()
+                    .entry(result)
+                    .or_default() += 1;
+                if event.get("StatusCode") == Some("404") {
+                    let url = event.get("RequestInURL").unwrap_or_default().to_owned();
+                    *self.not_found.entry(url).or_default() += 1;
+                }
+                if complete {
+                    let from_backend = event.get("AnsweredBy").is_none();
+                    let ms = event
+                        .get("ResponseTimeMs")
+                        .and_then(|m| m.parse::<f64>().ok());
+                    if let (true, Some(ms)) = (from_backend, ms) {
+                        self.latencies.entry(api).or_default().push(ms);
+                    }
+                } else {
+                    let text = |key| event.get(key).unwrap_or_default().to_owned();
+                    *self
+                        .errors
+                        .entry((
+                            text("ErrorSource"),
+                            text("ERROR_CODE"),
+                            text("ERROR_MESSAGE"),
+                        ))
                         .or_default() += 1;
                 }
-                "REQUEST_COMPLETE" | "ERROR" => {
-                    let complete = event.kind() == "REQUEST_COMPLETE";
-                    let result = if complete {
-                        SUCCESS.to_owned()
-                    } else {
-                        event.get("ERROR_MESSAGE").unwrap_or("null").to_owned()
-                    };
-                    *results_by_api
-                        .entry(api.clone())
-                        .or_default()
-                        .entry(result)
-                        .or_default() += 1;
-                    if event.get("StatusCode") == Some("404") {
-                        let url = event.get("RequestInURL").unwrap_or_default().to_owned();
-                        *not_found.entry(url).or_default() += 1;
-                    }
-                    if complete {
-                        let from_backend = event.get("AnsweredBy").is_none();
-                        let ms = event
-                            .get("ResponseTimeMs")
-                            .and_then(|m| m.parse::<f64>().ok());
-                        if let (true, Some(ms)) = (from_backend, ms) {
-                            latencies.entry(api).or_default().push(ms);
-                        }
-                    } else {
-                        let text = |key| event.get(key).unwrap_or_default().to_owned();
-                        *errors
-                            .entry((
-                                text("ErrorSource"),
-                                text("ERROR_CODE"),
-                                text("ERROR_MESSAGE"),
-                            ))
-                            .or_default() += 1;
-                    }
-                }
-                "LOST" => {
-                    requests_lost += event
-                        .get("RequestsLost")
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .unwrap_or(0);
-                }
-                _ => {}
+            }
+            "LOST" => {
+                self.requests_lost += event
+                    .get("RequestsLost")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+
+    /// The calls merged into buckets `width` seconds wide.
+    fn rebucket(&mut self, width: i64) {
+        let bucket_ms = width * 1000;
+        let mut wider: BTreeMap<i64, BTreeMap<String, u64>> = BTreeMap::new();
+        for (start, by_api) in std::mem::take(&mut self.calls) {
+            let merged = wider
+                .entry(start.div_euclid(bucket_ms) * bucket_ms)
+                .or_default();
+            for (api, count) in by_api {
+                *merged.entry(api).or_default() += count;
             }
         }
-        let mut not_found_urls: Vec<(String, u64)> = not_found.into_iter().collect();
+        self.calls = wider;
+        self.width = width;
+    }
+
+    pub fn finish(mut self) -> Report {
+        if self.auto {
+            let span = self.first_ms.zip(self.last_ms).map_or(0, |(a, b)| b - a);
+            let width = auto_bucket(span);
+            if width > self.width {
+                self.rebucket(width);
+            }
+        }
+        let mut not_found_urls: Vec<(String, u64)> = self.not_found.into_iter().collect();
         not_found_urls.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let mut top_errors: Vec<ErrorCount> = errors
+        let mut top_errors: Vec<ErrorCount> = self
+            .errors
             .into_iter()
             .map(
                 |((error_source, error_code, error_message), count)| ErrorCount {
@@ -214,7 +281,8 @@ impl Report {
                 .cmp(&a.count)
                 .then_with(|| a.error_code.cmp(&b.error_code))
         });
-        let latency_by_api = latencies
+        let latency_by_api = self
+            .latencies
             .into_iter()
             .map(|(api, mut values)| {
                 values.sort_by(f64::total_cmp);
@@ -229,17 +297,28 @@ impl Report {
             })
             .collect();
         Report {
-            events: kept.len() as u64,
-            first_ms,
-            last_ms,
-            bucket_seconds,
-            calls_over_time,
-            results_by_api,
+            events: self.events,
+            first_ms: self.first_ms,
+            last_ms: self.last_ms,
+            bucket_seconds: self.width,
+            calls_over_time: self.calls,
+            results_by_api: self.results_by_api,
             not_found_urls,
             top_errors,
             latency_by_api,
-            requests_lost,
+            requests_lost: self.requests_lost,
         }
+    }
+}
+
+impl Report {
+    /// A report of the events `filter` keeps (see [`ReportBuilder::new`] for the bucket).
+    pub fn build(events: &[LoggedEvent], filter: &Filter, bucket_seconds: i64) -> Report {
+        let mut builder = ReportBuilder::new(filter.clone(), bucket_seconds);
+        for event in events {
+            builder.add(event);
+        }
+        builder.finish()
     }
 
     /// Every API that appears in the calls over time, in order.
@@ -264,9 +343,11 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Round bucket widths, in seconds.
+const WIDTHS: [i64; 12] = [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 21_600, 86_400];
+
 /// A round bucket width giving about 30 buckets over `span_ms`.
 fn auto_bucket(span_ms: i64) -> i64 {
-    const WIDTHS: [i64; 12] = [1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 21_600, 86_400];
     let wanted = span_ms / 1000 / 30;
     WIDTHS
         .iter()
@@ -389,6 +470,23 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(Report::build(&sample(), &late, 60).events, 2);
+    }
+
+    #[test]
+    fn a_long_span_is_counted_in_wider_buckets_as_it_is_read() {
+        let mut builder = ReportBuilder::new(Filter::default(), 0);
+        for second in 0..20_000 {
+            builder.add(&event(
+                second * 1000,
+                &[("Event", "INCOMING_REQUEST"), ("API", "a")],
+            ));
+            assert!(builder.calls.len() <= MAX_BUCKETS + 1);
+        }
+        let report = builder.finish();
+        assert_eq!(report.bucket_seconds, 900);
+        assert_eq!(report.calls_over_time.len(), 23);
+        let total: u64 = report.calls_over_time.values().map(|b| b["a"]).sum();
+        assert_eq!(total, 20_000);
     }
 
     #[test]

@@ -35,18 +35,23 @@ pub enum ReadError {
     Io { path: String, source: io::Error },
 }
 
-/// What reading the files gave: the events, and the lines that were no event.
+/// What reading the files gave besides the events: how many, and the lines that were no
+/// event.
 #[derive(Debug, Default)]
 pub struct EventFiles {
-    pub events: Vec<LoggedEvent>,
+    pub events: u64,
     /// Non-empty lines that were neither a kv nor a JSON event (first one kept, for a
     /// message).
     pub skipped: u64,
     pub first_skipped: Option<(String, u64)>,
 }
 
-/// Reads every file (gzip-compressed ones by their magic bytes) in order.
-pub fn read_files(paths: &[impl AsRef<Path>]) -> Result<EventFiles, ReadError> {
+/// Reads every file (gzip-compressed ones by their magic bytes) in order, handing each event
+/// to `each` as it is read: memory does not grow with the files.
+pub fn read_files(
+    paths: &[impl AsRef<Path>],
+    each: &mut dyn FnMut(LoggedEvent),
+) -> Result<EventFiles, ReadError> {
     let mut read = EventFiles::default();
     for path in paths {
         let path = path.as_ref();
@@ -62,12 +67,17 @@ pub fn read_files(paths: &[impl AsRef<Path>]) -> Result<EventFiles, ReadError> {
         } else {
             Box::new(file)
         };
-        read_lines(reader, &shown, &mut read).map_err(error)?;
+        read_lines(reader, &shown, &mut read, each).map_err(error)?;
     }
     Ok(read)
 }
 
-fn read_lines(mut reader: impl BufRead, shown: &str, read: &mut EventFiles) -> io::Result<()> {
+fn read_lines(
+    mut reader: impl BufRead,
+    shown: &str,
+    read: &mut EventFiles,
+    each: &mut dyn FnMut(LoggedEvent),
+) -> io::Result<()> {
     let mut bytes = Vec::new();
     let mut number = 0;
     loop {
@@ -87,7 +97,10 @@ fn read_lines(mut reader: impl BufRead, shown: &str, read: &mut EventFiles) -> i
             continue;
         }
         match parse_line(line) {
-            Some(event) => read.events.push(event),
+            Some(event) => {
+                read.events += 1;
+                each(event);
+            }
             None => {
                 read.skipped += 1;
                 if read.first_skipped.is_none() {
@@ -272,11 +285,13 @@ mod tests {
             flate2::write::GzEncoder::new(File::create(&zipped).unwrap(), Default::default());
         encoder.write_all(line.repeat(3).as_bytes()).unwrap();
         encoder.finish().unwrap();
-        let read = read_files(&[&plain, &zipped]).unwrap();
-        assert_eq!(read.events.len(), 4);
+        let mut events = Vec::new();
+        let read = read_files(&[&plain, &zipped], &mut |e| events.push(e)).unwrap();
+        assert_eq!(read.events, 4);
+        assert_eq!(events.len(), 4);
         assert_eq!(read.skipped, 1);
         assert_eq!(read.first_skipped.as_ref().map(|(_, n)| *n), Some(2));
-        assert!(read_files(&[dir.join("missing")]).is_err());
+        assert!(read_files(&[dir.join("missing")], &mut |_| {}).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
