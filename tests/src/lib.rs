@@ -71,6 +71,26 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> Result<(), String> {
     ))
 }
 
+/// A directory of a test's own under the temporary directory, removed with it (whether the
+/// test passed or not).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh `access-log-{name}-{pid}` directory.
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("access-log-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The end-to-end tests load eBPF programs: without root they must fail, not skip.
 pub fn require_root() {
     // SAFETY: no preconditions.

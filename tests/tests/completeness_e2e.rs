@@ -20,13 +20,15 @@ use tests::{
     gateway::Gateway,
     load::{self, Request},
     observer::{assert_every_request_ends_once, binary, of, Attached, Observer},
-    require_root,
+    require_root, TempDir,
 };
 
 struct Setup {
     observer: Observer,
     gateway: Gateway,
     backend: Backend,
+    /// The gateway's cache directory, removed after the gateway.
+    _dir: TempDir,
 }
 
 /// nginx with `locations` in its one server, in front of a fresh backend (`@BACKEND@` in the
@@ -40,15 +42,15 @@ fn start(name: &str, locations: &str, extra: &[&str]) -> Setup {
         "  proxy_cache_path @DIR@/cache keys_zone=answers:1m;\n  \
          server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 10000;\n{locations}\n  }}\n"
     );
-    let dir = std::env::temp_dir().join(format!("access-log-{name}-dir-{}", std::process::id()));
-    let _ = fs::create_dir_all(&dir);
-    let block = block.replace("@DIR@", &dir.display().to_string());
+    let dir = TempDir::new(&format!("{name}-dir"));
+    let block = block.replace("@DIR@", &dir.0.display().to_string());
     let gateway = Gateway::nginx(name, 1, &block, port).expect("starting nginx");
     let observer = Observer::attach(gateway.master_pid(), extra).expect("attaching");
     Setup {
         observer,
         gateway,
         backend,
+        _dir: dir,
     }
 }
 
@@ -119,9 +121,9 @@ fn answers_the_gateway_gives_itself_complete_their_requests() {
 #[test]
 fn a_backend_on_a_unix_socket_is_named_as_nginx_names_it() {
     require_root();
-    let dir = std::env::temp_dir().join(format!("access-log-unix-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let temp = TempDir::new("unix");
+    let dir = &temp.0;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
     let path = dir.join("app.sock");
     let app = Backend::start_unix(&path).expect("a unix-socket backend");
     // nginx's workers run as nobody: they must be allowed to connect.
@@ -243,8 +245,8 @@ fn a_token_in_the_query_string_appears_in_no_output() {
     );
     let pid = setup.gateway.master_pid().to_string();
     // Outputs outlive the gateway (whose directory goes with it).
-    let dir = std::env::temp_dir().join(format!("access-log-redacted-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
+    let temp = TempDir::new("redacted");
+    let dir = &temp.0;
     let kv = dir.join("events.kv");
     let pretty = dir.join("events.pretty");
     let capture = dir.join("capture.alrec");
@@ -328,7 +330,6 @@ fn a_token_in_the_query_string_appears_in_no_output() {
         "{}",
         texts[4].1
     );
-    let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]
