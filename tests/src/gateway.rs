@@ -400,3 +400,44 @@ impl Drop for Gateway {
         }
     }
 }
+
+/// nginx serving catalogued APIs, as the tests of what operators read (metrics, report, top)
+/// need it: `/orders/` (Orders:v1) answered by a backend of ours, `/billing/` (Billing:v2)
+/// whose backend is down; `locations` adds nginx locations (`@BACKEND@` is the backend's
+/// port) and `apis` catalog entries. The catalog is at `apis`.
+pub struct ApiGateway {
+    pub backend: crate::backend::Backend,
+    pub gateway: Gateway,
+    pub apis: PathBuf,
+    pub port: u16,
+}
+
+impl ApiGateway {
+    pub fn start(name: &str, locations: &str, apis: &str) -> ApiGateway {
+        let backend = crate::backend::Backend::start().expect("a backend");
+        let port = crate::free_port();
+        let dead = crate::free_port();
+        let block = format!(
+            "  server {{\n    listen 127.0.0.1:{port};\n    \
+             location /orders/ {{ proxy_pass http://127.0.0.1:@BACKEND@; }}\n    \
+             location /billing/ {{ proxy_pass http://127.0.0.1:{dead}; }}\n{locations}  }}\n"
+        )
+        .replace("@BACKEND@", &backend.port().to_string());
+        let gateway = Gateway::nginx(name, 1, &block, port).expect("starting nginx");
+        let catalog = gateway.dir.join("apis.toml");
+        fs::write(
+            &catalog,
+            format!(
+                "[[api]]\nname = \"Orders\"\nversion = \"v1\"\ncontext = \"/orders\"\n\
+                 [[api]]\nname = \"Billing\"\nversion = \"v2\"\ncontext = \"/billing\"\n{apis}"
+            ),
+        )
+        .expect("writing the API catalog");
+        ApiGateway {
+            backend,
+            gateway,
+            apis: catalog,
+            port,
+        }
+    }
+}

@@ -11,8 +11,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    backend::Backend, curl, free_port, gateway::Gateway, observer::Observer, require_root,
-    wait_for_port,
+    curl, free_port, gateway::ApiGateway, observer::Observer, require_root, wait_for_port,
 };
 
 /// Prometheus, killed with the test.
@@ -57,23 +56,12 @@ fn query(port: u16, query: &str) -> Option<f64> {
 #[test]
 fn prometheus_scrapes_requests_errors_and_latency_by_api() {
     require_root();
-    let backend = Backend::start().expect("a backend");
-    let port = free_port();
-    let dead = free_port();
-    let block = format!(
-        "  server {{\n    listen 127.0.0.1:{port};\n    \
-         location /orders/ {{ proxy_pass http://127.0.0.1:{}; }}\n    \
-         location /billing/ {{ proxy_pass http://127.0.0.1:{dead}; }}\n  }}\n",
-        backend.port()
-    );
-    let gateway = Gateway::nginx("metrics", 1, &block, port).expect("starting nginx");
-    let apis = gateway.dir.join("apis.toml");
-    fs::write(
-        &apis,
-        "[[api]]\nname = \"Orders\"\nversion = \"v1\"\ncontext = \"/orders\"\n\
-         [[api]]\nname = \"Billing\"\nversion = \"v2\"\ncontext = \"/billing\"\n",
-    )
-    .unwrap();
+    let ApiGateway {
+        backend,
+        gateway,
+        apis,
+        port,
+    } = ApiGateway::start("metrics", "", "");
     let metrics_port = free_port();
     let metrics_address = format!("127.0.0.1:{metrics_port}");
     let observer = Observer::attach(

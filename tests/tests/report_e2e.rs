@@ -13,9 +13,8 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    backend::Backend,
-    curl, free_port,
-    gateway::Gateway,
+    curl,
+    gateway::ApiGateway,
     observer::{binary, Attached, Observer},
     require_root,
 };
@@ -34,26 +33,17 @@ fn report(args: &[&str]) -> (String, String) {
 #[test]
 fn a_report_of_a_live_runs_rotated_log_counts_what_the_test_sent() {
     require_root();
-    let backend = Backend::start().expect("a backend");
-    let port = free_port();
-    let dead = free_port();
-    let block = format!(
-        "  server {{\n    listen 127.0.0.1:{port};\n    \
-         location /orders/ {{ proxy_pass http://127.0.0.1:{b}; }}\n    \
-         location /echo/ {{ proxy_pass http://127.0.0.1:{b}; }}\n    \
-         location /billing/ {{ proxy_pass http://127.0.0.1:{dead}; }}\n  }}\n",
-        b = backend.port()
+    let ApiGateway {
+        backend,
+        gateway,
+        apis,
+        port,
+    } = ApiGateway::start(
+        "report",
+        "    location /echo/ { proxy_pass http://127.0.0.1:@BACKEND@; }\n",
+        "[[api]]\nname = \"Echo\"\nversion = \"v1.0.0\"\ncontext = \"/echo\"\nprovider = \"lzelus\"\n",
     );
-    let gateway = Gateway::nginx("report", 1, &block, port).expect("starting nginx");
     let dir = gateway.dir.clone();
-    let apis = dir.join("apis.toml");
-    fs::write(
-        &apis,
-        "[[api]]\nname = \"Orders\"\nversion = \"v1\"\ncontext = \"/orders\"\nprovider = \"shop\"\n\
-         [[api]]\nname = \"Echo\"\nversion = \"v1.0.0\"\ncontext = \"/echo\"\nprovider = \"lzelus\"\n\
-         [[api]]\nname = \"Billing\"\nversion = \"v2\"\ncontext = \"/billing\"\n",
-    )
-    .unwrap();
     let log = dir.join("events.log");
     let mut command = Command::new(binary());
     command
@@ -90,7 +80,7 @@ fn a_report_of_a_live_runs_rotated_log_counts_what_the_test_sent() {
     for round in 0..2 {
         for index in 0..15 {
             send(format!("/orders/{round}-{index}"), 200, None);
-            *results.entry(("shop--Orders:v1", "Success")).or_default() += 1;
+            *results.entry(("Orders:v1", "Success")).or_default() += 1;
         }
         // A backend's 500 is its answer: a success for the access log.
         send(
@@ -98,7 +88,7 @@ fn a_report_of_a_live_runs_rotated_log_counts_what_the_test_sent() {
             500,
             Some("x-want-status: 500"),
         );
-        *results.entry(("shop--Orders:v1", "Success")).or_default() += 1;
+        *results.entry(("Orders:v1", "Success")).or_default() += 1;
         for index in 0..5 {
             send(format!("/echo/{round}-{index}"), 200, None);
             *results
@@ -181,7 +171,7 @@ fn a_report_of_a_live_runs_rotated_log_counts_what_the_test_sent() {
         "No API matches the request"
     );
     assert_eq!(json["top_errors"][0]["count"], 6);
-    assert_eq!(json["latency_by_api"]["shop--Orders:v1"]["count"], 32);
+    assert_eq!(json["latency_by_api"]["Orders:v1"]["count"], 32);
     assert_eq!(json["latency_by_api"]["lzelus--Echo:v1.0.0"]["count"], 10);
     assert_eq!(json["requests_lost"], 0);
 
@@ -196,7 +186,7 @@ fn a_report_of_a_live_runs_rotated_log_counts_what_the_test_sent() {
     ]);
     let json: Value = serde_json::from_str(&text).unwrap();
     assert!(json["results_by_api"].get("lzelus--Echo:v1.0.0").is_none());
-    assert_eq!(json["results_by_api"]["shop--Orders:v1"]["Success"], 32);
+    assert_eq!(json["results_by_api"]["Orders:v1"]["Success"], 32);
     let (text, _) = report(&[files[0], files[1], "--format", "json", "--url", "*cces*"]);
     let json: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(
@@ -243,7 +233,7 @@ fn a_report_of_a_live_runs_rotated_log_counts_what_the_test_sent() {
         "{dom}"
     );
     assert!(
-        dom.contains("data-api=\"shop--Orders:v1\" data-result=\"Success\" data-count=\"32\""),
+        dom.contains("data-api=\"Orders:v1\" data-result=\"Success\" data-count=\"32\""),
         "{dom}"
     );
     assert!(

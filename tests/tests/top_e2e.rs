@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{backend::Backend, curl, free_port, gateway::Gateway, observer::binary, require_root};
+use tests::{curl, gateway::ApiGateway, observer::binary, require_root};
 
 fn tmux(args: &[&str]) -> String {
     let output = Command::new("tmux")
@@ -39,6 +39,21 @@ fn screen_when(session: &str, done: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// Sends `q` and waits (15 s at most) for the session's program to end; the session is killed
+/// if it does not.
+fn quits_on_q(session: &str) -> bool {
+    tmux(&["send-keys", "-t", session, "q"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(session) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let quit = !alive(session);
+    if !quit {
+        tmux(&["kill-session", "-t", session]);
+    }
+    quit
+}
+
 /// The line of the APIs table that names `api`.
 fn row<'s>(screen: &'s str, api: &str) -> Option<&'s str> {
     screen.lines().find(|l| l.contains(api) && l.contains('│'))
@@ -47,23 +62,12 @@ fn row<'s>(screen: &'s str, api: &str) -> Option<&'s str> {
 #[test]
 fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
     require_root();
-    let backend = Backend::start().expect("a backend");
-    let port = free_port();
-    let dead = free_port();
-    let block = format!(
-        "  server {{\n    listen 127.0.0.1:{port};\n    \
-         location /orders/ {{ proxy_pass http://127.0.0.1:{}; }}\n    \
-         location /billing/ {{ proxy_pass http://127.0.0.1:{dead}; }}\n  }}\n",
-        backend.port()
-    );
-    let gateway = Gateway::nginx("top", 1, &block, port).expect("starting nginx");
-    let apis = gateway.dir.join("apis.toml");
-    fs::write(
-        &apis,
-        "[[api]]\nname = \"Orders\"\nversion = \"v1\"\ncontext = \"/orders\"\n\
-         [[api]]\nname = \"Billing\"\nversion = \"v2\"\ncontext = \"/billing\"\n",
-    )
-    .unwrap();
+    let ApiGateway {
+        backend,
+        gateway,
+        apis,
+        port,
+    } = ApiGateway::start("top", "", "");
     // Everything both runs see, recorded for `top --replay` after them.
     let capture = gateway.dir.join("capture.alrec");
     let mut command = Command::new(binary());
@@ -139,16 +143,7 @@ fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
         tmux(&["send-keys", "-t", &session, "c", "s"]);
         let screen = screen_when(&session, |s| s.contains("sort: requests"));
         assert!(row(&screen, "Orders:v1").is_some(), "{screen}");
-        tmux(&["send-keys", "-t", &session, "q"]);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while alive(&session) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(100));
-        }
-        let alive_after = alive(&session);
-        if alive_after {
-            tmux(&["kill-session", "-t", &session]);
-        }
-        assert!(!alive_after, "top did not quit on q");
+        assert!(quits_on_q(&session), "top did not quit on q");
         let stderr = fs::read_to_string(&stderr).unwrap_or_default();
         assert!(stderr.contains("summary: 23 INCOMING_REQUEST"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
@@ -186,15 +181,6 @@ fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
         row(&screen, "Billing:v2").is_some_and(|r| r.contains(" 6 ")),
         "{screen}"
     );
-    tmux(&["send-keys", "-t", &session, "q"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(&session) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(100));
-    }
-    let alive_after = alive(&session);
-    if alive_after {
-        tmux(&["kill-session", "-t", &session]);
-    }
-    assert!(!alive_after, "top --replay did not quit on q");
+    assert!(quits_on_q(&session), "top --replay did not quit on q");
     drop(backend);
 }
