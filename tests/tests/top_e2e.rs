@@ -39,6 +39,21 @@ fn screen_when(session: &str, done: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// Runs `command` in a detached tmux session of `columns` x `lines`.
+fn start_session(session: &str, columns: u16, lines: usize, command: &str) {
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        &columns.to_string(),
+        "-y",
+        &lines.to_string(),
+        command,
+    ]);
+}
+
 /// Sends `q` and waits (15 s at most) for the session's program to end; the session is killed
 /// if it does not.
 fn quits_on_q(session: &str) -> bool {
@@ -91,17 +106,7 @@ fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
             apis.display(),
             stderr.display()
         );
-        tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            &columns.to_string(),
-            "-y",
-            &lines.to_string(),
-            &command,
-        ]);
+        start_session(&session, columns, lines, &command);
         let screen = screen_when(&session, |s| s.contains("access-log top: gateway PID"));
         assert!(screen.contains("q quit"), "{screen}");
         for index in 0..20 {
@@ -158,17 +163,7 @@ fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
         capture.display(),
         apis.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "80",
-        "-y",
-        "24",
-        &command,
-    ]);
+    start_session(&session, 80, 24, &command);
     let screen = screen_when(&session, |s| {
         row(s, "Orders:v1").is_some_and(|r| r.contains(" 40 "))
     });

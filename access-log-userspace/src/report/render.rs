@@ -29,6 +29,11 @@ fn span(report: &Report) -> String {
     }
 }
 
+/// A table's header row.
+fn header(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
 /// Rows of cells as aligned columns: text left-aligned, the columns from `numbers` on (counts,
 /// times) right-aligned.
 fn columns(rows: &[Vec<String>], numbers: usize, out: &mut String) {
@@ -87,11 +92,7 @@ pub fn table(report: &Report) -> String {
     }
     columns(&rows, 1, &mut out);
     let _ = writeln!(out, "\nSuccesses and failures by API (REQUEST_COMPLETE is a success; an ERROR counts under its ERROR_MESSAGE)");
-    let mut rows = vec![vec![
-        "API".to_owned(),
-        "result".to_owned(),
-        "count".to_owned(),
-    ]];
+    let mut rows = vec![header(&["API", "result", "count"])];
     for (api, results) in &report.results_by_api {
         for (result, count) in results {
             rows.push(vec![api.clone(), result.clone(), count.to_string()]);
@@ -102,18 +103,18 @@ pub fn table(report: &Report) -> String {
         out,
         "\nURLs that matched no API (StatusCode=404), the most frequent first"
     );
-    let mut rows = vec![vec!["RequestInURL".to_owned(), "count".to_owned()]];
+    let mut rows = vec![header(&["RequestInURL", "count"])];
     for (url, count) in report.not_found_urls.iter().take(TOP) {
         rows.push(vec![url.clone(), count.to_string()]);
     }
     columns(&rows, 1, &mut out);
     let _ = writeln!(out, "\nTop errors");
-    let mut rows = vec![vec![
-        "ERROR_MESSAGE".to_owned(),
-        "ErrorSource".to_owned(),
-        "ERROR_CODE".to_owned(),
-        "count".to_owned(),
-    ]];
+    let mut rows = vec![header(&[
+        "ERROR_MESSAGE",
+        "ErrorSource",
+        "ERROR_CODE",
+        "count",
+    ])];
     for error in report.top_errors.iter().take(TOP) {
         rows.push(vec![
             error.error_message.clone(),
@@ -124,9 +125,7 @@ pub fn table(report: &Report) -> String {
     }
     columns(&rows, 3, &mut out);
     let _ = writeln!(out, "\nBackend latency by API (ms, answers from a backend)");
-    let mut rows = vec![["API", "count", "p50", "p90", "p99", "max"]
-        .map(str::to_owned)
-        .to_vec()];
+    let mut rows = vec![header(&["API", "count", "p50", "p90", "p99", "max"])];
     for (api, latency) in &report.latency_by_api {
         rows.push(vec![
             api.clone(),
