@@ -39,8 +39,24 @@ fn screen_when(session: &str, done: impl Fn(&str) -> bool) -> String {
     }
 }
 
-/// Runs `command` in a detached tmux session of `columns` x `lines`.
-fn start_session(session: &str, columns: u16, lines: usize, command: &str) {
+/// A tmux session, killed when dropped (a failed assertion included), so that none outlives
+/// its test.
+struct Session(String);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if alive(&self.0) {
+            tmux(&["kill-session", "-t", &self.0]);
+        }
+    }
+}
+
+/// Runs `command` in a detached tmux session of `columns` x `lines` (a session of the same
+/// name left by an earlier run, whose PID this one reuses, is killed first).
+fn start_session(session: &str, columns: u16, lines: usize, command: &str) -> Session {
+    if alive(session) {
+        tmux(&["kill-session", "-t", session]);
+    }
     tmux(&[
         "new-session",
         "-d",
@@ -52,6 +68,7 @@ fn start_session(session: &str, columns: u16, lines: usize, command: &str) {
         &lines.to_string(),
         command,
     ]);
+    Session(session.to_owned())
 }
 
 /// Sends `q` and waits (15 s at most) for the session's program to end; the session is killed
@@ -106,7 +123,7 @@ fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
             apis.display(),
             stderr.display()
         );
-        start_session(&session, columns, lines, &command);
+        let _guard = start_session(&session, columns, lines, &command);
         let screen = screen_when(&session, |s| s.contains("access-log top: gateway PID"));
         assert!(screen.contains("q quit"), "{screen}");
         for index in 0..20 {
@@ -163,7 +180,7 @@ fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
         capture.display(),
         apis.display()
     );
-    start_session(&session, 80, 24, &command);
+    let _guard = start_session(&session, 80, 24, &command);
     let screen = screen_when(&session, |s| {
         row(s, "Orders:v1").is_some_and(|r| r.contains(" 40 "))
     });
@@ -177,5 +194,57 @@ fn top_shows_apis_and_errors_filters_and_quits_in_small_and_large_terminals() {
         "{screen}"
     );
     assert!(quits_on_q(&session), "top --replay did not quit on q");
+    drop(backend);
+}
+
+#[test]
+fn when_the_gateway_exits_top_says_so_and_holds_no_probe() {
+    require_root();
+    let ApiGateway {
+        backend,
+        gateway,
+        apis,
+        port,
+    } = ApiGateway::start("top-exit", "", "");
+    let session = format!("access-log-top-{}-exit", std::process::id());
+    // `exec`: the pane's process is top itself.
+    let command = format!(
+        "exec {} top --pid {} --apis {}",
+        binary().display(),
+        gateway.master_pid(),
+        apis.display()
+    );
+    let _guard = start_session(&session, 100, 30, &command);
+    let screen = screen_when(&session, |s| s.contains("access-log top: gateway PID"));
+    assert!(screen.contains("q quit"), "{screen}");
+    let top: u32 = tmux(&["display-message", "-p", "-t", &session, "#{pane_pid}"])
+        .trim()
+        .parse()
+        .expect("the pane's process");
+    assert!(
+        !tests::observer::fdinfo_ids(top, "prog_id:").is_empty(),
+        "top holds its programs while it runs"
+    );
+    assert_eq!(
+        curl(&[&format!("http://127.0.0.1:{port}/orders/1")]),
+        vec![200]
+    );
+    drop(gateway);
+    let screen = screen_when(&session, |s| s.contains("run ended"));
+    assert!(screen.contains("run ended: the gateway"), "{screen}");
+    assert!(row(&screen, "Orders:v1").is_some(), "{screen}");
+    // The probes go with the run, not with the screen.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !tests::observer::fdinfo_ids(top, "prog_id:").is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        tests::observer::fdinfo_ids(top, "prog_id:").is_empty(),
+        "top still holds programs after its run ended"
+    );
+    assert!(
+        quits_on_q(&session),
+        "top did not quit on q after its run ended"
+    );
     drop(backend);
 }

@@ -35,6 +35,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Why the loop ended by itself (the gateway exited, ...), if it did.
+    pub fn reason(&self) -> Option<&str> {
+        self.stopped_because.as_deref()
+    }
+
     pub fn report(&self) {
         if let Some(reason) = &self.stopped_because {
             eprintln!("access-log: {reason}");

@@ -137,6 +137,7 @@ fn live(args: &TopArgs, dashboard: Dashboard, metrics: Metrics, color: bool) -> 
     )?
     .counting(Some(metrics.clone()));
     let source = format!("gateway PID {}", live.session.root());
+    let ended_on = dashboard.clone();
     // The screen is drawn by a thread of its own, started once privileges are dropped; its
     // `q` stops the run as SIGTERM would.
     let screen = thread::Builder::new()
@@ -145,16 +146,27 @@ fn live(args: &TopArgs, dashboard: Dashboard, metrics: Metrics, color: bool) -> 
         .context("starting the screen")?;
     let outcome = live.run(&mut consumer);
     consumer.finish()?;
-    let shown = screen
-        .join()
-        .map_err(|_| anyhow::anyhow!("the screen thread panicked"))?;
-    eprintln!(
+    let summary = format!(
         "summary: {}; kernel: {}",
         consumer.summary(),
         live.session.drops_summary()
     );
+    // The run is over (q, a signal, or the gateway gone): every probe is detached now, while
+    // the screen may stay up until q.
+    drop(live);
+    dashboard_ended(&ended_on, outcome.reason());
+    let shown = screen
+        .join()
+        .map_err(|_| anyhow::anyhow!("the screen thread panicked"))?;
+    eprintln!("{summary}");
     outcome.report();
     shown
+}
+
+/// Tells the screen the run ended, and why.
+#[cfg(feature = "kernel")]
+fn dashboard_ended(dashboard: &Dashboard, reason: Option<&str>) {
+    dashboard.state().ended = Some(reason.unwrap_or("stopped").to_owned());
 }
 
 #[cfg(not(feature = "kernel"))]
@@ -212,7 +224,7 @@ fn show(dashboard: Dashboard, metrics: Metrics, mut view: View, live: bool) -> a
     let mut terminal = ratatui::init();
     let result = draw_loop(&mut terminal, &dashboard, &metrics, &mut view);
     ratatui::restore();
-    if live {
+    if live && dashboard.state().ended.is_none() {
         // SAFETY: signalling our own process.
         unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
     }
@@ -295,6 +307,9 @@ fn draw(
     );
     if view.frozen.is_some() {
         title.push_str("  [paused]");
+    }
+    if let Some(reason) = &state.ended {
+        title.push_str(&format!("  [run ended: {reason}; q quits]"));
     }
     frame.render_widget(
         Paragraph::new(vec![

@@ -73,6 +73,8 @@ pub struct DashboardState {
     pub requests_lost: u64,
     /// The time of the newest event (the clock rates are counted against).
     pub now: i128,
+    /// The run ended (why): nothing more will come, the probes are detached.
+    pub ended: Option<String>,
 }
 
 impl DashboardState {
