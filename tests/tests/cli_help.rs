@@ -66,9 +66,18 @@ fn manual_pages_render_with_man() {
 
 #[test]
 fn help_shows_examples_for_the_common_jobs() {
-    for subcommand in ["attach", "record", "replay", "report", "top", "completions"] {
-        let help = run(&[subcommand, "--help"]);
-        assert!(help.contains("Example"), "{subcommand} --help: {help}");
+    for subcommand in [
+        &["attach"][..],
+        &["record"],
+        &["replay"],
+        &["report"],
+        &["top"],
+        &["completions"],
+        &["man"],
+        &["keys", "fingerprint"],
+    ] {
+        let help = run(&[subcommand, &["--help"]].concat());
+        assert!(help.contains("Example"), "{subcommand:?} --help: {help}");
     }
     assert!(run(&["attach", "--help"]).contains("--color <COLOR>"));
 }
