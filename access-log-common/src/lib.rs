@@ -138,14 +138,6 @@ pub mod role {
     /// hides the frames after it, so a call is walked frame by frame where the frames are
     /// known ([`super::frames`]), else captured whole up to [`super::MAX_CALL_CAPTURE`].
     pub const HTTP2: u32 = 0x200;
-    /// Flag: an HTTP/1 response head went through the socket: from then on a call carrying
-    /// responses that does not start with `HTTP/` is the rest of a body, and only its length
-    /// is sent. Never set where no HTTP/1 response was seen (a connection that speaks
-    /// HTTP/2 from the start: its first frames may come before the client's preface marks it).
-    pub const HTTP1_ANSWERED: u32 = 0x400;
-    /// Flag: the response was 101 Switching Protocols: another protocol follows (h2c,
-    /// WebSocket), and response-side calls are copied as they come again.
-    pub const UPGRADED: u32 = 0x800;
     /// The role without flags.
     pub const fn base(role: u32) -> u32 {
         role & 0xff

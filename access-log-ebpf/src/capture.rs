@@ -124,39 +124,11 @@ fn emit_in(
             wanted = MAX_CAPTURE as u64;
         }
     }
-    // On a socket that has answered an HTTP/1 head and was not upgraded, a call carrying
-    // responses that does not start with a status line is inside a body: its length is all
-    // user space needs (it frames the body by it, and finds the next head at the start of a
-    // later call), so its bytes are not copied. Requests keep their window: their heads are
-    // read in pieces that start anywhere.
-    let answered = socket_role & (role::HTTP1_ANSWERED | role::UPGRADED) == role::HTTP1_ANSWERED;
-    if !carries_requests && !http2 && answered && wanted > STATUS_PREFIX {
-        let peeked = match source {
-            Source::Buffer { pointer } => copy(record, 0, pointer, STATUS_PREFIX),
-            Source::Vector { iov, count } => copy_vector(record, iov, count, STATUS_PREFIX),
-            Source::CountOnly => 0,
-        };
-        if peeked == STATUS_PREFIX && !starts_with_status(record) {
-            wanted = 0;
-        }
-    }
     let captured = match source {
         Source::Buffer { pointer } => copy(record, 0, pointer, wanted),
         Source::Vector { iov, count } => copy_vector(record, iov, count, wanted),
         Source::CountOnly => 0,
     };
-    if !carries_requests
-        && !http2
-        && socket_role & role::UPGRADED == 0
-        && captured >= STATUS_LINE
-        && starts_with_status(record)
-    {
-        if switching_protocols(record) {
-            mark(key, socket_role | role::UPGRADED);
-        } else if !answered {
-            mark(key, socket_role | role::HTTP1_ANSWERED);
-        }
-    }
     let mut head: RecordHeader = header(caller, kind::DATA, fd);
     head.call = data_call;
     head.result = moved;
@@ -256,15 +228,9 @@ fn starts_with_preface(record: &DataRecord, captured: u64) -> bool {
 /// Marks a followed socket HTTP/2: its calls are walked frame by frame from now on.
 #[inline(always)]
 fn mark_http2(key: SocketKey, socket_role: u32) {
-    mark(key, socket_role | role::HTTP2);
-}
-
-/// Sets the socket's role flags to `socket_role`.
-#[inline(always)]
-fn mark(key: SocketKey, socket_role: u32) {
     // A full table cannot refuse an update of an existing entry; a socket closed meanwhile
     // has no entry to update (BPF_EXIST).
-    let _ = SOCKETS.insert(key, socket_role, BPF_EXIST);
+    let _ = SOCKETS.insert(key, socket_role | role::HTTP2, BPF_EXIST);
 }
 
 /// Where the frames of direction `index` of HTTP/2 socket `key` stand, when known.
@@ -474,27 +440,6 @@ fn send_run(
     head.captured_len = copied as u32;
     head.flags = if more { flags::MORE } else { 0 } | if first { flags::FIRST } else { 0 };
     let _ = send(record, head, copied);
-}
-
-/// Bytes of a call looked at to tell a response head from a body.
-const STATUS_PREFIX: u64 = 5;
-/// Bytes of a status line up to its status code (`HTTP/1.1 101`).
-const STATUS_LINE: u64 = 12;
-
-/// Whether the status line in the record is 101 Switching Protocols.
-#[inline(always)]
-fn switching_protocols(record: &DataRecord) -> bool {
-    record.data[9] == b'1' && record.data[10] == b'0' && record.data[11] == b'1'
-}
-
-/// Whether the record starts with an HTTP/1 status line's `HTTP/`.
-#[inline(always)]
-fn starts_with_status(record: &DataRecord) -> bool {
-    record.data[0] == b'H'
-        && record.data[1] == b'T'
-        && record.data[2] == b'T'
-        && record.data[3] == b'P'
-        && record.data[4] == b'/'
 }
 
 /// How far into a read a line end is looked for.

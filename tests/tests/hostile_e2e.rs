@@ -540,9 +540,7 @@ fn large_bodies_both_ways_are_skipped_not_copied() {
     }
     assert_eq!(events.len(), 6, "{events:#?}");
     // Every body crosses the gateway twice (client and backend side); the kernel copies at
-    // most a capture window of each call carrying requests, and nothing of a call carrying
-    // responses that starts inside a body, so the recording holds a small part of it (1.17 MB
-    // of the 22 MB here; 1.77 MB when response bodies' first bytes were copied too).
+    // most a capture window of each call, so the recording holds a small part of it.
     let moved = 2 * (UPLOAD + DOWNLOAD + CHUNKED);
     let recorded = fs::metadata(&file).expect("the recording").len() as usize;
     eprintln!(
@@ -550,7 +548,7 @@ fn large_bodies_both_ways_are_skipped_not_copied() {
         100.0 * recorded as f64 / moved as f64
     );
     assert!(
-        recorded < moved / 14,
+        recorded < moved / 10,
         "{recorded} bytes recorded for {moved} moved"
     );
 }
